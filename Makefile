@@ -1,0 +1,26 @@
+# Two targets a newcomer needs (README "Quick start"), plus the benchmarks.
+# Every target first creates .venv and installs dasd into it (scripts/setup.sh), once.
+PY := .venv/bin/python
+STAMP := .venv/.dasd-installed
+
+.PHONY: setup demo test test-slow bench
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/setup.sh
+	@bash scripts/setup.sh
+	@touch $@
+
+demo: $(STAMP)
+	.venv/bin/dasd-probe eval
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.bench_advantages
+	$(PY) -m benchmarks.bench_entropy
+	$(PY) -m benchmarks.bench_rollout
