@@ -1,0 +1,513 @@
+"""Group-relative verifier advantages and the DASD token-advantage shaper (paper section 4).
+
+Pure tensor math over padded batches: tensors in, tensors out, no configuration objects, no
+logging, no ``.item()``. Implements
+
+* ``group_advantages``: the per-prompt group-relative verifier advantage
+  A_G = (R - mu_G) / sigma_G (section 2, Algorithm 1 line 4);
+* ``dasd_advantages``: eq. (4) and eq. (8) as Algorithm 1 lines 13-21 state them. Per
+  trajectory, over its valid tokens: tau = Quantile_rho(H), sigma_H = MeanAbsDev(H),
+  delta~ = median |delta|; per token: delta_bar = delta / (delta~ + eps), router
+  z = D((tau - H) / (sigma_H + eps)), gate g, omega = z g, A_hat = A_G + beta omega delta_bar;
+* the registries ``DIRECTIONS`` (the direction map D, Table 13), ``GATES`` (the reliability
+  gate, Table 14) and ``METHODS`` (name -> advantage shaper, DESIGN.md section 3).
+
+Departures from the paper, and conventions it leaves open:
+
+1. The token advantage uses the trajectory-normalized gap delta_bar, not the raw delta of
+   Proposition 1. This is the paper's own implemented score (appendix B, eq. 8), not ours.
+2. Padding: every statistic of a trajectory uses only the positions where ``mask`` is True;
+   values at the other positions are never read (they may be anything, NaN included), and
+   every output is exactly 0 there.
+3. Empty and one-token trajectories: a row with no valid token has all statistics 0 and all
+   outputs 0. With one valid token, tau = H and sigma_H = 0, so the router argument is
+   0 / eps = 0 and the continuous maps (tanh, hard, linear) give omega = 0, A_hat = A_G.
+4. Median and quantile follow numpy: the median of an even count is the mean of the two
+   middle values; the quantile interpolates linearly between order statistics at rank
+   rho (n - 1) (``numpy.quantile``'s default "linear").
+5. Groups whose rewards are all equal (and ``group_size == 1``) get A_G = 0 exactly, not
+   (R - mean) / (0 + eps), which the rounding of the mean can make nonzero; the std is the
+   unbiased one (divisor G - 1), which the paper does not specify.
+6. When more than half of a trajectory's gaps are exactly 0, delta~ = 0 and
+   delta_bar = delta / eps is large (1e6 delta at the default eps). The paper's formula does
+   this; we keep it, and require ``eps > 0`` so that it stays finite.
+7. Outputs carry no gradient (computed under ``torch.no_grad``): Proposition 1 treats A_G,
+   delta and omega as measured constants of the update.
+8. The ``entropy`` argument is only a per-token routing signal: the ablations of Table 12
+   (position, token frequency, gradient norm, attention entropy) pass other signals through
+   the same code.
+
+Computation runs in the promoted floating dtype of the inputs, at least float32 (bfloat16 and
+float16 inputs are computed and returned in float32). "No NaN or inf for any finite input"
+holds for inputs whose results are representable in that dtype: |A_hat| is at most
+|A_G| + |beta| |delta| / eps times a gate factor of at most max(1, |delta_bar|).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from dasd.registry import Registry
+
+__all__ = [
+    "DIRECTIONS",
+    "GATES",
+    "METHODS",
+    "TokenAdvantages",
+    "dasd_advantages",
+    "get_method",
+    "group_advantages",
+]
+
+#: Default threshold c (nats) of the ``fixed`` gate 1[|delta_t| > c]. The paper gives no value
+#: (Table 14 calls it "hand-tuned"); log 2 keeps tokens whose teacher and student
+#: probabilities differ by more than a factor of two.
+DEFAULT_FIXED_GATE_C = math.log(2.0)
+
+
+# --------------------------------------------------------------------------- group advantage
+
+
+def group_advantages(rewards: Tensor, group_size: int, *, eps: float = 1e-6) -> Tensor:
+    """Group-relative verifier advantage A_G = (R - mean) / (std + eps) per consecutive group.
+
+    Args:
+        rewards: ``(N,)`` rewards; rows ``[k G, (k + 1) G)`` are the G rollouts of prompt k.
+        group_size: G, the number of rollouts per prompt (>= 1, divides N).
+        eps: added to the unbiased group std.
+
+    Returns:
+        ``(N,)`` advantages in the rewards' floating dtype (float32 for integer or bool
+        rewards). A group whose rewards are all equal, and every group when ``group_size`` is
+        1, gets 0. Statistics are computed in float64.
+
+    Example: rewards [1, 0, 0, 0] have mean 0.25 and unbiased std 0.5, so the advantages are
+    [1.5, -0.5, -0.5, -0.5] (up to eps).
+    """
+    if rewards.ndim != 1:
+        raise ValueError(f"rewards must be 1-D (N,); got shape {tuple(rewards.shape)}")
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size must be a positive int; got {group_size!r}")
+    if rewards.shape[0] % group_size:
+        raise ValueError(
+            f"{rewards.shape[0]} rewards do not split into groups of {group_size}; "
+            "pass all G rollouts of every prompt"
+        )
+    _check_eps(eps)
+    out_dtype = rewards.dtype if rewards.is_floating_point() else torch.get_default_dtype()
+    with torch.no_grad():
+        if group_size == 1 or rewards.numel() == 0:
+            return torch.zeros_like(rewards, dtype=out_dtype)
+        r = rewards.detach().to(torch.float64).reshape(-1, group_size)
+        mean = r.mean(dim=1, keepdim=True)
+        std = r.std(dim=1, keepdim=True, correction=1)
+        constant = r.amax(dim=1, keepdim=True) == r.amin(dim=1, keepdim=True)
+        adv = torch.where(constant, 0.0, (r - mean) / (std + eps))
+        return adv.reshape(-1).to(out_dtype)
+
+
+# --------------------------------------------------------------------------- registries
+
+
+class DirectionMap(Protocol):
+    def __call__(self, x: Tensor) -> Tensor:
+        """Map the normalized routing argument x = (tau - H) / (sigma_H + eps) to z."""
+        ...
+
+
+class GateFn(Protocol):
+    def __call__(self, delta: Tensor, delta_bar: Tensor, *, c: float) -> Tensor:
+        """The reliability gate g from the raw gap delta and the normalized gap delta_bar."""
+        ...
+
+
+#: Direction maps D (Table 13): positive below the entropy quantile (attract), negative above.
+DIRECTIONS: Registry[DirectionMap] = Registry("direction")
+#: Reliability gates g (Table 14).
+GATES: Registry[GateFn] = Registry("gate")
+
+
+@DIRECTIONS.register("tanh")
+def _direction_tanh(x: Tensor) -> Tensor:
+    """tanh(x): the smooth signed map of eq. (4); DASD's default."""
+    return torch.tanh(x)
+
+
+@DIRECTIONS.register("hard")
+def _direction_hard(x: Tensor) -> Tensor:
+    """sign(x), 0 at 0: the hard-threshold router of Table 13."""
+    return torch.sign(x)
+
+
+@DIRECTIONS.register("linear")
+def _direction_linear(x: Tensor) -> Tensor:
+    """x clipped to [-1, 1]: the linear ramp of Table 13."""
+    return x.clamp(-1.0, 1.0)
+
+
+@DIRECTIONS.register("plus")
+def _direction_plus(x: Tensor) -> Tensor:
+    """+1 everywhere: uniform attraction (Conformity, OPSD-like; Probe 1, Table 13)."""
+    return torch.ones_like(x)
+
+
+@DIRECTIONS.register("minus")
+def _direction_minus(x: Tensor) -> Tensor:
+    """-1 everywhere: uniform repulsion (Novelty; Probe 1, Table 13)."""
+    return -torch.ones_like(x)
+
+
+@GATES.register("sigmoid")
+def _gate_sigmoid(delta: Tensor, delta_bar: Tensor, *, c: float) -> Tensor:
+    """sigma(|delta_bar| - 1): the scale-free gap-reliability gate of eq. (4); the default."""
+    return torch.sigmoid(delta_bar.abs() - 1.0)
+
+
+@GATES.register("none")
+def _gate_none(delta: Tensor, delta_bar: Tensor, *, c: float) -> Tensor:
+    """1 everywhere: signed pressure at all positions (Table 14, "no gate")."""
+    return torch.ones_like(delta_bar)
+
+
+@GATES.register("magnitude")
+def _gate_magnitude(delta: Tensor, delta_bar: Tensor, *, c: float) -> Tensor:
+    """|delta_bar| without thresholding (Table 14, "magnitude-only"); omega leaves [-1, 1]."""
+    return delta_bar.abs()
+
+
+@GATES.register("fixed")
+def _gate_fixed(delta: Tensor, delta_bar: Tensor, *, c: float) -> Tensor:
+    """1[|delta| > c] on the raw gap in nats (Table 14, "fixed threshold")."""
+    return (delta.abs() > c).to(delta_bar.dtype)
+
+
+# --------------------------------------------------------------------------- masked statistics
+
+
+def _pair_at_ranks(sorted_x: Tensor, n: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+    """Order statistics ``sorted_x[b, lo[b]]`` and ``sorted_x[b, hi[b]]``; 0 where n == 0."""
+    if sorted_x.shape[-1] == 0:  # T == 0: every row is empty
+        zero = sorted_x.new_zeros(sorted_x.shape[:-1])
+        return zero, zero
+    a = sorted_x.gather(-1, lo.unsqueeze(-1)).squeeze(-1)
+    b = sorted_x.gather(-1, hi.unsqueeze(-1)).squeeze(-1)
+    empty = n == 0
+    return a.masked_fill(empty, 0.0), b.masked_fill(empty, 0.0)
+
+
+def _sort_valid_first(x: Tensor, mask: Tensor) -> Tensor:
+    """Each row sorted ascending with its invalid entries pushed to the end (as +inf)."""
+    return torch.where(mask, x, math.inf).sort(dim=-1).values
+
+
+def _masked_median(x: Tensor, mask: Tensor, n: Tensor) -> Tensor:
+    """Per-row median over ``mask``, as ``numpy.median``; 0 for rows with no valid entry.
+
+    ``x`` must be finite where ``mask`` is True; ``n`` is ``mask.sum(-1)``.
+    """
+    sorted_x = _sort_valid_first(x, mask)
+    last = (n - 1).clamp(min=0)
+    a, b = _pair_at_ranks(sorted_x, n, last // 2, n // 2)
+    return (a + b) / 2  # odd n: a == b; even n: numpy's mean of the two middle values
+
+
+def _masked_quantile(x: Tensor, mask: Tensor, n: Tensor, q: float) -> Tensor:
+    """Per-row ``q``-quantile over ``mask``, as ``numpy.quantile`` (method "linear").
+
+    The virtual rank is q (n - 1) in float64; the value interpolates between the order
+    statistics at its floor and ceiling with numpy's two-sided lerp. 0 for empty rows.
+    """
+    sorted_x = _sort_valid_first(x, mask)
+    last = (n - 1).clamp(min=0)
+    rank = last.to(torch.float64) * q
+    lo = rank.floor()
+    gamma = rank - lo
+    lo = lo.long()
+    a, b = _pair_at_ranks(sorted_x, n, lo, torch.minimum(lo + 1, last))
+    diff = b - a
+    return torch.where(
+        gamma >= 0.5,
+        b - diff * (1.0 - gamma).to(x.dtype),
+        a + diff * gamma.to(x.dtype),
+    )
+
+
+def _masked_mean(x: Tensor, mask: Tensor, n: Tensor) -> Tensor:
+    """Per-row mean over ``mask`` of an ``x`` that is already 0 off ``mask``; 0 when empty."""
+    return x.sum(dim=-1) / n.clamp(min=1).to(x.dtype)
+
+
+# --------------------------------------------------------------------------- DASD shaper
+
+
+@dataclass(frozen=True)
+class TokenAdvantages:
+    """Per-token outputs of an advantage shaper, each ``(B, T)`` and exactly 0 off ``mask``."""
+
+    advantages: Tensor
+    """A_hat_t = A_G + beta omega_t delta_bar_t: the advantage fed to the PPO surrogate."""
+    omega: Tensor
+    """omega_t = z_t g_t: the signed teacher-pressure coefficient of eq. (3)-(4)."""
+    delta_bar: Tensor
+    """delta_t / (median_t |delta_t| + eps): the trajectory-normalized gap of eq. (8)."""
+    router: Tensor
+    """z_t = D((tau - H_t) / (sigma_H + eps)): the direction factor."""
+    gate: Tensor
+    """g_t: the reliability factor."""
+
+
+def dasd_advantages(
+    group_adv: Tensor,
+    entropy: Tensor,
+    student_logp: Tensor,
+    teacher_logp: Tensor,
+    mask: Tensor,
+    *,
+    beta: float,
+    rho: float = 0.2,
+    eps: float = 1e-6,
+    direction: str = "tanh",
+    gate: str = "sigmoid",
+    c: float = DEFAULT_FIXED_GATE_C,
+) -> TokenAdvantages:
+    """Direction-adaptive token advantages, eq. (4) and (8), Algorithm 1 lines 13-21.
+
+    Args:
+        group_adv: ``(B,)`` verifier advantage A_G of each trajectory (``group_advantages``).
+        entropy: ``(B, T)`` routing signal H_t; the student's predictive entropy in DASD, any
+            per-token signal in the routing ablations (Table 12).
+        student_logp: ``(B, T)`` log pi_theta(o_t | x, o_<t) of the emitted tokens.
+        teacher_logp: ``(B, T)`` log pi_theta(o_t | x, r, o_<t) of the privileged teacher.
+        mask: ``(B, T)`` bool, True on valid response tokens.
+        beta: weight of the directional correction; 0 recovers GRPO.
+        rho: router quantile in [0, 1] (default 0.2, section 5).
+        eps: > 0, added to the median gap and to the entropy mean absolute deviation.
+        direction: name in ``DIRECTIONS``: "tanh" (default), "hard", "linear", "plus", "minus".
+        gate: name in ``GATES``: "sigmoid" (default), "none", "magnitude", "fixed".
+        c: threshold in nats of the "fixed" gate 1[|delta_t| > c] (default log 2; the paper
+            gives none); ignored by the other gates.
+
+    Returns:
+        ``TokenAdvantages`` with ``advantages, omega, delta_bar, router, gate``, each
+        ``(B, T)`` in the promoted float dtype (at least float32), 0 off ``mask``.
+    """
+    direction_fn = DIRECTIONS.get(direction)
+    gate_fn = GATES.get(gate)
+    if not 0.0 <= rho <= 1.0:
+        raise ValueError(f"rho must be in [0, 1]; got {rho!r}")
+    _check_eps(eps)
+    _check_shapes(group_adv, mask, entropy=entropy, student_logp=student_logp,
+                  teacher_logp=teacher_logp)
+    dtype = _compute_dtype(group_adv, entropy, student_logp, teacher_logp)
+    with torch.no_grad():
+        h = torch.where(mask, entropy.detach().to(dtype), 0.0)
+        delta = teacher_logp.detach().to(dtype) - student_logp.detach().to(dtype)
+        delta = torch.where(mask, delta, 0.0)
+        n = mask.sum(dim=-1)
+
+        # Algorithm 1 lines 13-15: per-trajectory statistics over valid tokens.
+        tau = _masked_quantile(h, mask, n, rho)
+        h_mean = _masked_mean(h, mask, n)
+        sigma_h = _masked_mean(torch.where(mask, (h - h_mean[:, None]).abs(), 0.0), mask, n)
+        delta_med = _masked_median(delta.abs(), mask, n)
+
+        # Lines 17-21: per-token normalized gap, gate, router, omega, advantage.
+        delta_bar = delta / (delta_med[:, None] + eps)
+        router = direction_fn((tau[:, None] - h) / (sigma_h[:, None] + eps))
+        g = gate_fn(delta, delta_bar, c=c)
+        omega = router * g
+        adv = group_adv.detach().to(dtype)[:, None] + beta * omega * delta_bar
+
+        def on_mask(x: Tensor) -> Tensor:
+            return torch.where(mask, x, 0.0)
+
+        return TokenAdvantages(
+            advantages=on_mask(adv),
+            omega=on_mask(omega),
+            delta_bar=on_mask(delta_bar),
+            router=on_mask(router),
+            gate=on_mask(g),
+        )
+
+
+# --------------------------------------------------------------------------- method registry
+
+
+class AdvantageMethod(Protocol):
+    def __call__(
+        self,
+        group_adv: Tensor,
+        entropy: Tensor | None,
+        student_logp: Tensor | None,
+        teacher_logp: Tensor | None,
+        mask: Tensor,
+        *,
+        beta: float,
+        rho: float = 0.2,
+        eps: float = 1e-6,
+        **options: object,
+    ) -> TokenAdvantages: ...
+
+
+#: Advantage shapers by method name (``dasd-probe train --method``). Every entry has the
+#: ``AdvantageMethod`` signature and returns ``TokenAdvantages``.
+METHODS: Registry[AdvantageMethod] = Registry("method")
+
+
+def get_method(name: str) -> AdvantageMethod:
+    """The advantage shaper registered as ``name``; a ``ValueError`` listing the valid names."""
+    return METHODS.get(name)
+
+
+@METHODS.register("grpo")
+def grpo(
+    group_adv: Tensor,
+    entropy: Tensor | None,
+    student_logp: Tensor | None,
+    teacher_logp: Tensor | None,
+    mask: Tensor,
+    *,
+    beta: float,
+    rho: float = 0.2,
+    eps: float = 1e-6,
+    **options: object,
+) -> TokenAdvantages:
+    """GRPO: every valid token inherits its trajectory's A_G (eq. 1; section 2).
+
+    Follows the paper's verifier-only baseline, the beta = 0 limit of eq. (5). Departs in
+    nothing; ``beta``, ``rho`` and ``eps`` are accepted for the shared signature and ignored,
+    ``entropy``, ``student_logp`` and ``teacher_logp`` may be None (no teacher pass needed),
+    and ``omega``, ``delta_bar``, ``router`` and ``gate`` are all 0. Takes no options.
+    """
+    _check_options("grpo", options, ())
+    _check_shapes(group_adv, mask, entropy=entropy, student_logp=student_logp,
+                  teacher_logp=teacher_logp)
+    dtype = _compute_dtype(group_adv, entropy, student_logp, teacher_logp)
+    with torch.no_grad():
+        zeros = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+        adv = torch.where(mask, group_adv.detach().to(dtype)[:, None], 0.0)
+        return TokenAdvantages(advantages=adv, omega=zeros, delta_bar=zeros, router=zeros,
+                               gate=zeros)
+
+
+@METHODS.register("dasd")
+def dasd(
+    group_adv: Tensor,
+    entropy: Tensor,
+    student_logp: Tensor,
+    teacher_logp: Tensor,
+    mask: Tensor,
+    *,
+    beta: float,
+    rho: float = 0.2,
+    eps: float = 1e-6,
+    **options: object,
+) -> TokenAdvantages:
+    """DASD: entropy-routed, gap-gated direction (eq. 4) on the normalized gap (eq. 8).
+
+    Follows section 4 and Algorithm 1 lines 13-21 with the tanh router and sigmoid gate; the
+    options ``direction``, ``gate`` and ``c`` pass through to ``dasd_advantages`` for the
+    design-space ablations of Tables 13-14 (e.g. Table 13's "constant +1" row is
+    ``direction="plus"`` with the sigmoid gate kept). Departures: those listed in the module
+    docstring.
+    """
+    _check_options("dasd", options, ("direction", "gate", "c"))
+    return dasd_advantages(group_adv, entropy, student_logp, teacher_logp, mask, beta=beta,
+                           rho=rho, eps=eps, **options)
+
+
+@METHODS.register("conformity")
+def conformity(
+    group_adv: Tensor,
+    entropy: Tensor,
+    student_logp: Tensor,
+    teacher_logp: Tensor,
+    mask: Tensor,
+    *,
+    beta: float,
+    rho: float = 0.2,
+    eps: float = 1e-6,
+    **options: object,
+) -> TokenAdvantages:
+    """Conformity, omega = +1: uniform attraction to the privileged teacher (Probe 1, section 3).
+
+    Follows Probe 1's OPSD-like sign s_t = +1 on a GRPO backbone, here A_hat = A_G + beta
+    delta_bar (``direction="plus"``, ``gate="none"``). Departs: Probe 1 optimizes the raw
+    sampled gap A_t = delta_t; we use the trajectory-normalized delta_bar of eq. (8) so that
+    its scale matches DASD's and the same beta compares like with like. Takes no options.
+    """
+    _check_options("conformity", options, ())
+    return dasd_advantages(group_adv, entropy, student_logp, teacher_logp, mask, beta=beta,
+                           rho=rho, eps=eps, direction="plus", gate="none")
+
+
+@METHODS.register("novelty")
+def novelty(
+    group_adv: Tensor,
+    entropy: Tensor,
+    student_logp: Tensor,
+    teacher_logp: Tensor,
+    mask: Tensor,
+    *,
+    beta: float,
+    rho: float = 0.2,
+    eps: float = 1e-6,
+    **options: object,
+) -> TokenAdvantages:
+    """Novelty, omega = -1: uniform repulsion from the privileged teacher (Probe 1, section 3).
+
+    Follows Probe 1's mirror sign s_t = -1 on a GRPO backbone, here A_hat = A_G - beta
+    delta_bar (``direction="minus"``, ``gate="none"``). Departs: Probe 1 uses the raw gap
+    A_t = delta_t; we use the normalized delta_bar of eq. (8) so that its scale matches DASD's.
+    Takes no options.
+    """
+    _check_options("novelty", options, ())
+    return dasd_advantages(group_adv, entropy, student_logp, teacher_logp, mask, beta=beta,
+                           rho=rho, eps=eps, direction="minus", gate="none")
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _check_eps(eps: float) -> None:
+    if not (eps > 0 and math.isfinite(eps)):
+        raise ValueError(f"eps must be a positive finite number; got {eps!r}")
+
+
+def _check_options(method: str, options: dict[str, object], allowed: tuple[str, ...]) -> None:
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        valid = ", ".join(allowed) if allowed else "none"
+        raise ValueError(f"method {method!r} got unknown options {unknown}; valid: {valid}")
+
+
+def _check_shapes(group_adv: Tensor, mask: Tensor, **per_token: Tensor | None) -> None:
+    """``mask`` bool (B, T), ``group_adv`` (B,), every non-None ``per_token`` tensor (B, T)."""
+    if mask.dtype != torch.bool:
+        raise ValueError(f"mask must be a bool tensor; got {mask.dtype} (pass mask.bool())")
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be (B, T); got shape {tuple(mask.shape)}")
+    if group_adv.shape != mask.shape[:1]:
+        raise ValueError(
+            f"group_adv must be (B,) = {tuple(mask.shape[:1])} to match mask {tuple(mask.shape)}; "
+            f"got {tuple(group_adv.shape)}"
+        )
+    for name, x in per_token.items():
+        if x is not None and x.shape != mask.shape:
+            raise ValueError(
+                f"{name} must have mask's shape {tuple(mask.shape)}; got {tuple(x.shape)}"
+            )
+
+
+def _compute_dtype(*tensors: Tensor | None) -> torch.dtype:
+    dtype = torch.float32
+    for x in tensors:
+        if x is not None:
+            dtype = torch.promote_types(dtype, x.dtype)
+    return dtype
+

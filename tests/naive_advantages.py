@@ -1,0 +1,82 @@
+"""Naive references for ``dasd.advantages``: one group / one trajectory at a time, numpy only.
+
+Written straight from the paper (Algorithm 1 lines 4 and 13-21, eq. 4 and 8) and DESIGN.md
+section 3, sharing no code with the vectorized module, so that agreement means something.
+Arrays in, arrays out; the computation keeps the inputs' numpy dtype.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+DIRECTION_NAMES = ("tanh", "hard", "linear", "plus", "minus")
+GATE_NAMES = ("sigmoid", "none", "magnitude", "fixed")
+
+
+def group_advantages(rewards, group_size, eps=1e-6):
+    """A_G = (R - mean) / (std + eps) per group of ``group_size``, unbiased std; 0 if constant."""
+    rewards = np.asarray(rewards, dtype=np.float64)
+    out = np.zeros_like(rewards)
+    for start in range(0, len(rewards), group_size):
+        r = rewards[start:start + group_size]
+        if group_size == 1 or np.all(r == r[0]):
+            continue
+        out[start:start + group_size] = (r - r.mean()) / (r.std(ddof=1) + eps)
+    return out
+
+
+def _direction(name, x):
+    if name == "tanh":
+        return np.tanh(x)
+    if name == "hard":
+        return np.sign(x)
+    if name == "linear":
+        return np.clip(x, -1.0, 1.0)
+    if name == "plus":
+        return np.ones_like(x)
+    if name == "minus":
+        return -np.ones_like(x)
+    raise ValueError(name)
+
+
+def _gate(name, delta, delta_bar, c):
+    if name == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-(np.abs(delta_bar) - 1.0)))
+    if name == "none":
+        return np.ones_like(delta_bar)
+    if name == "magnitude":
+        return np.abs(delta_bar)
+    if name == "fixed":
+        return (np.abs(delta) > c).astype(delta_bar.dtype)
+    raise ValueError(name)
+
+
+def dasd_advantages(group_adv, entropy, student_logp, teacher_logp, mask, *, beta, rho=0.2,
+                    eps=1e-6, direction="tanh", gate="sigmoid", c=math.log(2.0)):
+    """Row loop over trajectories; returns a dict with the five ``TokenAdvantages`` fields."""
+    mask = np.asarray(mask, dtype=bool)
+    entropy = np.asarray(entropy)
+    dtype = entropy.dtype
+    names = ("advantages", "omega", "delta_bar", "router", "gate")
+    out = {k: np.zeros(mask.shape, dtype=dtype) for k in names}
+    for i in range(mask.shape[0]):
+        valid = mask[i]
+        if not valid.any():
+            continue
+        h = entropy[i, valid]
+        delta = teacher_logp[i, valid] - student_logp[i, valid]
+        tau = np.quantile(h, rho)
+        sigma_h = np.mean(np.abs(h - np.mean(h)))
+        delta_tilde = np.median(np.abs(delta))
+        delta_bar = delta / (delta_tilde + eps)
+        g = _gate(gate, delta, delta_bar, c)
+        z = _direction(direction, (tau - h) / (sigma_h + eps))
+        omega = z * g
+        out["advantages"][i, valid] = group_adv[i] + beta * omega * delta_bar
+        out["omega"][i, valid] = omega
+        out["delta_bar"][i, valid] = delta_bar
+        out["router"][i, valid] = z
+        out["gate"][i, valid] = g
+    return out
