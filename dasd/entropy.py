@@ -1,0 +1,337 @@
+"""Chunked, memory-bounded token statistics from logits (paper section 2, section 4, appendix C).
+
+Pure tensor math. Two per-position quantities the method needs from a ``(..., V)`` logits
+tensor, computed without ever materialising a full ``(N, V)`` float32 log-softmax:
+
+- ``token_entropy_and_logprob``: the student entropy H_t = -sum_v p(v) log p(v) that drives the
+  entropy router (eq. 4; Algorithm 1 line 9) and the log-probability log p(o_t) of the emitted
+  token (the PPO ratio of eq. 1 and 5, and delta_t of eq. 4).
+- ``token_reverse_kl``: the full-vocabulary reverse KL(p || sg[q]) per position (eq. 2 and the
+  KL inside eq. 3), used by ``dasd.losses.reverse_kl_loss``.
+
+Memory. Positions are processed ``chunk_size`` rows at a time; each chunk is upcast to float32
+(float64 logits stay float64) into reused scratch buffers: two ``(chunk_size, V)`` buffers for
+the entropy / log-prob, three for the KL. At the default ``chunk_size=1024`` and Qwen3's
+V = 151,936 that is 1.2 GB (entropy) whatever the number of positions, against 10 GB for one
+full float32 log-softmax of 16,384 positions. Both functions are differentiable through custom
+autograd functions that save only the logits (already held by the caller) and O(N) per-position
+statistics, and recompute softmax chunk by chunk in backward, so the backward pass is bounded in
+the same way (plus the unavoidable gradient tensor, in the logits' dtype).
+
+Departures and limits:
+
+1. Double backward is not supported (the backward is ``once_differentiable``); the trainer only
+   needs first-order gradients.
+2. Logits whose leading dimensions cannot be flattened as a view (e.g. ``logits[:, :-1]``) are
+   gathered one chunk at a time (a chunk-sized copy), never copied whole.
+3. Non-finite logits (NaN, +inf, and -inf too, since an entropy or KL over a -inf logit is
+   ambiguous in float arithmetic) are rejected with a ``ValueError``; detection reads the
+   per-position results, so it costs no extra pass over the logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+__all__ = ["token_entropy_and_logprob", "token_reverse_kl"]
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def _compute_dtype(*tensors: Tensor) -> torch.dtype:
+    """float64 if any input is float64, else float32 (half precisions are upcast)."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _row_source(x: Tensor) -> Callable[[int, int], Tensor]:
+    """A function ``rows(s, e)`` giving rows ``s:e`` of ``x`` seen as ``(N, V)``.
+
+    A view when the leading dims flatten as a view; otherwise a gather of just those rows.
+    """
+    v = x.shape[-1]
+    try:
+        flat = x.view(-1, v)
+    except RuntimeError:
+        lead = x.shape[:-1]
+
+        def rows(s: int, e: int) -> Tensor:
+            idx = torch.unravel_index(torch.arange(s, e, device=x.device), lead)
+            return x[idx]
+
+        return rows
+    return lambda s, e: flat[s:e]
+
+
+def _log_softmax_into(chunk: Tensor, logp: Tensor, p: Tensor, temperature: float) -> Tensor:
+    """Fill ``logp`` with log softmax(chunk / T) and ``p`` with softmax(chunk / T); return lse.
+
+    ``logp`` and ``p`` are preallocated ``(n, V)`` buffers of the compute dtype; no other
+    ``(n, V)`` temporary is created.
+    """
+    logp.copy_(chunk)
+    if temperature != 1.0:
+        logp.div_(temperature)
+    m = logp.amax(dim=-1, keepdim=True)
+    torch.sub(logp, m, out=p)
+    p.exp_()
+    s = p.sum(dim=-1, keepdim=True)
+    lse = m + s.log()
+    p.div_(s)
+    logp.sub_(lse)
+    return lse.squeeze(-1)
+
+
+def _check_finite(name: str, *stats: Tensor) -> None:
+    ok = torch.ones((), dtype=torch.bool, device=stats[0].device)
+    for s in stats:
+        ok = ok & torch.isfinite(s).all()
+    if not bool(ok):
+        bad = ~torch.stack([torch.isfinite(s) for s in stats]).all(dim=0)
+        pos = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"{name} contain NaN/inf (first at flattened position {pos}); "
+            "check the model's forward pass or the temperature"
+        )
+
+
+def _check_common(logits: Tensor, chunk_size: int, name: str = "logits") -> None:
+    if not logits.is_floating_point():
+        raise ValueError(f"{name} must be a floating tensor, got {logits.dtype}")
+    if logits.dim() < 1 or logits.shape[-1] < 1:
+        raise ValueError(f"{name} must have shape (..., V) with V >= 1, got {tuple(logits.shape)}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+
+
+# ---------------------------------------------------------------------------------------------
+# entropy and emitted-token log-prob
+
+
+def _entropy_logprob_fwd(
+    logits: Tensor, ids: Tensor, chunk_size: int, temperature: float
+) -> tuple[Tensor, Tensor]:
+    """Per-position entropy and token log-prob, flattened ``(N,)``, in the compute dtype."""
+    v = logits.shape[-1]
+    n = ids.numel()
+    cd = _compute_dtype(logits)
+    dev = logits.device
+    ent = torch.empty(n, dtype=cd, device=dev)
+    lp = torch.empty(n, dtype=cd, device=dev)
+    lse = torch.empty(n, dtype=cd, device=dev)
+    rows = _row_source(logits)
+    c = max(min(chunk_size, n), 1)
+    buf_logp = torch.empty((c, v), dtype=cd, device=dev)
+    buf_p = torch.empty((c, v), dtype=cd, device=dev)
+    for s in range(0, n, c):
+        e = min(s + c, n)
+        logp, p = buf_logp[: e - s], buf_p[: e - s]
+        lse[s:e] = _log_softmax_into(rows(s, e), logp, p, temperature)
+        lp[s:e] = logp.gather(1, ids[s:e, None]).squeeze(1)
+        # in place (no third buffer); torch.sum's cascaded summation keeps H accurate
+        ent[s:e] = -p.mul_(logp).sum(dim=-1)
+    _check_finite("logits", ent, lse)
+    return ent, lp
+
+
+class _EntropyLogprob(torch.autograd.Function):
+    """Autograd wrapper: saves logits and O(N) stats, recomputes softmax chunkwise in backward."""
+
+    @staticmethod
+    def forward(ctx, logits, ids, chunk_size, temperature):
+        ent, lp = _entropy_logprob_fwd(logits, ids, chunk_size, temperature)
+        ctx.save_for_backward(logits, ids, ent)
+        ctx.chunk_size, ctx.temperature = chunk_size, temperature
+        ctx.set_materialize_grads(False)
+        # a copy, so that in-place edits of the returned entropy cannot break backward
+        return ent.to(torch.float32, copy=True), lp.float()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_ent, g_lp):
+        logits, ids, ent = ctx.saved_tensors
+        if g_ent is None and g_lp is None:
+            return None, None, None, None
+        t = ctx.temperature
+        v = logits.shape[-1]
+        n = ids.numel()
+        cd = ent.dtype
+        grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+        grad_flat = grad.view(-1, v)
+        rows = _row_source(logits)
+        c = max(min(ctx.chunk_size, n), 1)
+        buf_g = torch.empty((c, v), dtype=cd, device=logits.device)
+        buf_p = torch.empty((c, v), dtype=cd, device=logits.device)
+        g_ent = None if g_ent is None else g_ent.reshape(-1).to(cd)
+        g_lp = None if g_lp is None else g_lp.reshape(-1).to(cd)
+        for s in range(0, n, c):
+            e = min(s + c, n)
+            g, p = buf_g[: e - s], buf_p[: e - s]
+            # g <- log p, p <- p, recomputed exactly as in forward
+            _log_softmax_into(rows(s, e), g, p, t)
+            # dH/dz_j = -p_j (log p_j + H);  d log p(o)/dz_j = 1[j = o] - p_j;  z = x / T
+            if g_ent is not None:
+                g.add_(ent[s:e, None]).mul_(g_ent[s:e, None])
+                if g_lp is not None:
+                    g.add_(g_lp[s:e, None])
+            else:
+                g.copy_(g_lp[s:e, None].expand_as(g))
+            g.mul_(p).neg_()
+            if g_lp is not None:
+                g.scatter_add_(1, ids[s:e, None], g_lp[s:e, None])
+            if t != 1.0:
+                g.div_(t)
+            grad_flat[s:e].copy_(g)
+        return grad, None, None, None
+
+
+def token_entropy_and_logprob(
+    logits: Tensor,
+    token_ids: Tensor,
+    *,
+    chunk_size: int = 1024,
+    temperature: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """Entropy of softmax(logits / T) and log-prob of ``token_ids``, per position, in chunks.
+
+    Args:
+        logits: ``(..., V)`` float tensor of any float dtype (bf16 as a model emits it is fine;
+            it is upcast one chunk at a time, never whole).
+        token_ids: ``(...)`` integer tensor, the emitted token at each position, in ``[0, V)``.
+        chunk_size: positions per chunk; peak extra memory is about ``2 * chunk_size * V * 4``
+            bytes (float32 compute) in forward and in backward.
+        temperature: T > 0; the distribution is softmax(logits / T).
+
+    Returns:
+        ``(entropy, logprob)``, both float32 of shape ``(...)``: H = -sum_v p log p and
+        log p(token_id). Differentiable w.r.t. ``logits`` (first order).
+
+    Raises:
+        ValueError: non-finite logits, temperature <= 0, mismatched shapes, token ids out of
+            range.
+    """
+    _check_common(logits, chunk_size)
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if token_ids.shape != logits.shape[:-1]:
+        raise ValueError(
+            f"token_ids shape {tuple(token_ids.shape)} must equal logits.shape[:-1] "
+            f"{tuple(logits.shape[:-1])}"
+        )
+    if token_ids.is_floating_point() or token_ids.is_complex() or token_ids.dtype == torch.bool:
+        raise ValueError(f"token_ids must be an integer tensor, got {token_ids.dtype}")
+    lead = logits.shape[:-1]
+    ids = token_ids.reshape(-1).to(device=logits.device, dtype=torch.long)
+    v = logits.shape[-1]
+    if bool(((ids < 0) | (ids >= v)).any()):
+        raise ValueError(
+            f"token_ids must lie in [0, {v}); got min {int(ids.min())}, max {int(ids.max())}"
+        )
+    temperature = float(temperature)
+    if torch.is_grad_enabled() and logits.requires_grad:
+        ent, lp = _EntropyLogprob.apply(logits, ids, chunk_size, temperature)
+    else:
+        ent, lp = _entropy_logprob_fwd(logits, ids, chunk_size, temperature)
+        ent, lp = ent.float(), lp.float()
+    return ent.view(lead), lp.view(lead)
+
+
+# ---------------------------------------------------------------------------------------------
+# full-vocabulary reverse KL(p || sg q)
+
+
+def _reverse_kl_fwd(student: Tensor, teacher: Tensor, chunk_size: int) -> Tensor:
+    """Per-position KL(p || q), flattened ``(N,)``, in the compute dtype."""
+    v = student.shape[-1]
+    n = student.numel() // v
+    cd = _compute_dtype(student, teacher)
+    dev = student.device
+    kl = torch.empty(n, dtype=cd, device=dev)
+    lse_p = torch.empty(n, dtype=cd, device=dev)
+    lse_q = torch.empty(n, dtype=cd, device=dev)
+    s_rows, t_rows = _row_source(student), _row_source(teacher)
+    c = max(min(chunk_size, n), 1)
+    buf_logp = torch.empty((c, v), dtype=cd, device=dev)
+    buf_p = torch.empty((c, v), dtype=cd, device=dev)
+    buf_logq = torch.empty((c, v), dtype=cd, device=dev)
+    for s in range(0, n, c):
+        e = min(s + c, n)
+        logp, p, logq = buf_logp[: e - s], buf_p[: e - s], buf_logq[: e - s]
+        # q's softmax goes into p's buffer first (discarded), then p overwrites it
+        lse_q[s:e] = _log_softmax_into(t_rows(s, e), logq, p, 1.0)
+        lse_p[s:e] = _log_softmax_into(s_rows(s, e), logp, p, 1.0)
+        kl[s:e] = p.mul_(logp.sub_(logq)).sum(dim=-1)
+    _check_finite("student/teacher logits", kl, lse_p, lse_q)
+    return kl
+
+
+class _ReverseKL(torch.autograd.Function):
+    """Autograd wrapper for KL(p || sg q): gradient to the student only."""
+
+    @staticmethod
+    def forward(ctx, student, teacher, chunk_size):
+        kl = _reverse_kl_fwd(student, teacher, chunk_size)
+        ctx.save_for_backward(student, teacher, kl)
+        ctx.chunk_size = chunk_size
+        return kl.float()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_kl):
+        student, teacher, kl = ctx.saved_tensors
+        v = student.shape[-1]
+        n = kl.numel()
+        cd = kl.dtype
+        dev = student.device
+        grad = torch.empty(student.shape, dtype=student.dtype, device=dev)
+        grad_flat = grad.view(-1, v)
+        s_rows, t_rows = _row_source(student), _row_source(teacher)
+        g_kl = g_kl.reshape(-1).to(cd)
+        c = max(min(ctx.chunk_size, n), 1)
+        buf_g = torch.empty((c, v), dtype=cd, device=dev)
+        buf_p = torch.empty((c, v), dtype=cd, device=dev)
+        buf_logq = torch.empty((c, v), dtype=cd, device=dev)
+        for s in range(0, n, c):
+            e = min(s + c, n)
+            g, p, logq = buf_g[: e - s], buf_p[: e - s], buf_logq[: e - s]
+            _log_softmax_into(t_rows(s, e), logq, p, 1.0)
+            _log_softmax_into(s_rows(s, e), g, p, 1.0)
+            # dKL/dz_j = p_j (log p_j - log q_j - KL)
+            g.sub_(logq).sub_(kl[s:e, None]).mul_(p).mul_(g_kl[s:e, None])
+            grad_flat[s:e].copy_(g)
+        return grad, None, None  # teacher: stop-gradient, no gradient
+
+
+def token_reverse_kl(
+    student_logits: Tensor, teacher_logits: Tensor, *, chunk_size: int = 1024
+) -> Tensor:
+    """Full-vocabulary KL(softmax(student) || sg[softmax(teacher)]) per position, in chunks.
+
+    Args:
+        student_logits: ``(..., V)``, any float dtype; receives the gradient.
+        teacher_logits: same shape; always treated as a constant (stop-gradient, eq. 2): it gets
+            no gradient even when it requires grad.
+        chunk_size: positions per chunk; peak extra memory about ``3 * chunk_size * V * 4`` bytes.
+
+    Returns:
+        float32 ``(...)`` tensor of KL values (>= 0 up to rounding).
+    """
+    _check_common(student_logits, chunk_size, "student_logits")
+    _check_common(teacher_logits, chunk_size, "teacher_logits")
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student_logits {tuple(student_logits.shape)} and teacher_logits "
+            f"{tuple(teacher_logits.shape)} must have the same shape"
+        )
+    lead = student_logits.shape[:-1]
+    teacher = teacher_logits.detach()
+    if torch.is_grad_enabled() and student_logits.requires_grad:
+        kl = _ReverseKL.apply(student_logits, teacher, chunk_size)
+    else:
+        kl = _reverse_kl_fwd(student_logits, teacher, chunk_size).float()
+    return kl.view(lead)
