@@ -1,0 +1,329 @@
+"""Batched sampling from a ``transformers`` causal LM with a KV cache.
+
+Implements the rollout step of the paper (section 2, GRPO: sample G trajectories from
+π_θold(·|x); appendix C, Algorithm 1 line 3: rollouts are sampled without privileged context;
+appendix F: evaluation samples at temperature 1.0, top-p 0.9). The engine left-pads prompts,
+prefills once, then decodes one token per step reusing the model's KV cache.
+
+Departures and choices:
+
+1. ``Rollouts.logprobs`` are log-probs under softmax(logits / temperature) *without* top-p
+   truncation: this is the π_old of the PPO ratio (section 2, ρ_t), the same distribution the
+   scorer (``dasd.scoring``) computes. At temperature 0 (greedy) they are taken at
+   temperature 1.
+2. Rows that have emitted EOS are dropped from the decoding batch (the KV cache is compacted)
+   once they make up a quarter of it, so long stragglers do not pay for finished rows.
+3. Sampling draws one uniform number per row from ``generator`` (on its own device) and
+   inverts the nucleus CDF, so a CPU generator makes runs reproducible on any device.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+__all__ = [
+    "Rollouts",
+    "encode_prompts",
+    "eval_mode",
+    "generate",
+    "model_call_kwargs",
+    "positions_from_mask",
+    "sample_from_logits",
+    "stop_token_ids",
+]
+
+
+@dataclass
+class Rollouts:
+    """Sampled responses to a list of prompts, on CPU, in input order.
+
+    Attributes:
+        prompts: the N prompt strings.
+        prompt_ids: ``(N, P)`` int64, left-padded with the tokenizer's pad id.
+        prompt_mask: ``(N, P)`` bool, True on prompt tokens.
+        response_ids: ``(N, T)`` int64, right-padded with the pad id; T is the longest response.
+        response_mask: ``(N, T)`` bool, True on emitted tokens (EOS included).
+        logprobs: ``(N, T)`` float32, log π_old of each emitted token under
+            softmax(logits / temperature) without top-p truncation (temperature 1 when sampling
+            greedily); 0 outside ``response_mask``.
+        finished: ``(N,)`` bool, True where the response ended with EOS.
+        responses: the N decoded responses, without EOS or padding.
+    """
+
+    prompts: list[str]
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+    logprobs: torch.Tensor
+    finished: torch.Tensor
+    responses: list[str]
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """``(N,)`` int64: the number of emitted tokens of each response (EOS included)."""
+        return self.response_mask.sum(-1)
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` (every submodule) in eval mode; restore each submodule's mode on exit."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids ``(B, L)`` int64 from an attention mask ``(B, L)``: 0 at each row's first
+    attended token, counting attended tokens only; 0 on the left padding."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def model_call_kwargs(model: nn.Module) -> tuple[str, bool]:
+    """How to call ``model.forward`` across ``transformers`` versions.
+
+    Returns the keyword of the KV cache (``"cache"`` in transformers >= 5.x, where
+    ``past_key_values`` is deprecated; ``"past_key_values"`` before) and whether the forward
+    takes ``logits_to_keep``.
+    """
+    params = inspect.signature(model.forward).parameters
+    cache_kw = "cache" if "cache" in params else "past_key_values"
+    return cache_kw, "logits_to_keep" in params
+
+
+def encode_prompts(
+    tokenizer: PreTrainedTokenizerBase, prompts: list[str]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokenize ``prompts`` with left padding.
+
+    Returns ``ids (N, P)`` int64 and ``mask (N, P)`` bool. Raises ``ValueError`` when the
+    tokenizer has no pad token or a prompt encodes to no tokens.
+    """
+    if tokenizer.pad_token_id is None:
+        raise ValueError("tokenizer has no pad token; set tokenizer.pad_token (e.g. to its eos token)")
+    if not prompts:
+        raise ValueError("prompts is empty; pass at least one prompt")
+    enc = tokenizer(list(prompts), padding=True, padding_side="left", return_tensors="pt")
+    ids, mask = enc["input_ids"].long(), enc["attention_mask"].bool()
+    empty = (~mask.any(-1)).nonzero().flatten()
+    if empty.numel():
+        raise ValueError(f"prompt {int(empty[0])} encodes to no tokens; pass non-empty prompts")
+    return ids, mask
+
+
+def stop_token_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The EOS ids that end a response: the tokenizer's EOS and the model's generation-config
+    EOS ids (an int or a list), as ``model.generate`` stops. Raises ``ValueError`` if none."""
+    ids = {tokenizer.eos_token_id}
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos])
+    ids.discard(None)
+    if not ids:
+        raise ValueError("neither the tokenizer nor the model defines an eos token; set tokenizer.eos_token")
+    return sorted(ids)
+
+
+def sample_from_logits(
+    logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample one token per row with temperature and nucleus (top-p) truncation.
+
+    Args:
+        logits: ``(B, V)`` next-token logits (any float dtype; computed in float32).
+        temperature: softmax temperature; 0 means greedy argmax.
+        top_p: keep the smallest set of most probable tokens whose cumulative probability is
+            ≥ ``top_p`` (the top token is always kept), renormalise, sample.
+        generator: source of the one uniform draw per row, on any device.
+
+    Returns:
+        ``token_ids (B,)`` int64 and ``logprobs (B,)`` float32: log softmax(logits / temperature)
+        at the sampled token, without top-p truncation (temperature 1 when greedy).
+    """
+    _check_sampling(temperature, top_p)
+    logits = logits.float()
+    if temperature == 0:
+        tokens = logits.argmax(-1)
+        logp = torch.log_softmax(logits, -1)
+    else:
+        logp = torch.log_softmax(logits / temperature, -1)
+        probs, order = torch.sort(logp.exp(), dim=-1, descending=True, stable=True)
+        cdf = probs.cumsum(-1)
+        kept = ((cdf - probs) < top_p) & (probs > 0)
+        kept[:, 0] = True
+        cdf = (probs * kept).cumsum(-1)
+        gen_device = generator.device if generator is not None else logits.device
+        u = torch.rand(logits.shape[0], 1, generator=generator, device=gen_device).to(logits.device)
+        rank = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
+        rank = torch.minimum(rank, kept.sum(-1, keepdim=True) - 1)
+        tokens = order.gather(-1, rank).squeeze(-1)
+    return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+def _check_sampling(temperature: float, top_p: float) -> None:
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+
+
+def generate(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    batch_size: int = 64,
+    generator: torch.Generator | None = None,
+) -> Rollouts:
+    """Sample one response per prompt with a KV cache, in micro-batches of ``batch_size``.
+
+    Each row stops after emitting an EOS token (see ``stop_token_ids``; the EOS counts as a
+    response token); a micro-batch stops when every row has stopped or after
+    ``max_new_tokens``. Runs under ``torch.inference_mode()`` with the model in eval mode (its
+    mode is restored). Deterministic given a seeded ``generator``.
+
+    Args:
+        model: a ``transformers`` causal LM (``logits`` output, KV cache).
+        tokenizer: its tokenizer; needs a pad token. Prompts are encoded with its default
+            special tokens and left padding.
+        prompts: N prompt strings.
+        max_new_tokens: the most tokens a response may have.
+        temperature, top_p, generator: as in ``sample_from_logits``.
+        batch_size: prompts per micro-batch.
+
+    Returns:
+        ``Rollouts`` on CPU; responses padded to the longest one over all micro-batches.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    _check_sampling(temperature, top_p)
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts)
+    pad_id = tokenizer.pad_token_id
+    eos = stop_token_ids(model, tokenizer)
+    parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    with torch.inference_mode(), eval_mode(model):
+        for start in range(0, len(prompts), batch_size):
+            ids = prompt_ids[start : start + batch_size]
+            mask = prompt_mask[start : start + batch_size]
+            first = int(mask.any(0).nonzero()[0])
+            parts.append(
+                _decode(
+                    model,
+                    ids[:, first:],
+                    mask[:, first:],
+                    max_new_tokens=max_new_tokens,
+                    temperature=temperature,
+                    top_p=top_p,
+                    generator=generator,
+                    pad_id=pad_id,
+                    eos=eos,
+                )
+            )
+    width = max(tokens.shape[1] for tokens, _, _ in parts)
+    response_ids = torch.cat(
+        [nn.functional.pad(t, (0, width - t.shape[1]), value=pad_id) for t, _, _ in parts]
+    )
+    response_mask = torch.cat([nn.functional.pad(m, (0, width - m.shape[1])) for _, m, _ in parts])
+    logprobs = torch.cat([nn.functional.pad(lp, (0, width - lp.shape[1])) for _, _, lp in parts])
+    lengths = response_mask.sum(-1)
+    last = response_ids.gather(1, (lengths - 1)[:, None]).squeeze(1)
+    finished = torch.isin(last, torch.tensor(eos))
+    keep = response_mask & ~torch.isin(response_ids, torch.tensor(eos))
+    responses = tokenizer.batch_decode(
+        [row[k].tolist() for row, k in zip(response_ids, keep)], skip_special_tokens=False
+    )
+    return Rollouts(
+        prompts=list(prompts),
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        response_ids=response_ids,
+        response_mask=response_mask,
+        logprobs=logprobs,
+        finished=finished,
+        responses=responses,
+    )
+
+
+def _decode(
+    model: nn.Module,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    generator: torch.Generator | None,
+    pad_id: int,
+    eos: list[int],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Decode one left-padded micro-batch ``ids, mask (B, P)``.
+
+    Returns CPU ``response_ids (B, T)`` (pad after EOS), ``response_mask (B, T)`` bool and
+    ``logprobs (B, T)`` float32 with T ≤ ``max_new_tokens``.
+    """
+    device = next(model.parameters()).device
+    cache_kw, has_keep = model_call_kwargs(model)
+    keep_kw = {"logits_to_keep": 1} if has_keep else {}
+    eos_t = torch.tensor(eos, device=device)
+    n = ids.shape[0]
+    ids, attn = ids.to(device), mask.to(device).long()
+    pos = positions_from_mask(attn)
+    out_ids = torch.full((n, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    out_lp = torch.zeros(n, max_new_tokens, dtype=torch.float32, device=device)
+    lengths = torch.zeros(n, dtype=torch.long, device=device)
+    rows = torch.arange(n, device=device)
+    alive = torch.ones(n, dtype=torch.bool, device=device)
+    cache = None
+    steps = 0
+    while True:
+        out = model(
+            input_ids=ids,
+            attention_mask=attn,
+            position_ids=pos,
+            use_cache=True,
+            **{cache_kw: cache},
+            **keep_kw,
+        )
+        cache = getattr(out, cache_kw)
+        tokens, logp = sample_from_logits(
+            out.logits[:, -1], temperature=temperature, top_p=top_p, generator=generator
+        )
+        live = rows[alive]
+        out_ids[live, steps] = tokens[alive]
+        out_lp[live, steps] = logp[alive]
+        lengths[live] += 1
+        alive &= ~torch.isin(tokens, eos_t)
+        steps += 1
+        n_done = int((~alive).sum())
+        if steps == max_new_tokens or n_done == alive.numel():
+            break
+        if 4 * n_done >= alive.numel():
+            keep = alive.nonzero().flatten()
+            cache.batch_select_indices(keep)
+            rows, tokens, attn, pos, alive = rows[keep], tokens[keep], attn[keep], pos[keep], alive[keep]
+        ids = torch.where(alive, tokens, pad_id)[:, None]
+        attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
+        pos = pos[:, -1:] + 1
+    valid = torch.arange(steps, device=device) < lengths[:, None]
+    if not bool(out_lp[:, :steps][valid].isfinite().all()):
+        raise ValueError("the model produced NaN/inf logits while decoding; check its weights and dtype")
+    return out_ids[:, :steps].cpu(), valid.cpu(), out_lp[:, :steps].cpu()

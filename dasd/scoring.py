@@ -1,0 +1,212 @@
+"""Student and privileged-teacher scores of sampled responses (paper appendix C, Algorithm 1
+lines 6-11; section 4).
+
+For each response token o_t the student branch p_t = π_θ(·|x, o_<t) gives the entropy H_t and
+log p_t(o_t); the privileged self-teacher q_t = π_θ(·|x, r, o_<t) — the same weights, with the
+reference solution r in the prompt (appendix F) — gives log q_t(o_t). δ_t = log q_t(o_t) −
+log p_t(o_t) is formed downstream (``dasd.advantages``).
+
+Departures and choices:
+
+1. Both branches run without gradient (``torch.inference_mode``). Algorithm 1 keeps the
+   gradient on the student branch; here the student scores are the routing statistics and the
+   old-policy log-probs, and the trainer recomputes log π_θ with gradient for the PPO ratio.
+2. The teacher context is whatever prompt the caller builds (x with r placed in it); this module
+   only needs its token ids.
+3. Micro-batches are formed from rows sorted by prompt + response length (results come back
+   in input order), so short responses are not padded to the longest of the whole batch.
+4. Memory: the model's logits for one micro-batch, ``(batch_size, T + 1, V)`` in the model's
+   dtype, are held at once (only the response positions are projected to the vocabulary when
+   the model takes ``logits_to_keep``); the float32 softmax work is bounded by ``chunk_size``
+   positions (``dasd.entropy``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from dasd.entropy import token_entropy_and_logprob
+from dasd.rollout.hf import Rollouts, encode_prompts, eval_mode, model_call_kwargs, positions_from_mask
+
+__all__ = ["TokenScores", "score_responses", "score_rollouts"]
+
+
+@dataclass
+class TokenScores:
+    """Per-token scores of N responses; float32, 0 outside the response mask.
+
+    Attributes:
+        entropy: ``(N, T)`` student entropy H_t of softmax(logits / temperature) (context x).
+        student_logp: ``(N, T)`` student log p_t(o_t) (context x).
+        teacher_logp: ``(N, T)`` privileged-teacher log q_t(o_t) (context x + r), or None when
+            no teacher prompts were given.
+    """
+
+    entropy: torch.Tensor
+    student_logp: torch.Tensor
+    teacher_logp: torch.Tensor | None
+
+
+def score_responses(
+    model: nn.Module,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    student_prompt_ids: torch.Tensor,
+    student_prompt_mask: torch.Tensor,
+    *,
+    teacher_prompt_ids: torch.Tensor | None = None,
+    teacher_prompt_mask: torch.Tensor | None = None,
+    batch_size: int = 32,
+    chunk_size: int = 1024,
+    temperature: float = 1.0,
+) -> TokenScores:
+    """Score responses under the student context and, optionally, the teacher context.
+
+    Each prompt (left-padded) is followed by its response; position ids count attended tokens
+    only, so the amount of padding changes nothing. The logits at the position before each
+    response token give its entropy and log-prob (``dasd.entropy.token_entropy_and_logprob``).
+    Runs under ``torch.inference_mode()`` with the model in eval mode (its mode is restored);
+    the teacher is the same ``model``.
+
+    Args:
+        model: a ``transformers`` causal LM.
+        response_ids: ``(N, T)`` int, right-padded.
+        response_mask: ``(N, T)`` bool, True on response tokens; each row's True entries come
+            first.
+        student_prompt_ids, student_prompt_mask: ``(N, P)`` left-padded student prompts (x).
+        teacher_prompt_ids, teacher_prompt_mask: ``(N, P')`` left-padded teacher prompts
+            (x with r), both or neither.
+        batch_size: responses per forward pass (bounds the ``(batch_size, T + 1, V)`` logits).
+        chunk_size: positions per chunk of the float32 softmax.
+        temperature: scores are of softmax(logits / temperature).
+
+    Returns:
+        ``TokenScores`` on the device of ``response_ids``.
+    """
+    response_mask = response_mask.bool()
+    _check_pair("response", response_ids, response_mask)
+    _check_pair("student_prompt", student_prompt_ids, student_prompt_mask, n=response_ids.shape[0])
+    if (teacher_prompt_ids is None) != (teacher_prompt_mask is None):
+        raise ValueError("pass both teacher_prompt_ids and teacher_prompt_mask, or neither")
+    if teacher_prompt_ids is not None:
+        _check_pair("teacher_prompt", teacher_prompt_ids, teacher_prompt_mask, n=response_ids.shape[0])
+    if bool((response_mask[:, 1:] & ~response_mask[:, :-1]).any()):
+        raise ValueError("response_mask must be right-padded (each row's valid tokens first)")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    response_ids = response_ids.long().masked_fill(~response_mask, 0)
+    n, width = response_ids.shape
+    entropy = torch.zeros(n, width, dtype=torch.float32, device=response_ids.device)
+    student_logp = torch.zeros_like(entropy)
+    teacher_logp = None if teacher_prompt_ids is None else torch.zeros_like(entropy)
+    with torch.inference_mode(), eval_mode(model):
+        lengths = response_mask.sum(-1)
+        order = torch.argsort(lengths + student_prompt_mask.bool().sum(-1), descending=True, stable=True)
+        for s in range(0, n, batch_size):
+            rows = order[s : s + batch_size]
+            t = int(lengths[rows].max())
+            if t == 0:
+                break
+            ids, mask = response_ids[rows, :t], response_mask[rows, :t]
+            ent, lp = _score_block(
+                model,
+                student_prompt_ids[rows],
+                student_prompt_mask[rows],
+                ids,
+                chunk_size=chunk_size,
+                temperature=temperature,
+            )
+            entropy[rows, :t] = ent.where(mask, 0.0)
+            student_logp[rows, :t] = lp.where(mask, 0.0)
+            if teacher_logp is not None:
+                _, lp = _score_block(
+                    model,
+                    teacher_prompt_ids[rows],
+                    teacher_prompt_mask[rows],
+                    ids,
+                    chunk_size=chunk_size,
+                    temperature=temperature,
+                )
+                teacher_logp[rows, :t] = lp.where(mask, 0.0)
+    return TokenScores(entropy=entropy, student_logp=student_logp, teacher_logp=teacher_logp)
+
+
+def score_rollouts(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    rollouts: Rollouts,
+    teacher_prompts: list[str] | None,
+    *,
+    batch_size: int = 32,
+    chunk_size: int = 1024,
+    temperature: float = 1.0,
+) -> TokenScores:
+    """``score_responses`` on ``rollouts``: the student context is the rollout's own prompt;
+    the teacher context is ``teacher_prompts[i]`` (x with r), tokenized with left padding as
+    ``dasd.rollout.generate`` tokenizes prompts, or no teacher when None."""
+    teacher_ids = teacher_mask = None
+    if teacher_prompts is not None:
+        if len(teacher_prompts) != len(rollouts.prompts):
+            raise ValueError(
+                f"teacher_prompts has {len(teacher_prompts)} prompts for {len(rollouts.prompts)} "
+                "rollouts; pass one teacher prompt per rollout"
+            )
+        teacher_ids, teacher_mask = encode_prompts(tokenizer, teacher_prompts)
+    return score_responses(
+        model,
+        rollouts.response_ids,
+        rollouts.response_mask,
+        rollouts.prompt_ids,
+        rollouts.prompt_mask,
+        teacher_prompt_ids=teacher_ids,
+        teacher_prompt_mask=teacher_mask,
+        batch_size=batch_size,
+        chunk_size=chunk_size,
+        temperature=temperature,
+    )
+
+
+def _check_pair(name: str, ids: torch.Tensor, mask: torch.Tensor, *, n: int | None = None) -> None:
+    if ids.dim() != 2 or ids.shape != mask.shape:
+        raise ValueError(
+            f"{name}_ids {tuple(ids.shape)} and {name}_mask {tuple(mask.shape)} "
+            "must be (N, L) tensors of equal shape"
+        )
+    if n is not None and ids.shape[0] != n:
+        raise ValueError(f"{name}_ids has {ids.shape[0]} rows for {n} responses; pass one per response")
+
+
+def _score_block(
+    model: nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    *,
+    chunk_size: int,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Entropy and log-prob ``(b, t)`` of ``response_ids (b, t)`` after left-padded
+    ``prompt_ids, prompt_mask (b, P)``; on the device of ``response_ids``."""
+    device = next(model.parameters()).device
+    prompt_mask = prompt_mask.bool()
+    if not bool(prompt_mask.any(-1).all()):
+        raise ValueError("a prompt has no tokens (its mask row is all False); pass non-empty prompts")
+    first = int(prompt_mask.any(0).nonzero()[0])
+    t = response_ids.shape[1]
+    ids = torch.cat([prompt_ids[:, first:].long(), response_ids], dim=1).to(device)
+    attn = torch.cat([prompt_mask[:, first:], torch.ones_like(response_ids, dtype=torch.bool)], dim=1)
+    attn = attn.long().to(device)
+    _, has_keep = model_call_kwargs(model)
+    keep_kw = {"logits_to_keep": t + 1} if has_keep else {}
+    pos = positions_from_mask(attn)
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False, **keep_kw).logits
+    ent, lp = token_entropy_and_logprob(
+        logits[:, -t - 1 : -1], ids[:, -t:], chunk_size=chunk_size, temperature=temperature
+    )
+    return ent.to(response_ids.device), lp.to(response_ids.device)
