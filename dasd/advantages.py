@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -58,10 +59,13 @@ __all__ = [
     "DIRECTIONS",
     "GATES",
     "METHODS",
+    "Method",
+    "TEACHER_CONTEXTS",
     "TokenAdvantages",
     "dasd_advantages",
     "get_method",
     "group_advantages",
+    "register_method",
 ]
 
 #: Default threshold c (nats) of the ``fixed`` gate 1[|delta_t| > c]. The paper gives no value
@@ -338,7 +342,7 @@ def dasd_advantages(
 # --------------------------------------------------------------------------- method registry
 
 
-class AdvantageMethod(Protocol):
+class AdvantageShaper(Protocol):
     def __call__(
         self,
         group_adv: Tensor,
@@ -354,17 +358,58 @@ class AdvantageMethod(Protocol):
     ) -> TokenAdvantages: ...
 
 
-#: Advantage shapers by method name (``dasd-probe train --method``). Every entry has the
-#: ``AdvantageMethod`` signature and returns ``TokenAdvantages``.
-METHODS: Registry[AdvantageMethod] = Registry("method")
+#: Where a method's privileged teacher gets its context r: no teacher pass, the task's reference
+#: solution (appendix F), or a correct sibling rollout of the same group (SDPO-style).
+TEACHER_CONTEXTS = ("none", "reference", "sibling")
 
 
-def get_method(name: str) -> AdvantageMethod:
-    """The advantage shaper registered as ``name``; a ``ValueError`` listing the valid names."""
+@dataclass(frozen=True)
+class Method:
+    """A training method: its advantage shaper plus what the trainer must compute for it.
+
+    Calling a ``Method`` calls its shaper. ``teacher`` is one of ``TEACHER_CONTEXTS``;
+    ``reverse_kl`` adds beta * KL(p || sg q) over the full vocabulary to the loss (eq. 2);
+    ``needs_correct`` passes the per-trajectory verifier outcome ``correct (B,)`` as an option.
+    """
+
+    name: str
+    shaper: AdvantageShaper
+    teacher: str = "none"
+    reverse_kl: bool = False
+    needs_correct: bool = False
+
+    def __post_init__(self) -> None:
+        if self.teacher not in TEACHER_CONTEXTS:
+            raise ValueError(f"teacher must be one of {TEACHER_CONTEXTS}; got {self.teacher!r}")
+
+    def __call__(self, *args: Tensor | None, **kwargs: object) -> TokenAdvantages:
+        return self.shaper(*args, **kwargs)
+
+
+#: Training methods by name (``dasd-probe train --method``).
+METHODS: Registry[Method] = Registry("method")
+
+
+def register_method(
+    name: str, *, teacher: str = "none", reverse_kl: bool = False, needs_correct: bool = False
+) -> Callable[[AdvantageShaper], AdvantageShaper]:
+    """Decorator: register the decorated shaper as method ``name`` with the given traits."""
+
+    def deco(shaper: AdvantageShaper) -> AdvantageShaper:
+        METHODS.register(name)(
+            Method(name, shaper, teacher=teacher, reverse_kl=reverse_kl, needs_correct=needs_correct)
+        )
+        return shaper
+
+    return deco
+
+
+def get_method(name: str) -> Method:
+    """The method registered as ``name``; a ``ValueError`` listing the valid names."""
     return METHODS.get(name)
 
 
-@METHODS.register("grpo")
+@register_method("grpo")
 def grpo(
     group_adv: Tensor,
     entropy: Tensor | None,
@@ -395,7 +440,7 @@ def grpo(
                                gate=zeros)
 
 
-@METHODS.register("dasd")
+@register_method("dasd", teacher="reference")
 def dasd(
     group_adv: Tensor,
     entropy: Tensor,
@@ -421,7 +466,7 @@ def dasd(
                            rho=rho, eps=eps, **options)
 
 
-@METHODS.register("conformity")
+@register_method("conformity", teacher="reference")
 def conformity(
     group_adv: Tensor,
     entropy: Tensor,
@@ -446,7 +491,7 @@ def conformity(
                            rho=rho, eps=eps, direction="plus", gate="none")
 
 
-@METHODS.register("novelty")
+@register_method("novelty", teacher="reference")
 def novelty(
     group_adv: Tensor,
     entropy: Tensor,

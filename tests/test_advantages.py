@@ -525,5 +525,5 @@ def test_every_method_keeps_the_shared_contract(name):
     out = get_method(name)(*batch, beta=0.5, rho=0.2, eps=1e-6)
     assert isinstance(out, TokenAdvantages)
     assert_zero_off_mask_and_finite(out, batch[-1])
-    doc = (get_method(name).__doc__ or "").lower()
+    doc = (get_method(name).shaper.__doc__ or "").lower()
     assert "follows" in doc and "depart" in doc, f"{name} must say what it follows and departs"

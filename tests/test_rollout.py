@@ -209,3 +209,10 @@ def test_nan_logits_are_rejected(tok):
     for temperature in (0.0, 1.0):
         with pytest.raises(ValueError, match="NaN/inf logits"):
             generate(model, tok, ["1+1="], max_new_tokens=2, temperature=temperature)
+
+
+def test_progress_reports_every_micro_batch(model, tok):
+    calls: list[int] = []
+    generate(model, tok, ["nums: 1 2 3\n"] * 5, max_new_tokens=3, batch_size=2,
+             progress=calls.append)
+    assert calls == [2, 2, 1]

@@ -20,7 +20,7 @@ Departures and choices:
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -191,6 +191,7 @@ def generate(
     top_p: float = 1.0,
     batch_size: int = 64,
     generator: torch.Generator | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> Rollouts:
     """Sample one response per prompt with a KV cache, in micro-batches of ``batch_size``.
 
@@ -207,6 +208,7 @@ def generate(
         max_new_tokens: the most tokens a response may have.
         temperature, top_p, generator: as in ``sample_from_logits``.
         batch_size: prompts per micro-batch.
+        progress: called after each micro-batch with the number of prompts it finished.
 
     Returns:
         ``Rollouts`` on CPU; responses padded to the longest one over all micro-batches.
@@ -238,6 +240,8 @@ def generate(
                     eos=eos,
                 )
             )
+            if progress is not None:
+                progress(len(ids))
     width = max(tokens.shape[1] for tokens, _, _ in parts)
     response_ids = torch.cat(
         [nn.functional.pad(t, (0, width - t.shape[1]), value=pad_id) for t, _, _ in parts]
