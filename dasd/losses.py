@@ -42,14 +42,16 @@ from torch import Tensor
 from dasd.entropy import token_reverse_kl
 from dasd.registry import Registry
 
-__all__ = ["AGGREGATIONS", "aggregate", "ppo_clip_loss", "reverse_kl_loss"]
+__all__ = ["AGGREGATIONS", "aggregate", "aggregate_denominator", "ppo_clip_loss", "reverse_kl_loss"]
 
 #: Ratio log clamp (departure 2).
 LOG_RATIO_CLAMP = 20.0
 
-#: Aggregation modes ``(loss_mat, mask) -> scalar``; ``loss_mat`` is already 0 where ``mask`` is
-#: False and ``mask`` is boolean. Use through ``aggregate``.
-AGGREGATIONS: Registry[Callable[[Tensor, Tensor], Tensor]] = Registry("aggregation")
+#: Aggregation modes ``(loss_mat, mask) -> (numerator, denominator)``; the aggregate is their
+#: ratio. ``loss_mat`` is already 0 where ``mask`` is False and ``mask`` is boolean. Keeping the
+#: denominator separate lets a caller split a mini-batch into micro-batches and still get the
+#: mini-batch's aggregate exactly (``aggregate_denominator``). Use through ``aggregate``.
+AGGREGATIONS: Registry[Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]] = Registry("aggregation")
 
 
 def _row_counts(mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -60,20 +62,28 @@ def _row_counts(mask: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @AGGREGATIONS.register("token_mean")
-def _token_mean(loss_mat: Tensor, mask: Tensor) -> Tensor:
-    return loss_mat.sum() / mask.sum().clamp(min=1)
+def _token_mean(loss_mat: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    return loss_mat.sum(), mask.sum().clamp(min=1)
 
 
 @AGGREGATIONS.register("seq_mean_token_mean")
-def _seq_mean_token_mean(loss_mat: Tensor, mask: Tensor) -> Tensor:
+def _seq_mean_token_mean(loss_mat: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     n_tok, n_rows = _row_counts(mask)
-    return (loss_mat.sum(dim=-1) / n_tok.clamp(min=1)).sum() / n_rows
+    return (loss_mat.sum(dim=-1) / n_tok.clamp(min=1)).sum(), n_rows
 
 
 @AGGREGATIONS.register("seq_mean_token_sum")
-def _seq_mean_token_sum(loss_mat: Tensor, mask: Tensor) -> Tensor:
+def _seq_mean_token_sum(loss_mat: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     _, n_rows = _row_counts(mask)
-    return loss_mat.sum() / n_rows
+    return loss_mat.sum(), n_rows
+
+
+def _check_agg_shapes(loss_mat: Tensor, mask: Tensor) -> None:
+    if loss_mat.shape != mask.shape or loss_mat.dim() < 1:
+        raise ValueError(
+            f"loss_mat {tuple(loss_mat.shape)} and mask {tuple(mask.shape)} must have the same "
+            "shape (..., T)"
+        )
 
 
 def aggregate(loss_mat: Tensor, mask: Tensor, mode: str = "seq_mean_token_mean") -> Tensor:
@@ -89,13 +99,21 @@ def aggregate(loss_mat: Tensor, mask: Tensor, mode: str = "seq_mean_token_mean")
         ValueError: unknown ``mode`` (the message lists the valid ones), shape mismatch.
     """
     fn = AGGREGATIONS.get(mode)
-    if loss_mat.shape != mask.shape or loss_mat.dim() < 1:
-        raise ValueError(
-            f"loss_mat {tuple(loss_mat.shape)} and mask {tuple(mask.shape)} must have the same "
-            "shape (..., T)"
-        )
+    _check_agg_shapes(loss_mat, mask)
     mask = mask.bool()
-    return fn(torch.where(mask, loss_mat, 0), mask)
+    numerator, denominator = fn(torch.where(mask, loss_mat, 0), mask)
+    return numerator / denominator
+
+
+def aggregate_denominator(mask: Tensor, mode: str = "seq_mean_token_mean") -> Tensor:
+    """The denominator ``aggregate`` divides by for ``mask`` under ``mode``: valid tokens for
+    ``token_mean``, non-empty rows for the ``seq_*`` modes (at least 1).
+
+    For micro-batches m of a mini-batch M, ``sum_m aggregate(l_m, mask_m) * d(mask_m) / d(mask_M)``
+    equals ``aggregate(l_M, mask_M)`` exactly, with ``d = aggregate_denominator``.
+    """
+    mask = mask.bool()
+    return AGGREGATIONS.get(mode)(torch.zeros(mask.shape), mask)[1]
 
 
 def _check_bt(mask: Tensor, **tensors: Tensor) -> None:

@@ -32,7 +32,7 @@ from transformers import PreTrainedTokenizerBase
 from dasd.entropy import token_entropy_and_logprob
 from dasd.rollout.hf import Rollouts, encode_prompts, eval_mode, model_call_kwargs, positions_from_mask
 
-__all__ = ["TokenScores", "score_responses", "score_rollouts"]
+__all__ = ["TokenScores", "response_logits", "score_responses", "score_rollouts"]
 
 
 @dataclass
@@ -182,6 +182,35 @@ def _check_pair(name: str, ids: torch.Tensor, mask: torch.Tensor, *, n: int | No
         raise ValueError(f"{name}_ids has {ids.shape[0]} rows for {n} responses; pass one per response")
 
 
+def response_logits(
+    model: nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+) -> torch.Tensor:
+    """Logits ``(b, t, V)`` predicting each token of ``response_ids (b, t)`` after the
+    left-padded prompts ``prompt_ids, prompt_mask (b, P)``; differentiable (the trainer's
+    PPO forward uses it with gradient), on the model's device.
+
+    Position ids count attended tokens only, so the amount of left padding changes nothing.
+    Positions after a row's last valid response token hold logits of padding; callers mask them.
+    """
+    device = next(model.parameters()).device
+    prompt_mask = prompt_mask.bool()
+    if not bool(prompt_mask.any(-1).all()):
+        raise ValueError("a prompt has no tokens (its mask row is all False); pass non-empty prompts")
+    first = int(prompt_mask.any(0).nonzero()[0])
+    t = response_ids.shape[1]
+    ids = torch.cat([prompt_ids[:, first:].long(), response_ids.long()], dim=1).to(device)
+    attn = torch.cat([prompt_mask[:, first:], torch.ones_like(response_ids, dtype=torch.bool)], dim=1)
+    attn = attn.long().to(device)
+    _, has_keep = model_call_kwargs(model)
+    keep_kw = {"logits_to_keep": t + 1} if has_keep else {}
+    pos = positions_from_mask(attn)
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False, **keep_kw).logits
+    return logits[:, -t - 1 : -1]
+
+
 def _score_block(
     model: nn.Module,
     prompt_ids: torch.Tensor,
@@ -193,20 +222,7 @@ def _score_block(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Entropy and log-prob ``(b, t)`` of ``response_ids (b, t)`` after left-padded
     ``prompt_ids, prompt_mask (b, P)``; on the device of ``response_ids``."""
-    device = next(model.parameters()).device
-    prompt_mask = prompt_mask.bool()
-    if not bool(prompt_mask.any(-1).all()):
-        raise ValueError("a prompt has no tokens (its mask row is all False); pass non-empty prompts")
-    first = int(prompt_mask.any(0).nonzero()[0])
-    t = response_ids.shape[1]
-    ids = torch.cat([prompt_ids[:, first:].long(), response_ids], dim=1).to(device)
-    attn = torch.cat([prompt_mask[:, first:], torch.ones_like(response_ids, dtype=torch.bool)], dim=1)
-    attn = attn.long().to(device)
-    _, has_keep = model_call_kwargs(model)
-    keep_kw = {"logits_to_keep": t + 1} if has_keep else {}
-    pos = positions_from_mask(attn)
-    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False, **keep_kw).logits
-    ent, lp = token_entropy_and_logprob(
-        logits[:, -t - 1 : -1], ids[:, -t:], chunk_size=chunk_size, temperature=temperature
-    )
+    logits = response_logits(model, prompt_ids, prompt_mask, response_ids)
+    targets = response_ids.long().to(logits.device)
+    ent, lp = token_entropy_and_logprob(logits, targets, chunk_size=chunk_size, temperature=temperature)
     return ent.to(response_ids.device), lp.to(response_ids.device)

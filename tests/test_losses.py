@@ -9,7 +9,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dasd.losses import AGGREGATIONS, aggregate, ppo_clip_loss, reverse_kl_loss
+from dasd.losses import (
+    AGGREGATIONS,
+    aggregate,
+    aggregate_denominator,
+    ppo_clip_loss,
+    reverse_kl_loss,
+)
 from tests.naive_entropy import naive_reverse_kl
 
 MODES = ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"]
@@ -453,3 +459,25 @@ def test_reverse_kl_finite_inputs_never_give_nan_or_inf(case):
     assert torch.isfinite(loss)
     assert torch.isfinite(s.grad).all()
     assert all(torch.isfinite(v) for v in stats.values())
+
+
+@pytest.mark.parametrize("mode", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"])
+def test_micro_batches_recombine_to_the_mini_batch_aggregate(mode):
+    gen = torch.Generator().manual_seed(3)
+    loss = torch.randn(7, 5, generator=gen, dtype=torch.float64)
+    mask = torch.rand(7, 5, generator=gen) > 0.4
+    mask[2] = False
+    whole = aggregate(loss, mask, mode)
+    total = aggregate_denominator(mask, mode)
+    parts = sum(
+        aggregate(loss[s], mask[s], mode) * aggregate_denominator(mask[s], mode) / total
+        for s in (slice(0, 3), slice(3, 4), slice(4, 7))
+    )
+    torch.testing.assert_close(parts, whole)
+
+
+def test_aggregate_denominator_hand_values():
+    mask = torch.tensor([[True, True, False], [False, False, False], [True, False, False]])
+    assert aggregate_denominator(mask, "token_mean") == 3
+    assert aggregate_denominator(mask, "seq_mean_token_mean") == 2
+    assert aggregate_denominator(mask, "seq_mean_token_sum") == 2
