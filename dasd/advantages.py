@@ -10,7 +10,9 @@ logging, no ``.item()``. Implements
   delta~ = median |delta|; per token: delta_bar = delta / (delta~ + eps), router
   z = D((tau - H) / (sigma_H + eps)), gate g, omega = z g, A_hat = A_G + beta omega delta_bar;
 * the registries ``DIRECTIONS`` (the direction map D, Table 13), ``GATES`` (the reliability
-  gate, Table 14) and ``METHODS`` (name -> advantage shaper, DESIGN.md section 3).
+  gate, Table 14) and ``METHODS`` (name -> advantage shaper, DESIGN.md section 3);
+* the paper's baselines (appendix F, Table 2) as registered methods: ``hepo``, ``rlsd``,
+  ``opsd``, ``sdpo``, ``srpo``; each docstring names what it follows and where it departs.
 
 Departures from the paper, and conventions it leaves open:
 
@@ -516,12 +518,299 @@ def novelty(
                            rho=rho, eps=eps, direction="minus", gate="none")
 
 
+# --------------------------------------------------------------------------- paper baselines
+
+
+def _sampled_gap(
+    student_logp: Tensor, teacher_logp: Tensor, mask: Tensor, *, eps: float, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """The sampled-token gap delta and its trajectory-normalized delta_bar (eq. 8), ``(B, T)``.
+
+    delta_t = teacher_logp - student_logp on ``mask`` (0 elsewhere); delta_bar_t =
+    delta_t / (median_t |delta_t| + eps), the same normalization as ``dasd_advantages``.
+    """
+    delta = teacher_logp.detach().to(dtype) - student_logp.detach().to(dtype)
+    delta = torch.where(mask, delta, 0.0)
+    delta_med = _masked_median(delta.abs(), mask, mask.sum(dim=-1))
+    return delta, delta / (delta_med[:, None] + eps)
+
+
+@register_method("hepo")
+def hepo(
+    group_adv: Tensor,
+    entropy: Tensor,
+    student_logp: Tensor | None,
+    teacher_logp: Tensor | None,
+    mask: Tensor,
+    *,
+    beta: float,
+    rho: float = 0.2,
+    eps: float = 1e-6,
+    **options: object,
+) -> TokenAdvantages:
+    """HEPO: only the top-rho high-entropy ("forking") tokens of the batch keep A_G.
+
+    A_hat_t = A_G on valid tokens with H_t >= Quantile_{1 - rho}(H over ALL valid tokens of
+    the batch), 0 elsewhere (a zero advantage passes no gradient through the PPO surrogate).
+    The quantile interpolates linearly, as ``numpy.quantile``; ties at the threshold are all
+    kept: with n distinct valid entropies n - ceil((n - 1)(1 - rho)) tokens are kept (2 of 10
+    at rho = 0.2), with all entropies equal every token, rho = 1 keeps every token (GRPO) and
+    rho = 0 only the batch's maximum-entropy token(s). ``router`` holds the 0/1 selection
+    indicator; ``omega``, ``delta_bar`` and ``gate`` are 0.
+
+    Follows Wang et al. [24] (baseline "HEPO" of Table 2 and appendix F): the policy gradient
+    is kept only on the top 20% highest-entropy tokens, the threshold computed over the whole
+    batch. Departs: appendix F describes HEPO as updating high-entropy tokens "more strongly";
+    we take Wang et al.'s hard mask (other tokens get no update at all). Unlike every other
+    method, a row's output depends on the other rows passed in the same call: pass the whole
+    rollout batch at once. ``rho`` is the kept share here, not DASD's router quantile;
+    ``beta`` and ``eps`` are ignored, ``student_logp`` and ``teacher_logp`` may be None.
+    Takes no options.
+    """
+    _check_options("hepo", options, ())
+    _check_rho(rho)
+    _require_tensors("hepo", entropy=entropy)
+    _check_shapes(group_adv, mask, entropy=entropy, student_logp=student_logp,
+                  teacher_logp=teacher_logp)
+    dtype = _compute_dtype(group_adv, entropy, student_logp, teacher_logp)
+    with torch.no_grad():
+        h = torch.where(mask, entropy.detach().to(dtype), 0.0)
+        flat_mask = mask.reshape(1, -1)
+        threshold = _masked_quantile(h.reshape(1, -1), flat_mask, flat_mask.sum(dim=-1),
+                                     1.0 - rho)
+        selected = mask & (h >= threshold)
+        zeros = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+        adv = torch.where(selected, group_adv.detach().to(dtype)[:, None], 0.0)
+        return TokenAdvantages(advantages=adv, omega=zeros, delta_bar=zeros,
+                               router=selected.to(dtype), gate=zeros)
+
+
+@register_method("rlsd", teacher="reference")
+def rlsd(
+    group_adv: Tensor,
+    entropy: Tensor | None,
+    student_logp: Tensor,
+    teacher_logp: Tensor,
+    mask: Tensor,
+    *,
+    beta: float,
+    rho: float = 0.2,
+    eps: float = 1e-6,
+    **options: object,
+) -> TokenAdvantages:
+    """RLSD: A_G rescaled per token by the clipped teacher-student evidence ratio.
+
+    A_hat_t = A_G clip(exp(sign(A_G) delta_t), 1 - clip, 1 + clip) with the raw gap
+    delta_t = teacher_logp - student_logp in nats, so the scale is (q/p)^sign(A_G) clipped:
+    the verifier fixes the sign of every token's update, the privileged teacher only its
+    magnitude, and A_hat = A_G where delta = 0, A_hat = 0 where A_G = 0. ``gate`` holds that
+    clipped scale (in [1 - clip, 1 + clip] on valid tokens); ``delta_bar`` records the
+    normalized gap of eq. (8) as a diagnostic, comparable with the other methods (the scale
+    itself uses the raw delta, whose exponential is the likelihood ratio); ``omega`` and
+    ``router`` are 0 (no directional term).
+
+    Follows RLSD [19] (Yang et al., "Self-Distilled RLVR"): the reward gives the direction, the
+    self-teacher's token-level log-evidence ratio the update magnitude, with the teacher given
+    the reference solution (appendix F). Departs: the clip band is the symmetric 1 +- ``clip``
+    that DESIGN.md section 3 states (option ``clip``, default 0.2, in [0, 1]; 0 recovers GRPO),
+    not tuned to RLSD's own settings; there is no beta (``beta`` and ``rho`` are ignored,
+    ``eps`` enters only ``delta_bar``), and ``entropy`` may be None.
+    """
+    _check_options("rlsd", options, ("clip",))
+    clip = options.get("clip", 0.2)
+    if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not 0.0 <= clip <= 1.0:
+        raise ValueError(f"rlsd option clip must be a number in [0, 1]; got {clip!r}")
+    _check_eps(eps)
+    _require_tensors("rlsd", student_logp=student_logp, teacher_logp=teacher_logp)
+    _check_shapes(group_adv, mask, entropy=entropy, student_logp=student_logp,
+                  teacher_logp=teacher_logp)
+    dtype = _compute_dtype(group_adv, entropy, student_logp, teacher_logp)
+    with torch.no_grad():
+        a = group_adv.detach().to(dtype)[:, None]
+        delta, delta_bar = _sampled_gap(student_logp, teacher_logp, mask, eps=eps, dtype=dtype)
+        scale = torch.exp(torch.sign(a) * delta).clamp(1.0 - clip, 1.0 + clip)
+        zeros = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+        return TokenAdvantages(
+            advantages=torch.where(mask, a * scale, 0.0),
+            omega=zeros,
+            delta_bar=delta_bar,
+            router=zeros,
+            gate=torch.where(mask, scale, 0.0),
+        )
+
+
+@register_method("opsd", teacher="reference", reverse_kl=True)
+def opsd(
+    group_adv: Tensor,
+    entropy: Tensor | None,
+    student_logp: Tensor,
+    teacher_logp: Tensor,
+    mask: Tensor,
+    *,
+    beta: float,
+    rho: float = 0.2,
+    eps: float = 1e-6,
+    **options: object,
+) -> TokenAdvantages:
+    """OPSD: GRPO advantages; the trainer adds beta KL(p || sg q) over the full vocabulary.
+
+    The PPO advantage is A_hat_t = A_G; the self-distillation term of eq. (2) is not an
+    advantage but the trainer's ``dasd.losses.reverse_kl_loss`` with coefficient beta
+    (``Method.reverse_kl``). ``omega``, ``router`` and ``gate`` are 1 on valid tokens, the
+    uniform attraction of eq. (3) with omega = +1 (passing ``omega`` as that loss's ``weight``
+    changes nothing); ``delta_bar`` records the normalized sampled gap of eq. (8) as a
+    diagnostic.
+
+    Follows OPSD [16] as section 2 (eq. 2) and appendix F state it: reverse KL from the student
+    to the stop-gradient self-teacher that sees the reference solution, uniformly attractive.
+    Departs: OPSD as published trains on the distillation loss alone; here it keeps the
+    per-prompt verifier anchor A_G that appendix F gives every method ("All methods use G = 8
+    rollouts per prompt with per-prompt group-relative verifier advantages"). A large beta
+    lets the KL term dominate; pure distillation needs the trainer to drop the PPO term, which
+    this shaper cannot express. ``beta`` and ``rho`` are ignored here, ``entropy`` may be None.
+    Takes no options.
+    """
+    _check_options("opsd", options, ())
+    _check_eps(eps)
+    _require_tensors("opsd", student_logp=student_logp, teacher_logp=teacher_logp)
+    _check_shapes(group_adv, mask, entropy=entropy, student_logp=student_logp,
+                  teacher_logp=teacher_logp)
+    dtype = _compute_dtype(group_adv, entropy, student_logp, teacher_logp)
+    with torch.no_grad():
+        _, delta_bar = _sampled_gap(student_logp, teacher_logp, mask, eps=eps, dtype=dtype)
+        ones = mask.to(dtype)
+        return TokenAdvantages(
+            advantages=torch.where(mask, group_adv.detach().to(dtype)[:, None], 0.0),
+            omega=ones,
+            delta_bar=delta_bar,
+            router=ones,
+            gate=ones,
+        )
+
+
+@register_method("sdpo", teacher="sibling")
+def sdpo(
+    group_adv: Tensor,
+    entropy: Tensor | None,
+    student_logp: Tensor,
+    teacher_logp: Tensor,
+    mask: Tensor,
+    *,
+    beta: float,
+    rho: float = 0.2,
+    eps: float = 1e-6,
+    **options: object,
+) -> TokenAdvantages:
+    """SDPO: sampled-token distillation toward a sibling-conditioned self-teacher.
+
+    A_hat_t = A_G + beta delta_bar_t with omega = router = gate = 1 on valid tokens; on the
+    same inputs this is exactly ``conformity``, only the teacher's context differs.
+
+    Follows SDPO [18] (appendix F: "distills feedback-conditioned next-token predictions"):
+    the teacher is the same weights conditioned on a successful rollout of the same group
+    (``teacher="sibling"``), and its pressure is uniformly attractive. Departs: (1) SDPO
+    distills full (or top-k) next-token distributions; we use the sampled-token estimator of
+    Proposition 1 on the emitted tokens; (2) the gap is the trajectory-normalized delta_bar of
+    eq. (8), so beta is comparable across methods; (3) A_G stays as the verifier anchor every
+    method keeps (appendix F); (4) when no rollout of the group is correct the trainer
+    conditions the teacher on the task's reference solution instead of a sibling. ``rho`` is
+    ignored and ``entropy`` may be None. Takes no options.
+    """
+    _check_options("sdpo", options, ())
+    _check_eps(eps)
+    _require_tensors("sdpo", student_logp=student_logp, teacher_logp=teacher_logp)
+    _check_shapes(group_adv, mask, entropy=entropy, student_logp=student_logp,
+                  teacher_logp=teacher_logp)
+    dtype = _compute_dtype(group_adv, entropy, student_logp, teacher_logp)
+    with torch.no_grad():
+        _, delta_bar = _sampled_gap(student_logp, teacher_logp, mask, eps=eps, dtype=dtype)
+        adv = group_adv.detach().to(dtype)[:, None] + beta * delta_bar
+        ones = mask.to(dtype)
+        return TokenAdvantages(advantages=torch.where(mask, adv, 0.0), omega=ones,
+                               delta_bar=delta_bar, router=ones, gate=ones)
+
+
+@register_method("srpo", teacher="sibling", needs_correct=True)
+def srpo(
+    group_adv: Tensor,
+    entropy: Tensor,
+    student_logp: Tensor,
+    teacher_logp: Tensor,
+    mask: Tensor,
+    *,
+    beta: float,
+    rho: float = 0.2,
+    eps: float = 1e-6,
+    **options: object,
+) -> TokenAdvantages:
+    """SRPO: GRPO on correct rollouts, entropy-weighted SDPO correction on failed ones.
+
+    Requires the option ``correct``: a ``(B,)`` bool tensor, the verifier outcome of each
+    trajectory. Correct rows: A_hat_t = A_G exactly. Failed rows: A_hat_t = A_G +
+    beta w_t delta_bar_t with the reliability weight w_t = exp(-max(H_t, 0)) in (0, 1], the
+    inverse of the student's perplexity exp(H_t) (the effective number of equally likely next
+    tokens): the sampled-token gap is trusted fully where the student is certain and by 1/k
+    where it hesitates among k tokens. The weight is absolute rather than normalized per
+    trajectory, so a rollout that is uncertain throughout receives little correction; the
+    clamp at 0 only absorbs rounding in a computed entropy. ``router`` = 1 on failed rows and
+    0 on correct ones, ``gate`` = w_t on every valid token, ``omega`` = router * gate;
+    ``delta_bar`` (eq. 8) is recorded on all rows.
+
+    Follows SRPO [17] (appendix F): correct samples get GRPO's reward-aligned reinforcement,
+    failed samples SDPO-style correction toward a teacher conditioned on a successful sibling,
+    down-weighted where the distillation signal is unreliable. Departs: (1) SRPO applies
+    logit-level distillation and describes suppressing high-entropy distillation targets (the
+    teacher's distributions); we use the sampled-token estimator of Proposition 1 and weight
+    by the student's entropy, which the trainer already computes; (2) failed rows keep A_G as the verifier anchor every
+    method keeps (appendix F), the correction being added to it; (3) the gap is the normalized
+    delta_bar of eq. (8); (4) when no rollout of the group is correct the trainer conditions
+    the teacher on the task's reference solution. ``rho`` is ignored.
+    """
+    _check_options("srpo", options, ("correct",))
+    if "correct" not in options:
+        raise ValueError("method 'srpo' needs option correct: a (B,) bool tensor of outcomes")
+    correct = options["correct"]
+    if not isinstance(correct, Tensor) or correct.dtype != torch.bool:
+        raise ValueError(f"srpo option correct must be a bool tensor; got {correct!r}")
+    if correct.shape != mask.shape[:1]:
+        raise ValueError(
+            f"srpo option correct must be (B,) = {tuple(mask.shape[:1])}; "
+            f"got {tuple(correct.shape)}"
+        )
+    _check_eps(eps)
+    _require_tensors("srpo", entropy=entropy, student_logp=student_logp,
+                     teacher_logp=teacher_logp)
+    _check_shapes(group_adv, mask, entropy=entropy, student_logp=student_logp,
+                  teacher_logp=teacher_logp)
+    dtype = _compute_dtype(group_adv, entropy, student_logp, teacher_logp)
+    with torch.no_grad():
+        _, delta_bar = _sampled_gap(student_logp, teacher_logp, mask, eps=eps, dtype=dtype)
+        h = torch.where(mask, entropy.detach().to(dtype), 0.0)
+        weight = torch.where(mask, torch.exp(-h.clamp(min=0.0)), 0.0)
+        router = (mask & ~correct[:, None]).to(dtype)
+        omega = router * weight
+        adv = group_adv.detach().to(dtype)[:, None] + beta * omega * delta_bar
+        return TokenAdvantages(advantages=torch.where(mask, adv, 0.0), omega=omega,
+                               delta_bar=delta_bar, router=router, gate=weight)
+
+
 # --------------------------------------------------------------------------- checks
 
 
 def _check_eps(eps: float) -> None:
     if not (eps > 0 and math.isfinite(eps)):
         raise ValueError(f"eps must be a positive finite number; got {eps!r}")
+
+
+def _check_rho(rho: float) -> None:
+    if not 0.0 <= rho <= 1.0:
+        raise ValueError(f"rho must be in [0, 1]; got {rho!r}")
+
+
+def _require_tensors(method: str, **tensors: Tensor | None) -> None:
+    missing = [name for name, x in tensors.items() if x is None]
+    if missing:
+        raise ValueError(f"method {method!r} needs {', '.join(missing)}; got None")
 
 
 def _check_options(method: str, options: dict[str, object], allowed: tuple[str, ...]) -> None:

@@ -80,3 +80,97 @@ def dasd_advantages(group_adv, entropy, student_logp, teacher_logp, mask, *, bet
         out["router"][i, valid] = z
         out["gate"][i, valid] = g
     return out
+
+
+# --------------------------------------------------------------------------- paper baselines
+
+FIELDS = ("advantages", "omega", "delta_bar", "router", "gate")
+
+
+def _zeros(mask, dtype):
+    return {k: np.zeros(mask.shape, dtype=dtype) for k in FIELDS}
+
+
+def _row_gap(student_logp, teacher_logp, i, valid, eps):
+    """delta and delta / (median |delta| + eps) over the valid tokens of row ``i``."""
+    delta = teacher_logp[i, valid] - student_logp[i, valid]
+    return delta, delta / (np.median(np.abs(delta)) + eps)
+
+
+def hepo_advantages(group_adv, entropy, mask, *, rho=0.2):
+    """A_G on tokens at or above the batch-wide (1 - rho) entropy quantile, 0 elsewhere."""
+    mask = np.asarray(mask, dtype=bool)
+    entropy = np.asarray(entropy)
+    out = _zeros(mask, entropy.dtype)
+    if not mask.any():
+        return out
+    threshold = np.quantile(entropy[mask], 1 - rho)
+    for i in range(mask.shape[0]):
+        for t in range(mask.shape[1]):
+            if mask[i, t] and entropy[i, t] >= threshold:
+                out["advantages"][i, t] = group_adv[i]
+                out["router"][i, t] = 1.0
+    return out
+
+
+def rlsd_advantages(group_adv, student_logp, teacher_logp, mask, *, eps=1e-6, clip=0.2):
+    """A_G * clip(exp(sign(A_G) delta), 1 - clip, 1 + clip); gate = the scale."""
+    mask = np.asarray(mask, dtype=bool)
+    out = _zeros(mask, np.asarray(student_logp).dtype)
+    for i in range(mask.shape[0]):
+        valid = mask[i]
+        if not valid.any():
+            continue
+        delta, delta_bar = _row_gap(student_logp, teacher_logp, i, valid, eps)
+        scale = np.clip(np.exp(np.sign(group_adv[i]) * delta), 1 - clip, 1 + clip)
+        out["advantages"][i, valid] = group_adv[i] * scale
+        out["gate"][i, valid] = scale
+        out["delta_bar"][i, valid] = delta_bar
+    return out
+
+
+def opsd_advantages(group_adv, student_logp, teacher_logp, mask, *, eps=1e-6):
+    """A_G on every valid token; omega = router = gate = 1; delta_bar recorded."""
+    mask = np.asarray(mask, dtype=bool)
+    out = _zeros(mask, np.asarray(student_logp).dtype)
+    for i in range(mask.shape[0]):
+        valid = mask[i]
+        if not valid.any():
+            continue
+        _, delta_bar = _row_gap(student_logp, teacher_logp, i, valid, eps)
+        out["advantages"][i, valid] = group_adv[i]
+        out["delta_bar"][i, valid] = delta_bar
+        for name in ("omega", "router", "gate"):
+            out[name][i, valid] = 1.0
+    return out
+
+
+def sdpo_advantages(group_adv, student_logp, teacher_logp, mask, *, beta, eps=1e-6):
+    """A_G + beta delta_bar; omega = router = gate = 1."""
+    out = opsd_advantages(group_adv, student_logp, teacher_logp, mask, eps=eps)
+    mask = np.asarray(mask, dtype=bool)
+    for i in range(mask.shape[0]):
+        out["advantages"][i, mask[i]] += beta * out["delta_bar"][i, mask[i]]
+    return out
+
+
+def srpo_advantages(group_adv, entropy, student_logp, teacher_logp, mask, correct, *, beta,
+                    eps=1e-6):
+    """Correct rows A_G; failed rows A_G + beta exp(-max(H, 0)) delta_bar."""
+    mask = np.asarray(mask, dtype=bool)
+    out = _zeros(mask, np.asarray(entropy).dtype)
+    for i in range(mask.shape[0]):
+        valid = mask[i]
+        if not valid.any():
+            continue
+        _, delta_bar = _row_gap(student_logp, teacher_logp, i, valid, eps)
+        w = np.exp(-np.maximum(entropy[i, valid], 0.0))
+        out["delta_bar"][i, valid] = delta_bar
+        out["gate"][i, valid] = w
+        if correct[i]:
+            out["advantages"][i, valid] = group_adv[i]
+        else:
+            out["router"][i, valid] = 1.0
+            out["omega"][i, valid] = w
+            out["advantages"][i, valid] = group_adv[i] + beta * w * delta_bar
+    return out

@@ -522,8 +522,402 @@ def test_named_methods_are_the_documented_configurations():
 @pytest.mark.parametrize("name", METHODS.names())
 def test_every_method_keeps_the_shared_contract(name):
     batch = random_batch(14, 9, 16)
-    out = get_method(name)(*batch, beta=0.5, rho=0.2, eps=1e-6)
+    extra = {"correct": torch.arange(9) % 2 == 0} if get_method(name).needs_correct else {}
+    out = get_method(name)(*batch, beta=0.5, rho=0.2, eps=1e-6, **extra)
     assert isinstance(out, TokenAdvantages)
     assert_zero_off_mask_and_finite(out, batch[-1])
     doc = (get_method(name).shaper.__doc__ or "").lower()
     assert "follows" in doc and "depart" in doc, f"{name} must say what it follows and departs"
+
+
+# --------------------------------------------------------------------------- paper baselines
+
+BASELINES = ["hepo", "rlsd", "opsd", "sdpo", "srpo"]
+
+
+def random_correct(seed: int, B: int) -> torch.Tensor:
+    return torch.from_numpy(np.random.default_rng(seed + 77).random(B) < 0.5)
+
+
+def run_baseline(name, batch, *, beta=0.6, rho=0.2, eps=1e-6, correct=None, **options):
+    """Call method ``name``; srpo gets ``correct`` (random unless given)."""
+    if name == "srpo":
+        options["correct"] = random_correct(0, batch[0].shape[0]) if correct is None else correct
+    return get_method(name)(*batch, beta=beta, rho=rho, eps=eps, **options)
+
+
+def naive_baseline(name, batch, *, beta=0.6, rho=0.2, eps=1e-6, correct=None, clip=0.2):
+    A, H, s, q, mask = as_numpy(*batch)
+    if name == "hepo":
+        return naive.hepo_advantages(A, H, mask, rho=rho)
+    if name == "rlsd":
+        return naive.rlsd_advantages(A, s, q, mask, eps=eps, clip=clip)
+    if name == "opsd":
+        return naive.opsd_advantages(A, s, q, mask, eps=eps)
+    if name == "sdpo":
+        return naive.sdpo_advantages(A, s, q, mask, beta=beta, eps=eps)
+    if correct is None:
+        correct = random_correct(0, len(A))
+    return naive.srpo_advantages(A, H, s, q, mask, correct.numpy(), beta=beta, eps=eps)
+
+
+def test_baseline_traits():
+    traits = {m: (get_method(m).teacher, get_method(m).reverse_kl, get_method(m).needs_correct)
+              for m in BASELINES}
+    assert traits == {
+        "hepo": ("none", False, False),
+        "rlsd": ("reference", False, False),
+        "opsd": ("reference", True, False),
+        "sdpo": ("sibling", False, False),
+        "srpo": ("sibling", False, True),
+    }
+
+
+@pytest.mark.parametrize("name", BASELINES)
+@pytest.mark.parametrize("seed", range(4))
+def test_baselines_match_naive_reference(name, seed):
+    rng = np.random.default_rng(2000 + seed)
+    B, T = int(rng.integers(1, 12)), int(rng.integers(1, 40))
+    batch = random_batch(100 + seed, B, T, coarse=seed == 3)  # coarse: ties, zero gaps
+    kw = dict(beta=float(rng.normal()), rho=float(rng.choice([0.0, 0.2, 0.5, 0.73, 1.0])))
+    correct = random_correct(seed, B)
+    got = run_baseline(name, batch, correct=correct, **kw)
+    want = naive_baseline(name, batch, correct=correct, **kw)
+    for field in FIELDS:
+        np.testing.assert_allclose(getattr(got, field).numpy(), want[field], rtol=1e-12,
+                                   atol=1e-12, err_msg=field)
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_baselines_match_naive_reference_float32(name):
+    batch = random_batch(21, 16, 50, dtype=torch.float32)
+    got = run_baseline(name, batch, correct=random_correct(3, 16))
+    assert got.advantages.dtype == torch.float32
+    want = naive_baseline(name, batch, correct=random_correct(3, 16))
+    for field in FIELDS:
+        np.testing.assert_allclose(getattr(got, field).numpy(), want[field], rtol=2e-5,
+                                   atol=2e-5, err_msg=field)
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_baselines_ignore_extra_masked_padding(name):
+    group_adv, H, s, q, mask = random_batch(22, 9, 17)
+    correct = random_correct(5, 9)
+    base = run_baseline(name, (group_adv, H, s, q, mask), correct=correct)
+    pad = lambda x, v: torch.cat([x, torch.full((9, 6), v, dtype=x.dtype)], dim=1)  # noqa: E731
+    padded = run_baseline(name, (group_adv, pad(H, 1e30), pad(s, float("nan")),
+                                 pad(q, float("inf")), pad(mask, False)), correct=correct)
+    for field in FIELDS:
+        assert torch.equal(getattr(padded, field)[:, :17], getattr(base, field)), field
+        assert (getattr(padded, field)[:, 17:] == 0).all(), field
+    assert_zero_off_mask_and_finite(base, mask)
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_baselines_permuting_rows_permutes_outputs(name):
+    batch = random_batch(23, 13, 21)
+    correct = random_correct(6, 13)
+    perm = torch.randperm(13, generator=torch.Generator().manual_seed(1))
+    out = run_baseline(name, batch, correct=correct)
+    permuted = run_baseline(name, tuple(x[perm] for x in batch), correct=correct[perm])
+    for field in FIELDS:
+        assert torch.equal(getattr(permuted, field), getattr(out, field)[perm]), field
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_baselines_on_empty_and_single_token_rows(name):
+    mask = torch.tensor([[False, False, False], [False, True, False]])
+    H = torch.tensor([[1.0, 2.0, 3.0], [9.0, 0.7, 9.0]], dtype=torch.float64)
+    s = torch.tensor([[-1.0, -1.0, -1.0], [0.0, -1.0, 0.0]], dtype=torch.float64)
+    q = torch.tensor([[-2.0, -2.0, -2.0], [0.0, -1.5, 0.0]], dtype=torch.float64)
+    A = torch.tensor([0.3, -0.7], dtype=torch.float64)
+    out = run_baseline(name, (A, H, s, q, mask), beta=2.0, correct=torch.tensor([True, False]))
+    assert_zero_off_mask_and_finite(out, mask)
+    assert (out.advantages[0] == 0).all()
+    want = naive_baseline(name, (A, H, s, q, mask), beta=2.0, correct=torch.tensor([True, False]))
+    for field in FIELDS:
+        np.testing.assert_allclose(getattr(out, field).numpy(), want[field], rtol=1e-12,
+                                   err_msg=field)
+    if name != "hepo":  # one token: delta_bar = delta / (|delta| + eps)
+        assert out.delta_bar[1, 1].item() == pytest.approx(-0.5 / (0.5 + 1e-6), rel=1e-12)
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_baselines_degenerate_shapes_and_no_gradient(name):
+    for B, T in [(0, 5), (3, 0), (0, 0)]:
+        z = torch.zeros(B, T)
+        out = run_baseline(name, (torch.zeros(B), z, z, z, torch.zeros(B, T, dtype=torch.bool)))
+        assert all(getattr(out, field).shape == (B, T) for field in FIELDS)
+    group_adv, H, s, q, mask = random_batch(24, 4, 9, dtype=torch.float32)
+    s = s.clone().requires_grad_(True)
+    out = run_baseline(name, (group_adv, H, s, q, mask))
+    assert not any(getattr(out, field).requires_grad for field in FIELDS)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_baselines_no_finite_input_gives_nan_or_inf(data):
+    name = data.draw(st.sampled_from(BASELINES))
+    B, T = data.draw(st.integers(0, 5)), data.draw(st.integers(0, 12))
+    np_dtype = data.draw(st.sampled_from([np.float32, np.float64]))
+    values = st.floats(-1e4, 1e4, width=32)
+    mask = data.draw(hnp.arrays(bool, (B, T)))
+
+    def per_token():
+        valid = data.draw(hnp.arrays(np_dtype, (B, T), elements=values))
+        pad = data.draw(hnp.arrays(np_dtype, (B, T), elements=st.floats(width=32)))
+        return torch.from_numpy(np.where(mask, valid, pad))
+
+    batch = (torch.from_numpy(data.draw(hnp.arrays(np_dtype, (B,), elements=values))),
+             per_token(), per_token(), per_token(), torch.from_numpy(mask))
+    out = run_baseline(
+        name, batch, beta=data.draw(st.floats(-100, 100)), rho=data.draw(st.floats(0, 1)),
+        eps=data.draw(st.floats(1e-8, 1.0)),
+        correct=torch.from_numpy(data.draw(hnp.arrays(bool, (B,)))),
+    )
+    assert_zero_off_mask_and_finite(out, batch[-1])
+
+
+@pytest.mark.parametrize(
+    "name, kw",
+    [("hepo", {"clip": 0.2}), ("rlsd", {"clipp": 0.2}), ("opsd", {"direction": "plus"}),
+     ("sdpo", {"gate": "none"}), ("srpo", {"correct_mask": None})],
+)
+def test_baselines_reject_unknown_options(name, kw):
+    with pytest.raises(ValueError, match="unknown options"):
+        run_baseline(name, random_batch(0, 2, 3), **kw)
+
+
+@pytest.mark.parametrize(
+    "name, missing",
+    [("hepo", 1), ("rlsd", 2), ("rlsd", 3), ("opsd", 2), ("sdpo", 3), ("srpo", 1), ("srpo", 2)],
+)
+def test_baselines_name_the_missing_input(name, missing):
+    batch = list(random_batch(0, 2, 3))
+    field = ["group_adv", "entropy", "student_logp", "teacher_logp"][missing]
+    batch[missing] = None
+    with pytest.raises(ValueError, match=field):
+        run_baseline(name, tuple(batch))
+
+
+# --------------------------------------------------------------------------- hepo
+
+
+def hepo_hand_batch():
+    # Ten valid entropies, all distinct; the padded position holds garbage.
+    H = torch.tensor([[0.1, 0.5, 0.9, 0.3, 0.7, 0.0],
+                      [2.0, 0.2, 1.5, 0.4, 0.6, 1e30]], dtype=torch.float64)
+    mask = torch.tensor([[True] * 5 + [False], [True] * 5 + [False]])
+    return torch.tensor([1.5, -0.5], dtype=torch.float64), H, mask
+
+
+def test_hepo_by_hand_uses_the_batch_threshold():
+    A, H, mask = hepo_hand_batch()
+    # Sorted: [.1 .2 .3 .4 .5 .6 .7 .9 1.5 2]; Quantile_0.8 at rank 0.8 * 9 = 7.2:
+    # 0.9 + 0.2 (1.5 - 0.9) = 1.02 -> exactly the top 2 of 10 tokens, both in row 1. A per-row
+    # threshold (row 0: 0.74) would also keep row 0's 0.9.
+    out = get_method("hepo")(A, H, None, None, mask, beta=1.0, rho=0.2)
+    assert torch.equal(out.router, torch.tensor([[0.0] * 6, [1, 0, 1, 0, 0, 0]],
+                                                dtype=torch.float64))
+    assert torch.equal(out.advantages, -0.5 * out.router)
+    for field in ("omega", "delta_bar", "gate"):
+        assert torch.equal(getattr(out, field), torch.zeros(2, 6, dtype=torch.float64))
+    # rho = 0.5: rank 4.5 -> 0.5 + 0.5 (0.6 - 0.5) = 0.55: the top five tokens.
+    half = get_method("hepo")(A, H, None, None, mask, beta=1.0, rho=0.5)
+    assert torch.equal(half.router, torch.tensor([[0, 0, 1, 0, 1, 0], [1, 0, 1, 0, 1, 0]],
+                                                 dtype=torch.float64))
+    assert torch.equal(half.advantages[0], 1.5 * half.router[0])
+
+
+def test_hepo_limiting_cases():
+    A, H, mask = hepo_hand_batch()
+    grpo_adv = torch.where(mask, A[:, None].expand_as(mask), 0.0)
+    # rho = 1 keeps every token: GRPO.
+    assert torch.equal(get_method("hepo")(A, H, None, None, mask, beta=0.0, rho=1.0).advantages,
+                       grpo_adv)
+    # rho = 0 keeps only the maximum-entropy token.
+    top = get_method("hepo")(A, H, None, None, mask, beta=0.0, rho=0.0)
+    assert top.router.sum() == 1 and top.router[1, 0] == 1
+    # All entropies equal: every token sits at the quantile and is kept (documented).
+    flat = get_method("hepo")(A, torch.full_like(H, 0.3), None, None, mask, beta=0.0)
+    assert torch.equal(flat.advantages, grpo_adv)
+
+
+@pytest.mark.parametrize(
+    "n, rho, kept",
+    # kept = n - ceil((n - 1)(1 - rho)): e.g. n = 10 -> rank 7.2, the top 2; n = 11 -> rank
+    # exactly 8, so the order statistic at rank 8 is kept too (3 of 11).
+    [(10, 0.2, 2), (5, 0.2, 1), (20, 0.25, 5), (9, 0.5, 5), (7, 1 / 3, 3), (11, 0.2, 3)],
+)
+def test_hepo_keeps_the_top_rho_share_of_distinct_entropies(n, rho, kept):
+    g = torch.Generator().manual_seed(n)
+    H = torch.randperm(n, generator=g).double().reshape(1, n) / n
+    mask = torch.ones(1, n, dtype=torch.bool)
+    out = get_method("hepo")(torch.ones(1), H, None, None, mask, beta=0.0, rho=rho)
+    chosen = out.router.bool()
+    assert int(chosen.sum()) == kept
+    assert (H[chosen].min() > H[~chosen].max()).item()  # the kept ones are the highest
+
+
+def test_hepo_rejects_bad_rho():
+    A, H, mask = hepo_hand_batch()
+    with pytest.raises(ValueError, match="rho"):
+        get_method("hepo")(A, H, None, None, mask, beta=0.0, rho=1.2)
+
+
+# --------------------------------------------------------------------------- rlsd
+
+
+def test_rlsd_by_hand():
+    s = torch.tensor([[-1.0, -1.0, -1.0, -1.0, -1.0, float("nan")],
+                      [-1.0, -1.0, -1.0, -1.0, -1.0, 0.0]], dtype=torch.float64)
+    delta = [[0.1, -0.1, 0.5, -0.5, 0.0], [0.1, -0.1, 1.0, -1.0, 0.0]]
+    q = s.clone()
+    q[:, :5] += torch.tensor(delta, dtype=torch.float64)
+    mask = torch.tensor([[True] * 5 + [False]] * 2)
+    A = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    out = get_method("rlsd")(A, None, s, q, mask, beta=5.0)
+    e = math.exp
+    # Row 0, A > 0: exp(+delta) clipped to [0.8, 1.2].
+    scale0 = [e(0.1), e(-0.1), 1.2, 0.8, 1.0]  # e^0.5 = 1.65 -> 1.2; e^-0.5 = 0.61 -> 0.8
+    # Row 1, A < 0: exp(-delta): a teacher-preferred token (delta > 0) is penalized less.
+    scale1 = [e(-0.1), e(0.1), 0.8, 1.2, 1.0]
+    np.testing.assert_allclose(out.gate.numpy(), [scale0 + [0.0], scale1 + [0.0]], rtol=1e-12)
+    np.testing.assert_allclose(out.advantages.numpy(),
+                               [scale0 + [0.0], [-2.0 * x for x in scale1] + [0.0]], rtol=1e-12)
+    assert out.advantages[0, 4] == 1.0 and out.advantages[1, 4] == -2.0  # delta = 0: A_G
+    # delta_bar: row 0 |delta| sorted [0, .1, .1, .5, .5] -> median 0.1.
+    np.testing.assert_allclose(out.delta_bar[0, :5].numpy(),
+                               np.array(delta[0]) / (0.1 + 1e-6), rtol=1e-9)
+    assert (out.omega == 0).all() and (out.router == 0).all()
+    wide = get_method("rlsd")(A, None, s, q, mask, beta=5.0, clip=0.5)
+    assert wide.gate[0, 2].item() == pytest.approx(1.5) and wide.gate[1, 2] == 0.5
+
+
+def test_rlsd_scale_stays_in_the_clip_band_and_keeps_the_verifier_sign():
+    group_adv, H, s, q, mask = random_batch(31, 12, 40)
+    group_adv[0] = 0.0
+    s[1] = q[1]  # delta = 0 on row 1
+    out = get_method("rlsd")(group_adv, H, s, q, mask, beta=1.0)
+    scale = out.gate[mask]
+    assert ((scale >= 0.8) & (scale <= 1.2)).all()
+    assert ((scale == 0.8) | (scale == 1.2)).any() and ((scale > 0.8) & (scale < 1.2)).any()
+    A = group_adv[:, None].expand_as(mask)[mask]
+    adv = out.advantages[mask]
+    assert torch.equal(torch.sign(adv), torch.sign(A))
+    assert ((adv.abs() >= 0.8 * A.abs() - 1e-15) & (adv.abs() <= 1.2 * A.abs() + 1e-15)).all()
+    assert (out.advantages[0] == 0).all()
+    assert torch.equal(out.advantages[1], torch.where(mask[1], group_adv[1], 0.0))
+
+
+def test_rlsd_clip_zero_is_grpo_and_clip_is_validated():
+    batch = random_batch(32, 6, 15)
+    grpo = get_method("grpo")(*batch, beta=1.0)
+    assert torch.equal(get_method("rlsd")(*batch, beta=1.0, clip=0.0).advantages, grpo.advantages)
+    for bad in (-0.1, 1.5, "0.2", True, float("nan")):
+        with pytest.raises(ValueError, match="clip"):
+            get_method("rlsd")(*batch, beta=1.0, clip=bad)
+
+
+# --------------------------------------------------------------------------- opsd and sdpo
+
+
+def test_opsd_is_grpo_advantages_with_uniform_attraction_recorded():
+    batch = random_batch(33, 8, 20)
+    mask = batch[-1]
+    out = get_method("opsd")(*batch, beta=0.7)
+    conf = get_method("conformity")(*batch, beta=0.7)
+    assert torch.equal(out.advantages, get_method("grpo")(*batch, beta=0.7).advantages)
+    for field in ("omega", "router", "gate"):
+        assert torch.equal(getattr(out, field), mask.double()), field
+    assert torch.equal(out.delta_bar, conf.delta_bar)
+    no_entropy = get_method("opsd")(batch[0], None, *batch[2:], beta=0.7)
+    assert torch.equal(no_entropy.delta_bar, out.delta_bar)
+
+
+def test_sdpo_by_hand():
+    # The gaps of test_dasd_one_row_by_hand: delta_bar = [1.25, 0, -2.5, -0.75].
+    s = torch.tensor([[-1.0, -0.5, -2.0, -0.1, float("nan")]], dtype=torch.float64)
+    q = torch.tensor([[-0.5, -0.5, -3.0, -0.4, float("inf")]], dtype=torch.float64)
+    mask = torch.tensor([[True, True, True, True, False]])
+    out = get_method("sdpo")(torch.tensor([1.5], dtype=torch.float64), None, s, q, mask,
+                             beta=0.5, eps=1e-12)
+    np.testing.assert_allclose(out.advantages.numpy(), [[2.125, 1.5, 0.25, 1.125, 0.0]],
+                               rtol=1e-9)
+    assert torch.equal(out.omega, mask.double())
+
+
+def test_sdpo_equals_conformity_on_the_same_inputs():
+    """Only the teacher's context distinguishes them."""
+    batch = random_batch(34, 9, 25)
+    sd = get_method("sdpo")(*batch, beta=0.45)
+    conf = get_method("conformity")(*batch, beta=0.45)
+    for field in FIELDS:
+        assert torch.equal(getattr(sd, field), getattr(conf, field)), field
+
+
+# --------------------------------------------------------------------------- srpo
+
+
+def test_srpo_by_hand():
+    s = torch.tensor([[-1.0, -0.5, -2.0, -0.1, float("nan")]] * 2, dtype=torch.float64)
+    q = torch.tensor([[-0.5, -0.5, -3.0, -0.4, float("inf")]] * 2, dtype=torch.float64)
+    H = torch.tensor([[0.0, math.log(2), math.log(4), 1.0, float("nan")]] * 2,
+                     dtype=torch.float64)
+    mask = torch.tensor([[True, True, True, True, False]] * 2)
+    A = torch.tensor([1.5, -0.5], dtype=torch.float64)
+    out = get_method("srpo")(A, H, s, q, mask, beta=0.5, eps=1e-12,
+                             correct=torch.tensor([True, False]))
+    w = [1.0, 0.5, 0.25, math.exp(-1.0)]  # exp(-H): inverse perplexity
+    delta_bar = [1.25, 0.0, -2.5, -0.75]
+    assert torch.equal(out.advantages[0], torch.tensor([1.5] * 4 + [0.0], dtype=torch.float64))
+    np.testing.assert_allclose(out.advantages[1].numpy(),
+                               [0.125, -0.5, -0.8125, -0.5 - 0.375 * math.exp(-1.0), 0.0],
+                               rtol=1e-9)
+    np.testing.assert_allclose(out.gate.numpy(), [w + [0.0]] * 2, rtol=1e-12)
+    np.testing.assert_allclose(out.omega.numpy(), [[0.0] * 5, w + [0.0]], rtol=1e-12)
+    np.testing.assert_allclose(out.delta_bar.numpy(), [delta_bar + [0.0]] * 2, rtol=1e-9)
+    assert torch.equal(out.router, torch.tensor([[0.0] * 5, [1.0] * 4 + [0.0]],
+                                                dtype=torch.float64))
+
+
+def test_srpo_leaves_correct_rows_at_grpo_exactly_and_limits():
+    batch = random_batch(35, 12, 30)
+    group_adv, H, s, q, mask = batch
+    correct = random_correct(8, 12)
+    assert correct.any() and (~correct).any()
+    out = get_method("srpo")(*batch, beta=3.0, correct=correct)
+    grpo = get_method("grpo")(*batch, beta=3.0).advantages
+    assert torch.equal(out.advantages[correct], grpo[correct])
+    assert (out.advantages[~correct] != grpo[~correct]).any()
+    assert ((out.omega >= 0) & (out.omega <= 1)).all()
+    all_correct = get_method("srpo")(*batch, beta=3.0, correct=torch.ones(12, dtype=torch.bool))
+    assert torch.equal(all_correct.advantages, grpo)
+    # Every row failed and the student certain (H = 0, w = 1): SDPO.
+    certain = (group_adv, torch.zeros_like(H), s, q, mask)
+    failed = get_method("srpo")(*certain, beta=3.0, correct=torch.zeros(12, dtype=torch.bool))
+    assert torch.equal(failed.advantages, get_method("sdpo")(*certain, beta=3.0).advantages)
+
+
+def test_srpo_weight_is_in_unit_interval_even_for_rounded_negative_entropy():
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    H = torch.tensor([[-1e-7, -1e4, 1e4]])
+    s = torch.zeros(1, 3)
+    q = torch.tensor([[0.5, -0.5, 1.0]])
+    out = get_method("srpo")(torch.zeros(1), H, s, q, mask, beta=1.0,
+                             correct=torch.tensor([False]))
+    assert torch.equal(out.gate, torch.tensor([[1.0, 1.0, 0.0]]))
+    assert_zero_off_mask_and_finite(out, mask)
+
+
+@pytest.mark.parametrize(
+    "correct, match",
+    [(None, "needs option correct"), (torch.tensor([1, 0, 1]), "bool"),
+     ([True, False, True], "bool"), (torch.tensor([True, False]), r"\(B,\)"),
+     (torch.ones(3, 1, dtype=torch.bool), r"\(B,\)")],
+)
+def test_srpo_validates_correct(correct, match):
+    batch = random_batch(0, 3, 4)
+    kw = {} if correct is None else {"correct": correct}
+    with pytest.raises(ValueError, match=match):
+        get_method("srpo")(*batch, beta=1.0, **kw)
