@@ -23,7 +23,12 @@ import argparse
 import time
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, Qwen3Config, Qwen3ForCausalLM
+from transformers import (
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
 
 from dasd.models import load_model, make_char_tokenizer
 from dasd.rollout import Rollouts, generate

@@ -48,8 +48,8 @@ holds for inputs whose results are representable in that dtype: |A_hat| is at mo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch

@@ -30,7 +30,13 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from dasd.entropy import token_entropy_and_logprob
-from dasd.rollout.hf import Rollouts, encode_prompts, eval_mode, model_call_kwargs, positions_from_mask
+from dasd.rollout.hf import (
+    Rollouts,
+    encode_prompts,
+    eval_mode,
+    model_call_kwargs,
+    positions_from_mask,
+)
 
 __all__ = ["TokenScores", "response_logits", "score_responses", "score_rollouts"]
 

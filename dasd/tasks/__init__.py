@@ -1,22 +1,27 @@
-"""Tasks by name (DESIGN.md sections 2 and 5): ``TASKS`` maps a name to a task class.
+"""Tasks by name (DESIGN.md sections 2, 5 and 6): ``TASKS`` maps a name to a task class.
 
-``get_task("countdown", n_numbers=4)`` builds the built-in world's task; every task
-implements the ``Task`` protocol of ``dasd.tasks.base``.
+``get_task("countdown", n_numbers=4)`` builds the built-in world's task,
+``get_task("math", benchmark="aime24", tokenizer=tok)`` the real-math one; every task
+implements the ``Task`` protocol of ``dasd.tasks.base``. ``build_task`` builds a task for a
+model, passing the model's tokenizer to tasks that take one.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from dasd.registry import Registry
 from dasd.tasks.base import Problem, Task
 from dasd.tasks.countdown import CountdownTask
+from dasd.tasks.math import MathTask
 
-__all__ = ["TASKS", "CountdownTask", "Problem", "Task", "get_task"]
+__all__ = ["TASKS", "CountdownTask", "MathTask", "Problem", "Task", "build_task", "get_task"]
 
 #: Task classes by name; each is called with keyword settings to build the task.
 TASKS: Registry[type] = Registry("task")
 TASKS.register("countdown")(CountdownTask)
+TASKS.register("math")(MathTask)
 
 
 def get_task(name: str, **kwargs: Any) -> Task:
@@ -25,3 +30,21 @@ def get_task(name: str, **kwargs: Any) -> Task:
     An unknown name raises a ``ValueError`` that lists the valid ones.
     """
     return TASKS.get(name)(**kwargs)
+
+
+def build_task(name: str, *, tokenizer: Any = None, **options: Any) -> Task:
+    """The task ``name`` for a model: built with ``options``, plus the model's ``tokenizer``
+    when the task's constructor takes one (its prompts then use the chat template).
+
+    An unknown name, or an option the task does not take, raises a ``ValueError`` that lists
+    the valid ones.
+    """
+    cls = TASKS.get(name)
+    params = inspect.signature(cls).parameters
+    unknown = sorted(set(options) - set(params))
+    if unknown:
+        valid = ", ".join(p for p in params if p != "tokenizer") or "none"
+        raise ValueError(f"task {name!r} takes no option {', '.join(unknown)}; its options: {valid}")
+    if "tokenizer" in params:
+        options["tokenizer"] = tokenizer
+    return cls(**options)
