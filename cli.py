@@ -1,0 +1,437 @@
+"""Command-line entry points: ``dasd-probe`` (compute, writes run dirs) and ``dasd-analyze``
+(reads run dirs). Thin: parse options, call library functions, print results."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+probe_app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Run the DASD paper's probes and training on a model and task (default: the built-in "
+    "world, the tiny model on Countdown). Every command writes a run directory under --runs-dir.",
+)
+analyze_app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Metrics, tables and figures computed from run directories only.",
+)
+console = Console()
+
+
+@probe_app.callback()
+def _probe() -> None:
+    """Run the DASD paper's probes and training."""
+
+
+@analyze_app.callback()
+def _analyze() -> None:
+    """Analyse logged runs."""
+
+
+def _run_name(kind: str, model: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model).name or model).strip("-")
+    return f"{kind}-{slug}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """Bad input (unknown name, missing file, malformed run dir) -> one line on stderr, exit 2."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError) as err:
+        Console(stderr=True, soft_wrap=True).print(
+            f"[bold red]error:[/] {escape(str(err))}", highlight=False
+        )
+        raise typer.Exit(2) from None
+
+
+@contextmanager
+def _progress_bar(description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar (with time left); yields ``advance(n)``."""
+    columns = (*Progress.get_default_columns(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def _print_metrics(title: str, metrics: dict[str, float]) -> None:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        table.add_row(key, f"{value:.4g}")
+    console.print(table)
+
+
+@probe_app.command("eval")
+def eval_cmd(
+    model: str = typer.Option("tiny", help="'tiny' (built-in), a local checkpoint dir, or a hub name."),
+    task: str = typer.Option("countdown", help="Registered task name."),
+    benchmark: str = typer.Option(
+        "", help="Benchmark of a task that has several (math: aime24, aime25, hmmt25, math500, "
+        "minerva, olympiadbench, amc23, a .jsonl/.json/.parquet file, or hub:NAME).",
+    ),
+    n_prompts: int = typer.Option(64, help="Held-out problems to evaluate."),
+    k: int = typer.Option(16, help="Samples per problem (Avg@k, Pass@k)."),
+    temperature: float = typer.Option(1.0, help="Sampling temperature (paper: 1.0)."),
+    top_p: float = typer.Option(0.9, help="Nucleus top-p (paper: 0.9)."),
+    max_new_tokens: int = typer.Option(160, help="Generation limit per response."),
+    batch_size: int = typer.Option(128, help="Prompts per generation micro-batch."),
+    teacher: bool = typer.Option(True, help="Also score the privileged teacher's log-probs."),
+    seed: int = typer.Option(0, help="Seed for problem sampling and generation."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Parent directory of run directories."),
+    name: str = typer.Option("", help="Run directory name (default: eval-<model>-<time>)."),
+) -> None:
+    """Avg@k / Pass@k of a model on a task's held-out problems; logs rollouts with per-token
+    entropy and student/teacher log-probs."""
+    from probes.evaluate import EvalConfig, run_eval
+
+    try:
+        cfg = EvalConfig(
+            model=model, task=task, benchmark=benchmark, n_prompts=n_prompts, k=k,
+            temperature=temperature,
+            top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size,
+            teacher=teacher, seed=seed,
+        )
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+    run_dir = runs_dir / (name or _run_name("eval", model))
+    with _one_line_errors(), _progress_bar(f"sampling {n_prompts} x {k}", n_prompts * k) as step:
+        _, summary = run_eval(cfg, run_dir, progress=step)
+    _print_metrics(f"{model} on {task} ({n_prompts} prompts x {k})", summary)
+    console.print(f"run directory: {run_dir}")
+
+
+def _parse_overrides(pairs: list[str]) -> dict[str, object]:
+    """``KEY=VALUE`` pairs; VALUE is read as JSON when it parses (numbers, booleans, objects),
+    else kept as a string."""
+    out: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"--set takes KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+@probe_app.command("train")
+def train_cmd(
+    method: str = typer.Option("dasd", help="Method: grpo, dasd, conformity, novelty, hepo, "
+                               "opsd, rlsd, sdpo, srpo."),
+    model: str = typer.Option("tiny", help="'tiny' (built-in), a local checkpoint dir, or a hub name."),
+    task: str = typer.Option("countdown", help="Registered task name."),
+    steps: int = typer.Option(None, help="Policy updates [default: 60]; with --resume, extends "
+                              "the run to this many."),
+    beta: float = typer.Option(0.1, help="Weight of the teacher term (eq. 5/8)."),
+    rho: float = typer.Option(0.2, help="Router quantile (paper: 0.2)."),
+    lr: float = typer.Option(1e-4, help="Peak learning rate (cosine decay)."),
+    eval_every: int = typer.Option(10, help="Held-out evaluation every N updates (0: first/last only)."),
+    seed: int = typer.Option(0, help="Seed of data order, sampling and evaluation."),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="Any other TrainConfig field as KEY=VALUE (JSON values), e.g. "
+        "--set group_size=4 --set 'method_options={\"direction\": \"hard\"}'."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Parent directory of run directories."),
+    name: str = typer.Option("", help="Run directory name (default: train-<method>-<time>)."),
+    resume: Path = typer.Option(None, help="Continue this run directory from its newest "
+                                "checkpoint (its logged config is used; --steps extends it)."),
+) -> None:
+    """Train with the one core trainer (GRPO backbone; the method shapes per-token advantages)
+    and log metrics, rollouts, held-out evaluations and checkpoints to a run directory."""
+    from dasd import trainer
+
+    with _one_line_errors():
+        if resume is not None:
+            run = trainer.Trainer.resume(resume, steps=steps)
+        else:
+            values = dict(method=method, model=model, task=task, beta=beta, rho=rho, lr=lr,
+                          eval_every=eval_every, seed=seed)
+            if steps is not None:
+                values["steps"] = steps
+            values.update(_parse_overrides(overrides))
+            try:
+                cfg = trainer.TrainConfig(**values)
+            except TypeError as err:
+                raise ValueError(f"--set: {err}") from None
+            run = trainer.Trainer.start(cfg, runs_dir / (name or _run_name(f"train-{method}", model)))
+        cfg = run.cfg
+        columns = (*Progress.get_default_columns(), TimeElapsedColumn(),
+                   TextColumn("{task.fields[info]}"))
+        with Progress(*columns, console=console) as bar:
+            task_id = bar.add_task(f"{cfg.method} on {cfg.task}", total=cfg.steps,
+                                   completed=run.start_step, info="")
+            latest: dict[str, float] = {}
+
+            def show(step: int, metrics: dict[str, float]) -> None:
+                latest.update(metrics)
+                acc = next((v for k, v in latest.items() if k.startswith("eval/avg_at_")), None)
+                info = f"reward {latest.get('train/reward', float('nan')):.3f}"
+                if acc is not None:
+                    info += f"  eval Avg@{cfg.eval_k} {acc:.3f}"
+                bar.update(task_id, completed=step, info=info)
+
+            run_dir = run.run(show)
+    console.print(f"run directory: {run_dir}")
+
+
+def _report_issues(issues: list, *, analysed: bool, what: str = "runs") -> None:
+    """Print analysis issues one line each on stderr; exit 2 (bad input, as
+    ``_one_line_errors``) when nothing could be analysed."""
+    err = Console(stderr=True, soft_wrap=True)
+    style = {"error": "bold red", "warning": "yellow", "note": "cyan"}
+    for issue in issues:
+        err.print(f"[{style.get(issue.level, 'bold')}]{issue.level}:[/] {escape(issue.message)}",
+                  highlight=False)
+    if not analysed:
+        err.print(f"[bold red]error:[/] nothing could be analysed in these {what}",
+                  highlight=False)
+        raise typer.Exit(2)
+
+
+def _print_wide(title: str, columns: list[str], rows: list[list[str]], *, left: int = 1
+                ) -> None:
+    """A rich table; on a terminal too narrow for it, one "column=value" record per row."""
+    widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
+    if sum(widths) + 3 * len(columns) + 1 <= console.width:
+        table = Table(title=escape(title))
+        for i, col in enumerate(columns):
+            table.add_column(escape(col), justify="left" if i < left else "right",
+                             no_wrap=True)
+        for row in rows:
+            table.add_row(*(escape(cell) for cell in row))
+        console.print(table)
+        return
+    console.print(title, highlight=False, markup=False)
+    for row in rows:
+        console.print(" ".join(row[:left]) + ": " + ", ".join(
+            f"{c}={v}" for c, v in zip(columns[left:], row[left:])),
+            highlight=False, markup=False, soft_wrap=True)
+
+
+def _cell(value: object, fmt: str = ".3f") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return format(value, fmt) if isinstance(value, float) else str(value)
+
+
+@analyze_app.command("passk")
+def passk_cmd(
+    runs: list[Path] = typer.Argument(..., help="Run directories, or parents of run directories."),
+    ks: str = typer.Option(
+        "", "--k", help="Comma-separated k values (default: 1, 2, 4, ... up to n, the samples "
+        "per prompt)."
+    ),
+    split: str = typer.Option("eval", help="Rollout split to read."),
+) -> None:
+    """Unbiased Pass@k and Avg@n per run, task and logged step, from logged rollouts. Bad runs
+    are reported one line each; exit 2 only when no run could be analysed."""
+    from analysis.health import passk_report
+
+    try:
+        k_values = [int(x) for x in ks.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--k must be comma-separated integers, got {ks!r}") from None
+    if any(k < 1 for k in k_values):
+        raise typer.BadParameter(f"--k values must be >= 1, got {ks!r}")
+    frame, issues = passk_report(runs, ks=k_values or None, split=split)
+    if len(frame):
+        passes = [c for c in frame.columns if c.startswith("pass@")]
+        _print_wide(
+            f"Pass@k ({split} rollouts)",
+            ["run", "task", "step", "prompts", "n", "Avg@n", *(f"Pass@{c[5:]}" for c in passes)],
+            [[row.run, str(row.task or "–"), str(row.step), str(row.n_prompts), str(row.n),
+              f"{row.avg_at_n:.3f}", *(_cell(float(v)) for v in row[6:])]
+             for row in frame.itertuples(index=False)], left=2,
+        )
+    _report_issues(issues, analysed=len(frame) > 0)
+
+
+@analyze_app.command("health")
+def health_cmd(
+    runs: list[Path] = typer.Argument(..., help="Run directories, or parents of run directories."),
+    step: int = typer.Option(None, "--step", min=0, help="Only this logged step."),
+    last: bool = typer.Option(False, "--last", help="Only each run's last logged step."),
+    split: str = typer.Option("eval", help="Rollout split to read."),
+    out: Path = typer.Option(None, "--out", help="Also write the rows to this CSV file."),
+    markers: str = typer.Option(
+        "", help="Comma-separated epistemic markers (default: analysis.markers' list)."
+    ),
+) -> None:
+    """Reasoning health (paper Table 3 metrics, appendix F) per run and logged step: Avg@k,
+    Pass@k, StepAcc, FES, CSR, E(y) density, revision rate, Dist-3, length. Bad runs are
+    reported one line each; exit 2 only when nothing could be analysed."""
+    from analysis.health import DEFAULT_MARKERS, HEALTH_COLUMNS, analyze_runs
+
+    if step is not None and last:
+        raise typer.BadParameter("give --step S or --last, not both")
+    marker_list = [m.strip() for m in markers.split(",") if m.strip()] or list(DEFAULT_MARKERS)
+    report = analyze_runs(runs, step=step, last=last, split=split, markers=marker_list)
+    rows = report.rows[list(HEALTH_COLUMNS)]
+    if len(rows):
+        heads = {"n_prompts": "prompts", "n_responses": "resp", "avg_at_k": "Avg@k",
+                 "pass_at_k": "Pass@k", "step_acc": "StepAcc", "fes": "FES", "csr": "CSR",
+                 "ey_density": "E(y)", "rev_rate": "RevRate", "dist3": "Dist-3",
+                 "length_tokens": "length"}
+        formats = {"fes": ".2f", "ey_density": ".2f", "length_tokens": ".1f"}
+        _print_wide(
+            f"Reasoning health ({split} rollouts)", [heads.get(c, c) for c in HEALTH_COLUMNS],
+            [[_cell(v, formats.get(col, ".3f")) for col, v in zip(HEALTH_COLUMNS, row)]
+             for row in rows.itertuples(index=False)],
+        )
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            rows.to_csv(out, index=False)
+            console.print(f"wrote {escape(str(out))}", highlight=False, soft_wrap=True)
+    _report_issues(issues=report.issues, analysed=report.analysed)
+
+
+@analyze_app.command("tables")
+def tables_cmd(
+    runs: list[Path] = typer.Argument(..., help="Run directories, or parents of run directories."),
+    out: Path = typer.Option(
+        Path("paper-tables"), "--out", help="Folder for the Markdown, LaTeX and CSV files."
+    ),
+) -> None:
+    """The paper's tables that the runs support (Tables 2/6 and 7 from eval runs, Table 3 from
+    reasoning health), as Markdown on the terminal and Markdown, LaTeX and CSV files
+    (byte-identical on a rerun); names the tables without data and the runs they need."""
+    from analysis.health import analyze_runs
+    from analysis.tables import build_tables, write_tables
+
+    report = analyze_runs(runs, last=True, split="eval")
+    if report.analysed:
+        tables, missing = build_tables(report)
+        for table in tables:
+            console.print(table.to_markdown(), markup=False, highlight=False, emoji=False,
+                          soft_wrap=True)
+        for line in missing:
+            console.print(line, markup=False, highlight=False, emoji=False, soft_wrap=True)
+        written = write_tables(tables, missing, out)
+        console.print(f"wrote {len(written)} files to {escape(str(out))}", highlight=False,
+                      soft_wrap=True)
+    _report_issues(report.issues, analysed=report.analysed)
+
+
+@analyze_app.command("figures")
+def figures_cmd(
+    runs: list[Path] = typer.Argument(..., help="Run directories, or parents of run directories."),
+    out: Path = typer.Option(
+        Path("paper-figures"), "--out", help="Folder for the PNG and PDF files."
+    ),
+) -> None:
+    """Every paper figure the runs support, as PNG and PDF (byte-identical on a rerun); names the
+    figures without data and the runs they need. Exit 1 when no figure has data."""
+
+    from figures import write_figures
+
+    with _one_line_errors():
+        outcomes = write_figures(runs, out)
+    for outcome in outcomes:
+        name = escape(outcome.spec.name)
+        if outcome.files:
+            files = ", ".join(escape(str(p)) for p in outcome.files)
+            console.print(f"[green]wrote[/] {name}: {files}", soft_wrap=True, highlight=False)
+        else:
+            console.print(
+                f"[yellow]no data[/] {name}: {escape(outcome.reason or '')}; needs "
+                f"{escape(outcome.spec.needs)}", soft_wrap=True, highlight=False,
+            )
+    if not any(outcome.files for outcome in outcomes):
+        Console(stderr=True).print("[bold red]error:[/] no paper figure has data in these runs")
+        raise typer.Exit(1)
+
+
+@analyze_app.command("report")
+def report_cmd(
+    runs: list[Path] = typer.Argument(..., help="Run directories, or parents of run directories."),
+    out: Path = typer.Option(Path("report.html"), "--out", help="The HTML file to write."),
+    audit_rollouts: int = typer.Option(
+        4, min=0, help="Rollouts per run shown token by token (half correct, half not)."
+    ),
+) -> None:
+    """One self-contained HTML audit page: runs and configs, tables, figures, and rollouts token by
+    token colored by omega (attraction / repulsion) or entropy."""
+    from analysis.report import write_report
+
+    with _one_line_errors():
+        path = write_report(runs, out, audit_rollouts=audit_rollouts)
+    console.print(f"report: {path}", soft_wrap=True, highlight=False, markup=False)
+
+
+@analyze_app.command("judge-eval")
+def judge_eval_cmd(
+    judge: str = typer.Option(..., help="Step judge: prm, critic, oracle or constant-correct."),
+    model: str = typer.Option("", help="The judge's checkpoint directory or hub id (prm, critic)."),
+    subsets: list[str] = typer.Option(
+        [], "--subset", help="ProcessBench subset, repeatable: gsm8k, math, olympiadbench, "
+        "omnimath (default: all four).",
+    ),
+    limit: int = typer.Option(
+        0, min=0, help="Score N rows of each subset, spread evenly over it (0: all)."
+    ),
+    processbench: str = typer.Option(
+        "", help="Folder holding ProcessBench's gsm8k.json ... (default: <data dir>/processbench)."
+    ),
+    device: str = typer.Option("auto", help="auto (CUDA when available), cpu, cuda, cuda:N."),
+    batch_size: int = typer.Option(4, min=1, help="Solutions per judge forward pass or generation batch."),
+    max_new_tokens: int = typer.Option(2048, min=1, help="Critique length limit (critic)."),
+    trust_remote_code: bool = typer.Option(
+        False, help="Allow a PRM's own modeling code (needed by Qwen2.5-Math-PRM-7B)."
+    ),
+    out: str = typer.Option("", help="Also write the scores and per-row predictions to this JSON file."),
+) -> None:
+    """A step judge's ProcessBench score: accuracy on the erroneous solutions (earliest wrong
+    step found), on the correct ones (none flagged), and their harmonic mean F1."""
+    import json
+
+    from analysis.judges import (
+        PROCESSBENCH_SUBSETS,
+        JudgeOptions,
+        build_judge,
+        evaluate_judge,
+        load_processbench,
+    )
+
+    options = JudgeOptions(
+        model=model, device=device, batch_size=batch_size, max_new_tokens=max_new_tokens,
+        trust_remote_code=trust_remote_code,
+    )
+    with _one_line_errors():
+        rows = {
+            subset: load_processbench(subset, directory=processbench or None, limit=limit or None)
+            for subset in (subsets or PROCESSBENCH_SUBSETS)
+        }
+        step_judge = build_judge(judge, options, [r for subset_rows in rows.values() for r in subset_rows])
+        total = sum(len(subset_rows) for subset_rows in rows.values())
+        with _progress_bar(f"judging {total} solutions", total) as advance:
+            evaluation = evaluate_judge(step_judge, rows, chunk_size=8 * batch_size, progress=advance)
+    table = Table(title=f"ProcessBench: {judge}" + (f" ({model})" if model else ""))
+    for col in ("subset", "rows", "erroneous", "correct", "acc err", "acc ok", "F1"):
+        table.add_column(col, justify="left" if col == "subset" else "right", no_wrap=True)
+    for score in evaluation.scores:
+        table.add_row(
+            score.subset, str(score.n), str(score.n_error), str(score.n_correct),
+            f"{score.error_acc:.4f}", f"{score.correct_acc:.4f}", f"{score.f1:.4f}",
+        )
+    if len(evaluation.scores) > 1:
+        table.add_row("average", "", "", "", "", "", f"{evaluation.average_f1:.4f}")
+    console.print(table)
+    if out:
+        record = {"judge": judge, "model": model, "limit": limit, **evaluation.to_dict(rows)}
+        Path(out).write_text(json.dumps(record, indent=1) + "\n")
+        console.print(f"wrote {out}", soft_wrap=True, highlight=False, markup=False)

@@ -1,0 +1,528 @@
+"""The one core trainer (paper section 4, appendix C Algorithm 1, appendix F): orchestration only.
+
+Each update s = 1..steps: sample G rollouts per prompt from the current (old) policy without the
+privileged context, score them with the verifier, form group-relative advantages, score the
+student (entropy, log-prob) and, when the method needs one, the privileged teacher (same
+weights, r in the prompt, no gradient), turn these into per-token advantages with the method
+(``dasd.advantages.METHODS``), and take clipped PPO steps over mini-batches with AdamW and
+gradient clipping. The math lives in ``dasd.advantages`` and ``dasd.losses``; this module only
+moves tensors between them, the engines and the run directory.
+
+Departures from the paper and choices it leaves open:
+
+1. Sizes are scaled to the model: the defaults (16 prompts x G = 8 per update, mini-batches of
+   32 responses, learning rate 1e-4) suit the built-in tiny model on a CPU; the paper uses
+   B = 128 prompts, B_mini = 32 and lr 3e-6 for Qwen3-1.7B. G = 8, rho = 0.2, clip 0.2 and
+   cosine decay are the paper's.
+2. beta (the weight of the teacher term, eq. 5/8) is not given in the paper; the default 0.1 is
+   a choice, not a tuned value.
+3. pi_old is the policy that sampled the batch; its log-probs are recomputed by a scoring pass
+   (as verl does) rather than taken from the sampler, so the first PPO ratio is exactly 1.
+4. Every random choice of update s (its prompts, its samples, its mini-batch order) is drawn
+   from generators seeded by (seed, s), so a run resumed from a checkpoint repeats an
+   uninterrupted run exactly on the same machine. Held-out evaluations reuse one seed at every
+   step (common random numbers), so differences between steps are not sampling noise.
+5. The learning rate is a pure function of the update index (linear warmup, cosine decay to
+   ``min_lr_ratio * lr``), so it needs no scheduler state.
+6. Step 0 is the base model's evaluation; a checkpoint "0" is the base model itself (not saved).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dasd.advantages import get_method, group_advantages
+from dasd.entropy import token_entropy_and_logprob
+from dasd.evaluation import eval_metrics, sample_rollout_rows
+from dasd.losses import (
+    AGGREGATIONS,
+    aggregate_denominator,
+    ppo_clip_loss,
+    reverse_kl_loss,
+)
+from dasd.models import load_model
+from dasd.records import rollout_frame
+from dasd.rollout import Rollouts, generate
+from dasd.rollout.hf import encode_prompts
+from dasd.runlog import RunWriter, create_run, open_run, read_manifest, read_metrics
+from dasd.scoring import TokenScores, response_logits, score_rollouts
+from dasd.tasks import TASKS, build_task
+from dasd.tasks.base import Problem, Task
+
+CHECKPOINTS = "checkpoints"
+TRAINER_STATE = "trainer_state.json"
+OPTIMIZER_STATE = "optimizer.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one training run; checked on construction, written into the manifest."""
+
+    method: str = "dasd"
+    """A registered method (``dasd.advantages.METHODS``)."""
+    model: str = "tiny"
+    """``tiny``, a local checkpoint directory, or a hub name."""
+    task: str = "countdown"
+    """A registered task."""
+    task_options: dict[str, Any] = field(default_factory=dict)
+    """Keyword settings of the task (e.g. ``{"benchmark": "aime24"}``)."""
+    steps: int = 60
+    """Policy updates (each: one batch of rollouts, PPO epochs over its mini-batches)."""
+    prompts_per_step: int = 16
+    """Prompts per update (the paper's B = 128, scaled)."""
+    group_size: int = 8
+    """Rollouts per prompt, G (paper: 8)."""
+    mini_batch_size: int = 32
+    """Responses per optimizer step (the paper's B_mini = 32 prompts, scaled)."""
+    micro_batch_size: int = 32
+    """Responses per forward pass; gradients are accumulated over a mini-batch exactly."""
+    ppo_epochs: int = 1
+    """Passes over each update's batch."""
+    lr: float = 1e-4
+    """Peak AdamW learning rate (paper: 3e-6 for Qwen3-1.7B)."""
+    warmup_steps: int = 0
+    """Linear warmup updates before the cosine decay."""
+    min_lr_ratio: float = 0.0
+    """Cosine decay ends at ``min_lr_ratio * lr``."""
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    """Max global gradient norm per optimizer step."""
+    clip_low: float = 0.2
+    """PPO clip epsilon below 1 (paper: 0.2)."""
+    clip_high: float = 0.2
+    """PPO clip epsilon above 1 (paper: 0.2; DAPO's clip-higher uses 0.28)."""
+    loss_agg: str = "seq_mean_token_mean"
+    """Loss aggregation (``dasd.losses.AGGREGATIONS``; the paper's eq. 1/5 is the default)."""
+    beta: float = 0.1
+    """Weight of the teacher term (eq. 5/8; not given by the paper)."""
+    rho: float = 0.2
+    """Router quantile (paper: 0.2); HEPO's top-entropy share."""
+    eps: float = 1e-6
+    method_options: dict[str, Any] = field(default_factory=dict)
+    """Extra options of the method (e.g. ``{"direction": "hard"}`` for dasd)."""
+    temperature: float = 1.0
+    """Rollout temperature."""
+    top_p: float = 1.0
+    """Rollout nucleus top-p (1.0: the full policy, so PPO's ratio is on-policy)."""
+    max_new_tokens: int = 160
+    eval_every: int = 10
+    """Evaluate every N updates (and at step 0 and the last step); 0 evaluates only those two."""
+    eval_prompts: int = 64
+    eval_k: int = 16
+    eval_temperature: float = 1.0
+    eval_top_p: float = 0.9
+    eval_teacher: bool = False
+    """Also score the privileged teacher on held-out rollouts."""
+    log_rollouts_every: int = 10
+    """Write the update's training rollouts (per-token entropy, log-probs, omega, advantage)
+    every N updates (and at the first and last)."""
+    checkpoint_every: int = 10
+    """Save a checkpoint every N updates (and at the last)."""
+    keep_checkpoints: int = 2
+    """How many of the newest checkpoints to keep."""
+    generation_batch_size: int = 128
+    seed: int = 0
+    device: str = "auto"
+    """``auto`` (cuda when available), ``cpu`` or ``cuda``."""
+
+    def __post_init__(self) -> None:
+        method = get_method(self.method)
+        TASKS.get(self.task)
+        AGGREGATIONS.get(self.loss_agg)
+        if self.group_size < 2:
+            raise ValueError(
+                f"group_size must be >= 2, got {self.group_size}: the group-relative advantage "
+                "divides by the std of G rewards"
+            )
+        if not 0 < self.rho < 1:
+            raise ValueError(f"rho must be in (0, 1), got {self.rho}")
+        positive = ("steps", "prompts_per_step", "mini_batch_size", "micro_batch_size",
+                    "ppo_epochs", "max_new_tokens", "eval_prompts", "eval_k",
+                    "generation_batch_size", "keep_checkpoints")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("eval_every", "log_rollouts_every", "checkpoint_every", "warmup_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        batch = self.prompts_per_step * self.group_size
+        if batch % self.mini_batch_size or self.mini_batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"need mini_batch_size | prompts_per_step * group_size ({batch}) and "
+                f"micro_batch_size | mini_batch_size; got {self.mini_batch_size}, "
+                f"{self.micro_batch_size}"
+            )
+        if not (self.lr > 0 and 0 <= self.min_lr_ratio <= 1 and self.grad_clip > 0):
+            raise ValueError("need lr > 0, 0 <= min_lr_ratio <= 1 and grad_clip > 0")
+        if not (0 <= self.clip_low < 1 and self.clip_high >= 0):
+            raise ValueError(f"need 0 <= clip_low < 1 and clip_high >= 0, got "
+                             f"{self.clip_low}, {self.clip_high}")
+        if not (math.isfinite(self.beta) and self.eps > 0):
+            raise ValueError(f"beta must be finite and eps > 0, got {self.beta}, {self.eps}")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1:
+            raise ValueError("training rollouts need temperature > 0 and 0 < top_p <= 1")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        _dry_run(method, self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """The config stored in a run's manifest (unknown keys are an error)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {unknown}; valid: {sorted(known)}")
+        return cls(**values)
+
+
+def _dry_run(method: Any, cfg: TrainConfig) -> None:
+    """Call the method's shaper on a one-row batch so bad ``method_options`` fail before any
+    work starts."""
+    ones = torch.ones(1, 2)
+    options = dict(cfg.method_options)
+    if method.needs_correct:
+        options["correct"] = torch.ones(1, dtype=torch.bool)
+    method(torch.zeros(1), ones, -ones, -ones, ones.bool(), beta=cfg.beta, rho=cfg.rho,
+           eps=cfg.eps, **options)
+
+
+def learning_rate(update: int, cfg: TrainConfig) -> float:
+    """Learning rate of update ``update`` (1-based): linear warmup, then cosine decay from
+    ``cfg.lr`` to ``cfg.min_lr_ratio * cfg.lr`` at the last update (paper appendix F)."""
+    if update <= cfg.warmup_steps:
+        return cfg.lr * update / (cfg.warmup_steps + 1)
+    span = max(cfg.steps - cfg.warmup_steps, 1)
+    progress = (update - cfg.warmup_steps - 1) / max(span - 1, 1)
+    floor = cfg.min_lr_ratio * cfg.lr
+    return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
+
+
+def _seed(seed: int, step: int, stream: int) -> int:
+    return int(np.random.SeedSequence([seed, step, stream]).generate_state(1)[0])
+
+
+def _generator(seed: int, step: int, stream: int) -> torch.Generator:
+    return torch.Generator().manual_seed(_seed(seed, step, stream))
+
+
+_DATA, _SAMPLING, _SHUFFLE, _EVAL = range(4)
+
+
+@dataclass
+class _Batch:
+    """One update's tensors, responses grouped by prompt (G consecutive rows per prompt)."""
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+    old_logp: torch.Tensor
+    advantages: torch.Tensor
+    teacher_ids: torch.Tensor | None
+    teacher_mask: torch.Tensor | None
+
+
+def _teacher_prompts(
+    task: Task, method: Any, problems: Sequence[Problem], rollouts: Rollouts,
+    correct: torch.Tensor, group_size: int,
+) -> list[str] | None:
+    """The privileged context of each response: none, the reference r (appendix F), or a correct
+    sibling rollout of the same group (SDPO-style; the reference when no sibling is correct)."""
+    if method.teacher == "none":
+        return None
+    prompts = []
+    for i, response in enumerate(rollouts.responses):
+        problem = problems[i // group_size]
+        if method.teacher == "sibling":
+            start = (i // group_size) * group_size
+            siblings = [j for j in range(start, start + group_size) if j != i and correct[j]]
+            if siblings:
+                problem = replace(problem, reference=rollouts.responses[siblings[0]])
+        prompts.append(task.teacher_prompt(problem))
+    return prompts
+
+
+def _checkpoint_dirs(run_dir: Path) -> list[tuple[int, Path]]:
+    found = []
+    for path in (run_dir / CHECKPOINTS).glob("step-*"):
+        if path.is_dir() and (path / TRAINER_STATE).exists() and path.name[5:].isdigit():
+            found.append((int(path.name[5:]), path))
+    return sorted(found)
+
+
+def _save_checkpoint(run_dir: Path, step: int, model: Any, tokenizer: Any,
+                     optimizer: torch.optim.Optimizer, keep: int) -> None:
+    """``checkpoints/step-N/``: weights and tokenizer (``save_pretrained``), optimizer state,
+    trainer state; written under a temporary name and renamed, so a kill leaves none or all."""
+    root = run_dir / CHECKPOINTS
+    root.mkdir(exist_ok=True)
+    final, tmp = root / f"step-{step}", root / f".tmp-step-{step}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    torch.save(optimizer.state_dict(), tmp / OPTIMIZER_STATE)
+    (tmp / TRAINER_STATE).write_text(json.dumps({"step": step}))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for _, old in _checkpoint_dirs(run_dir)[:-keep]:
+        shutil.rmtree(old)
+
+
+def _due(step: int, every: int, last: int) -> bool:
+    return step == last or (every > 0 and step % every == 0)
+
+
+class Trainer:
+    """Runs ``TrainConfig`` into a run directory; ``run()`` trains to ``cfg.steps``.
+
+    Use ``Trainer.start(cfg, run_dir)`` for a new run and ``Trainer.resume(run_dir)`` to continue
+    a killed or finished one from its newest checkpoint.
+    """
+
+    def __init__(self, cfg: TrainConfig, run: RunWriter, *, start_step: int, model_source: str,
+                 optimizer_state: dict[str, Any] | None = None) -> None:
+        self.cfg = cfg
+        self.run_writer = run
+        self.run_dir = run.path
+        self.start_step = start_step
+        device = cfg.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model, self.tokenizer = load_model(model_source, device=device)
+        self.task = build_task(cfg.task, tokenizer=self.tokenizer, **cfg.task_options)
+        self.method = get_method(cfg.method)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+        )
+        if optimizer_state is not None:
+            self.optimizer.load_state_dict(optimizer_state)
+        self.eval_problems = self.task.sample(cfg.eval_prompts, split="eval", seed=cfg.seed)
+
+    @classmethod
+    def start(cls, cfg: TrainConfig, run_dir: Path) -> Trainer:
+        run = create_run(run_dir, kind="train", config=asdict(cfg), seed=cfg.seed,
+                         method=cfg.method, model=cfg.model, task=cfg.task)
+        return cls(cfg, run, start_step=0, model_source=cfg.model)
+
+    @classmethod
+    def resume(cls, run_dir: Path, *, steps: int | None = None) -> Trainer:
+        """Continue the run at ``run_dir`` from its newest checkpoint (or from the base model
+        when none was written); ``steps`` extends a finished run."""
+        manifest = read_manifest(run_dir)
+        if manifest["kind"] != "train":
+            raise ValueError(f"{run_dir} is a {manifest['kind']} run, not a train run")
+        cfg = TrainConfig.from_dict(manifest["config"])
+        if steps is not None:
+            cfg = replace(cfg, steps=steps)
+        checkpoints = _checkpoint_dirs(Path(run_dir))
+        step, source, optimizer_state = 0, cfg.model, None
+        if checkpoints:
+            step, path = checkpoints[-1]
+            source = str(path)
+            optimizer_state = torch.load(path / OPTIMIZER_STATE, weights_only=True)
+        run = open_run(run_dir, rewind_to=step)
+        if steps is not None:
+            run.update_manifest(config=asdict(cfg))
+        return cls(cfg, run, start_step=step, model_source=source, optimizer_state=optimizer_state)
+
+    def run(self, callback: Callable[[int, dict[str, float]], None] | None = None) -> Path:
+        """Train to ``cfg.steps``; ``callback(step, metrics)`` after every logged step."""
+        cfg = self.cfg
+        with self.run_writer as run:
+            if not self._eval_logged(self.start_step):
+                metrics = self.evaluate(self.start_step)
+                if callback:
+                    callback(self.start_step, metrics)
+            for step in range(self.start_step + 1, cfg.steps + 1):
+                metrics = self.update(step)
+                run.log_metrics(step, "train", metrics)
+                if _due(step, cfg.eval_every, cfg.steps):
+                    metrics |= self.evaluate(step)
+                if _due(step, cfg.checkpoint_every, cfg.steps):
+                    _save_checkpoint(self.run_dir, step, self.model, self.tokenizer,
+                                     self.optimizer, cfg.keep_checkpoints)
+                if callback:
+                    callback(step, metrics)
+        return self.run_dir
+
+    def _eval_logged(self, step: int) -> bool:
+        if not (self.run_dir / "metrics.jsonl").exists():
+            return False
+        metrics = read_metrics(self.run_dir)
+        return bool(((metrics["step"] == step) & (metrics["split"] == "eval")).any())
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Held-out Avg@k, Pass@k and reasoning health of the current policy, logged at ``step``."""
+        cfg = self.cfg
+        frame = sample_rollout_rows(
+            self.model, self.tokenizer, self.task, self.eval_problems, k=cfg.eval_k, step=step,
+            split="eval", max_new_tokens=cfg.max_new_tokens, temperature=cfg.eval_temperature,
+            top_p=cfg.eval_top_p, batch_size=cfg.generation_batch_size,
+            teacher=cfg.eval_teacher, generator=_generator(cfg.seed, 0, _EVAL),
+        )
+        self.run_writer.write_rollouts(step, "eval", frame)
+        metrics = eval_metrics(frame)
+        self.run_writer.log_metrics(step, "eval", metrics)
+        return metrics
+
+    def update(self, step: int) -> dict[str, float]:
+        """One policy update (Algorithm 1 lines 3-25) at 1-based index ``step``."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        problems = self.task.sample(cfg.prompts_per_step, split="train",
+                                    seed=_seed(cfg.seed, step, _DATA))
+        prompts = [self.task.student_prompt(p) for p in problems for _ in range(cfg.group_size)]
+        rollouts = generate(
+            self.model, self.tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.generation_batch_size,
+            generator=_generator(cfg.seed, step, _SAMPLING),
+        )
+        rewards = torch.tensor([
+            self.task.reward(problems[i // cfg.group_size], response)
+            for i, response in enumerate(rollouts.responses)
+        ], dtype=torch.float64)
+        correct = rewards > 0.5
+        t_rollout = time.perf_counter()
+        teacher_prompts = _teacher_prompts(self.task, self.method, problems, rollouts, correct,
+                                           cfg.group_size)
+        scores = score_rollouts(self.model, self.tokenizer, rollouts, teacher_prompts,
+                                temperature=cfg.temperature)
+        mask = rollouts.response_mask
+        group_adv = group_advantages(rewards, cfg.group_size, eps=cfg.eps)
+        options = dict(cfg.method_options)
+        if self.method.needs_correct:
+            options["correct"] = correct
+        shaped = self.method(group_adv.float(), scores.entropy, scores.student_logp,
+                             scores.teacher_logp, mask, beta=cfg.beta, rho=cfg.rho, eps=cfg.eps,
+                             **options)
+        t_score = time.perf_counter()
+        teacher_ids = teacher_mask = None
+        if self.method.reverse_kl:
+            teacher_ids, teacher_mask = encode_prompts(self.tokenizer, teacher_prompts)
+        batch = _Batch(rollouts.prompt_ids, rollouts.prompt_mask, rollouts.response_ids, mask,
+                       scores.student_logp, shaped.advantages, teacher_ids, teacher_mask)
+        losses = self._ppo(batch, step)
+        t_update = time.perf_counter()
+
+        valid = mask.sum().clamp(min=1)
+        metrics = {
+            "train/reward": float(rewards.mean()),
+            "train/accuracy": float(correct.float().mean()),
+            "train/length_tokens": float(mask.sum(1).float().mean()),
+            "train/entropy_mean": float(scores.entropy[mask].sum() / valid),
+            "train/omega_pos_frac": float(((shaped.omega > 0) & mask).sum() / valid),
+            "train/delta_bar_abs_mean": float(shaped.delta_bar[mask].abs().sum() / valid),
+            "train/advantage_abs_mean": float(shaped.advantages[mask].abs().sum() / valid),
+            "optim/lr": learning_rate(step, cfg),
+            "time/rollout_s": t_rollout - t0,
+            "time/score_s": t_score - t_rollout,
+            "time/update_s": t_update - t_score,
+            "time/step_s": t_update - t0,
+            **losses,
+        }
+        if _due(step, cfg.log_rollouts_every, cfg.steps) or step == 1:
+            self._log_rollouts(step, problems, rollouts, scores, shaped)
+        return metrics
+
+    def _log_rollouts(self, step: int, problems: Sequence[Problem], rollouts: Rollouts,
+                      scores: TokenScores, shaped: Any) -> None:
+        frame = rollout_frame(self.task, problems, rollouts, step=step, split="train",
+                              scores=scores,
+                              token_columns={"omega": shaped.omega, "advantage": shaped.advantages})
+        self.run_writer.write_rollouts(step, "train", frame)
+
+    def _ppo(self, batch: _Batch, step: int) -> dict[str, float]:
+        """PPO epochs over shuffled mini-batches; one AdamW step per mini-batch, gradients
+        accumulated exactly over its micro-batches (``aggregate_denominator``)."""
+        cfg = self.cfg
+        lr = learning_rate(step, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        n = batch.response_ids.shape[0]
+        shuffle = _generator(cfg.seed, step, _SHUFFLE)
+        sums: dict[str, float] = {}
+        count = 0
+        self.model.train()
+        try:
+            for _ in range(cfg.ppo_epochs):
+                order = torch.randperm(n, generator=shuffle)
+                for start in range(0, n, cfg.mini_batch_size):
+                    rows = order[start:start + cfg.mini_batch_size]
+                    stats = self._optimizer_step(batch, rows)
+                    for key, value in stats.items():
+                        sums[key] = sums.get(key, 0.0) + value
+                    count += 1
+        finally:
+            self.model.eval()
+        return {key: value / count for key, value in sums.items()}
+
+    def _optimizer_step(self, batch: _Batch, rows: torch.Tensor) -> dict[str, float]:
+        cfg = self.cfg
+        device = next(self.model.parameters()).device
+        mini_mask = batch.response_mask[rows]
+        total = aggregate_denominator(mini_mask, cfg.loss_agg)
+        self.optimizer.zero_grad(set_to_none=True)
+        stats = {"loss/total": 0.0, "loss/policy": 0.0, "loss/kl": 0.0, "loss/clip_frac": 0.0,
+                 "loss/approx_kl": 0.0}
+        for start in range(0, len(rows), cfg.micro_batch_size):
+            micro = rows[start:start + cfg.micro_batch_size]
+            mask = batch.response_mask[micro]
+            width = max(int(mask.sum(1).max()), 1)
+            mask = mask[:, :width].to(device)
+            ids = batch.response_ids[micro, :width].masked_fill(~mask.cpu(), 0)
+            weight = float(aggregate_denominator(mask, cfg.loss_agg) / total)
+            logits = response_logits(self.model, batch.prompt_ids[micro],
+                                     batch.prompt_mask[micro], ids)
+            _, logp = token_entropy_and_logprob(logits, ids.to(device),
+                                                temperature=cfg.temperature)
+            policy, ppo_stats = ppo_clip_loss(
+                logp, batch.old_logp[micro, :width].to(device),
+                batch.advantages[micro, :width].to(device), mask,
+                clip_low=cfg.clip_low, clip_high=cfg.clip_high, agg=cfg.loss_agg,
+            )
+            loss = policy
+            if self.method.reverse_kl:
+                with torch.no_grad():
+                    teacher_logits = response_logits(self.model, batch.teacher_ids[micro],
+                                                     batch.teacher_mask[micro], ids)
+                kl, _ = reverse_kl_loss(logits / cfg.temperature, teacher_logits / cfg.temperature,
+                                        mask, agg=cfg.loss_agg)
+                loss = loss + cfg.beta * kl
+                stats["loss/kl"] += weight * float(kl.detach())
+            (loss * weight).backward()
+            stats["loss/total"] += weight * float(loss.detach())
+            stats["loss/policy"] += weight * float(policy.detach())
+            stats["loss/clip_frac"] += weight * float(ppo_stats["clip_frac"])
+            stats["loss/approx_kl"] += weight * float(ppo_stats["approx_kl"])
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        if not torch.isfinite(grad_norm):
+            raise FloatingPointError(
+                f"gradient norm is {float(grad_norm)}; lower lr or beta, or check the inputs"
+            )
+        self.optimizer.step()
+        stats["optim/grad_norm"] = float(grad_norm)
+        return stats
+
+
+def train(cfg: TrainConfig, run_dir: Path,
+          callback: Callable[[int, dict[str, float]], None] | None = None) -> Path:
+    """Train a new run at ``run_dir`` (see ``Trainer``)."""
+    return Trainer.start(cfg, run_dir).run(callback)
+
+
+def resume(run_dir: Path, *, steps: int | None = None,
+           callback: Callable[[int, dict[str, float]], None] | None = None) -> Path:
+    """Continue the run at ``run_dir`` from its newest checkpoint (see ``Trainer.resume``)."""
+    return Trainer.resume(run_dir, steps=steps).run(callback)
+

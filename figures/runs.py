@@ -1,0 +1,188 @@
+"""Run directories as the figures see them: manifest fields plus lazily read metrics.
+
+Figures read run directories only (DESIGN.md section 4), through :mod:`dasd.runlog`. A run's
+*method* is ``manifest["method"]``, else ``config["method"]`` when that is a string (an eval of
+a trained checkpoint may record it there), else ``None`` (drawn as "Base").
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from dasd.runlog import find_runs, read_manifest, read_metrics, read_rollouts
+
+from .style import METHOD_ORDER, method_label
+
+__all__ = ["Run", "Group", "load_runs", "group_runs", "model_size"]
+
+_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMBT])(?![A-Za-z])", re.IGNORECASE)
+_SCALE = {"K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}
+
+
+@dataclass
+class Run:
+    """One run directory and its manifest."""
+
+    path: Path
+    manifest: dict[str, Any] = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def kind(self) -> str:
+        return str(self.manifest.get("kind"))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        config = self.manifest.get("config")
+        return config if isinstance(config, dict) else {}
+
+    @property
+    def method(self) -> str | None:
+        for value in (self.manifest.get("method"), self.config.get("method")):
+            if isinstance(value, str) and value:
+                return value
+        return None
+
+    @property
+    def model(self) -> str:
+        model = self.manifest.get("model")
+        return str(model) if model else "unknown model"
+
+    @property
+    def model_name(self) -> str:
+        """The model's last path component (``Qwen/Qwen3-1.7B`` -> ``Qwen3-1.7B``)."""
+        return Path(self.model).name or self.model
+
+    @property
+    def task(self) -> str:
+        """The benchmark: ``config["benchmark"]`` when present (as ``analysis.health``), else
+        the manifest's task."""
+        task = self.config.get("benchmark") or self.manifest.get("task")
+        return str(task) if task else "unknown task"
+
+    @cached_property
+    def metrics(self) -> pd.DataFrame:
+        """``metrics.jsonl`` as :func:`dasd.runlog.read_metrics` gives it, plus
+        ``eval/avg_at_{k}`` / ``eval/pass_at_{k}`` columns for lines that log the sample count
+        apart (``eval/avg_at_k`` with ``eval/k``, as ``analysis.health`` names them), so figures
+        read one naming; a value logged under the numbered name wins."""
+        frame = read_metrics(self.path)
+        if "eval/k" not in frame.columns:
+            return frame
+        for kind in ("avg", "pass"):
+            generic = f"eval/{kind}_at_k"
+            if generic not in frame.columns:
+                continue
+            for k in sorted(frame["eval/k"].dropna().unique()):
+                if k < 1 or k != int(k):
+                    continue
+                named = f"eval/{kind}_at_{int(k)}"
+                alias = frame[generic].where(frame["eval/k"] == k)
+                frame[named] = frame[named].fillna(alias) if named in frame.columns else alias
+        return frame
+
+    def series(self, split: str, key: str) -> pd.Series:
+        """Metric ``key`` of ``split`` over steps (float, indexed by step, NaNs dropped; the
+        last line wins when a step was logged twice, e.g. after a resume)."""
+        frame = self.metrics
+        if key not in frame.columns:
+            return pd.Series(dtype=float)
+        rows = frame[(frame["split"] == split)][["step", key]].dropna()
+        return rows.groupby("step")[key].last().astype(float)
+
+    def has_rollouts(self) -> bool:
+        folder = self.path / "rollouts"
+        return folder.is_dir() and any(p.suffix == ".parquet" and not p.name.startswith(".")
+                                       for p in folder.iterdir())
+
+    def rollout_steps(self) -> pd.DataFrame:
+        """The (step, split) pairs of the logged rollouts, sorted; empty without rollouts."""
+        if not self.has_rollouts():
+            return pd.DataFrame({"step": pd.Series([], dtype="int64"),
+                                 "split": pd.Series([], dtype=str)})
+        rows = read_rollouts(self.path, columns=["step"])
+        return rows.drop_duplicates().sort_values(["step", "split"]).reset_index(drop=True)
+
+    def last_rollouts(self, columns: Sequence[str], *, splits: Sequence[str] = ("eval", "train")
+                      ) -> pd.DataFrame | None:
+        """``columns`` of the rollouts at the last logged step of the first split in ``splits``
+        that has rollouts; ``None`` when none of them has any."""
+        steps = self.rollout_steps()
+        for split in splits:
+            logged = steps.loc[steps["split"] == split, "step"]
+            if len(logged):
+                return read_rollouts(self.path, step=int(logged.max()), split=split,
+                                     columns=list(columns))
+        return None
+
+
+@dataclass(frozen=True)
+class Group:
+    """Runs drawn as one curve: same method (and model / task where those vary)."""
+
+    label: str
+    method: str | None
+    runs: tuple[Run, ...]
+    variant: int = 0
+    """Index of the group's (model, task) among the groups' ones: a line style beside the
+    method's color, so one method's curves on two models differ."""
+
+
+def load_runs(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[Run]:
+    """Every run directory under ``paths`` (see :func:`dasd.runlog.find_runs`) with its manifest."""
+    return [Run(path, read_manifest(path)) for path in find_runs(paths)]
+
+
+def _method_rank(method: str | None) -> tuple[int, str]:
+    if method is None:
+        return (-1, "")
+    if method in METHOD_ORDER:
+        return (METHOD_ORDER.index(method), method)
+    return (len(METHOD_ORDER), method)
+
+
+def group_runs(runs: Sequence[Run], *, by_model: bool | None = None,
+               by_task: bool | None = None) -> list[Group]:
+    """Runs grouped into curves by method, in the paper's method order. The model (task) name
+    is added to the key and label when ``by_model`` (``by_task``) is True, or, when left
+    ``None``, when the runs span more than one model (task)."""
+    if by_model is None:
+        by_model = len({r.model for r in runs}) > 1
+    if by_task is None:
+        by_task = len({r.task for r in runs}) > 1
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        key = (_method_rank(run.method), run.method,
+               run.model_name if by_model else "", run.task if by_task else "")
+        groups.setdefault(key, []).append(run)
+    settings = sorted({(k[2], k[3]) for k in groups})
+    out = []
+    for key in sorted(groups, key=lambda k: (k[0], k[2], k[3])):
+        _, method, model, task = key
+        extra = ", ".join(x for x in (model, task) if x)
+        label = method_label(method) + (f" ({extra})" if extra else "")
+        out.append(Group(label, method, tuple(groups[key]), settings.index((model, task))))
+    return out
+
+
+def model_size(run: Run) -> float | None:
+    """Parameter count: ``config["n_parameters"]`` when logged, else parsed from the model
+    name (``Qwen3-1.7B`` -> 1.7e9); ``None`` when neither is there."""
+    logged = run.config.get("n_parameters")
+    if isinstance(logged, (int, float)) and not isinstance(logged, bool) and logged > 0:
+        return float(logged)
+    match = _SIZE_RE.search(run.model_name)
+    if match:
+        return float(match.group(1)) * _SCALE[match.group(2).upper()]
+    return None

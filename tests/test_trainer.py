@@ -1,0 +1,174 @@
+"""The core trainer on a tiny random Qwen3 (no download): one update per method, beta = 0
+equivalence, exact resume, config validation."""
+
+from dataclasses import replace
+
+import pandas as pd
+import pytest
+import torch
+
+from dasd.advantages import METHODS
+from dasd.models import make_char_tokenizer
+from dasd.runlog import read_manifest, read_metrics, read_rollouts
+from dasd.trainer import TrainConfig, Trainer, learning_rate, resume, train
+from tests.fixtures_models import random_qwen3
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model")
+    tok = make_char_tokenizer()
+    random_qwen3(tok, seed=1).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def small_config(model_dir, **overrides):
+    values = dict(
+        model=str(model_dir), steps=2, prompts_per_step=2, group_size=4, mini_batch_size=4,
+        micro_batch_size=2, max_new_tokens=12, eval_every=0, eval_prompts=2, eval_k=2,
+        checkpoint_every=1, log_rollouts_every=1, lr=1e-3, beta=1.0, device="cpu",
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+class ParityTask:
+    """Countdown with a reward a random model can earn: the parity of the response's characters."""
+
+    def __init__(self, task):
+        self._task = task
+
+    def __getattr__(self, name):
+        return getattr(self._task, name)
+
+    def reward(self, problem, response):
+        return float(sum(map(ord, response)) % 2 == 0)
+
+
+def parity_trainer(cfg, run_dir):
+    trainer = Trainer.start(cfg, run_dir)
+    trainer.task = ParityTask(trainer.task)
+    return trainer
+
+
+def params(model):
+    return torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+
+
+@pytest.mark.parametrize("method", METHODS.names())
+def test_one_update_per_method(method, model_dir, tmp_path):
+    trainer = parity_trainer(small_config(model_dir, method=method), tmp_path / "run")
+    before = params(trainer.model)
+    metrics = trainer.update(1)
+    after = params(trainer.model)
+    assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values()), metrics
+    assert 0 < metrics["train/accuracy"] < 1, "the parity reward should give mixed groups"
+    assert not torch.equal(before, after), f"{method} did not move the parameters"
+    assert metrics["optim/grad_norm"] > 0
+    if METHODS.get(method).reverse_kl:
+        assert metrics["loss/kl"] > 0
+
+
+def test_update_moves_logprob_in_the_direction_of_the_advantage(model_dir, tmp_path):
+    trainer = Trainer.start(small_config(model_dir, method="grpo", lr=3e-3), tmp_path / "run")
+    tok = trainer.tokenizer
+    prompts = ["nums: 1 2 3\ntarget: 6\n"] * 4
+    from dasd.rollout import generate
+    from dasd.scoring import score_rollouts
+    from dasd.trainer import _Batch
+
+    rollouts = generate(trainer.model, tok, prompts, max_new_tokens=8,
+                        generator=torch.Generator().manual_seed(0))
+    before = score_rollouts(trainer.model, tok, rollouts, None).student_logp
+    advantages = torch.tensor([1.0, -1.0, 1.0, -1.0])[:, None] * rollouts.response_mask
+    batch = _Batch(rollouts.prompt_ids, rollouts.prompt_mask, rollouts.response_ids,
+                   rollouts.response_mask, before, advantages, None, None)
+    trainer._ppo(batch, 1)
+    after = score_rollouts(trainer.model, tok, rollouts, None).student_logp
+    change = ((after - before) * rollouts.response_mask).sum(1)
+    assert change[0] > 0 and change[2] > 0
+    assert change[1] < 0 and change[3] < 0
+
+
+def test_dasd_with_beta_zero_equals_grpo(model_dir, tmp_path):
+    finals = {}
+    for method in ("grpo", "dasd"):
+        trainer = parity_trainer(small_config(model_dir, method=method, beta=0.0),
+                                 tmp_path / method)
+        trainer.update(1)
+        finals[method] = params(trainer.model)
+    torch.testing.assert_close(finals["dasd"], finals["grpo"], rtol=0, atol=0)
+
+
+def _comparable(metrics: pd.DataFrame) -> pd.DataFrame:
+    keep = [c for c in metrics.columns if not c.startswith("time/")]
+    return metrics[keep].reset_index(drop=True)
+
+
+def test_resume_after_a_kill_equals_an_uninterrupted_run(model_dir, tmp_path):
+    cfg = small_config(model_dir, method="dasd", steps=4, checkpoint_every=2, eval_every=2)
+    train(cfg, tmp_path / "full")
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_step_3(step, metrics):
+        if step == 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(cfg, tmp_path / "killed", callback=kill_after_step_3)
+    assert read_manifest(tmp_path / "killed")["status"] == "failed"
+    resume(tmp_path / "killed")
+    assert read_manifest(tmp_path / "killed")["status"] == "complete"
+    pd.testing.assert_frame_equal(_comparable(read_metrics(tmp_path / "killed")),
+                                  _comparable(read_metrics(tmp_path / "full")))
+    full = read_rollouts(tmp_path / "full", split="train")
+    resumed = read_rollouts(tmp_path / "killed", split="train")
+    assert full["response"].tolist() == resumed["response"].tolist()
+
+
+def test_run_directory_contents(model_dir, tmp_path):
+    train(small_config(model_dir, method="dasd", steps=2, eval_every=1), tmp_path / "r")
+    metrics = read_metrics(tmp_path / "r")
+    assert sorted(set(zip(metrics["step"], metrics["split"]))) == [
+        (0, "eval"), (1, "eval"), (1, "train"), (2, "eval"), (2, "train")]
+    train_rows = metrics[metrics["split"] == "train"]
+    for key in ("train/reward", "train/entropy_mean", "train/omega_pos_frac", "loss/total",
+                "loss/clip_frac", "optim/grad_norm", "time/step_s"):
+        assert train_rows[key].notna().all(), key
+    rollouts = read_rollouts(tmp_path / "r", split="train")
+    for col in ("entropy", "student_logp", "teacher_logp", "omega", "advantage"):
+        assert col in rollouts
+    assert sorted((tmp_path / "r" / "checkpoints").iterdir())[-1].name == "step-2"
+    eval_rows = metrics[metrics["split"] == "eval"]
+    assert "eval/avg_at_2" in eval_rows and "eval/step_acc" in eval_rows
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"method": "ppo-magic"}, "unknown method 'ppo-magic'"),
+        ({"group_size": 1}, "group_size must be >= 2"),
+        ({"rho": 0.0}, r"rho must be in \(0, 1\)"),
+        ({"rho": 1.0}, r"rho must be in \(0, 1\)"),
+        ({"task": "chess"}, "unknown task 'chess'"),
+        ({"loss_agg": "mean"}, "unknown aggregation 'mean'"),
+        ({"mini_batch_size": 3}, "mini_batch_size"),
+        ({"method_options": {"directoin": "hard"}}, "unknown options"),
+    ],
+)
+def test_invalid_configs_fail_before_any_work(overrides, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(model=str(tmp_path / "never-loaded"), **overrides)
+
+
+def test_learning_rate_schedule():
+    cfg = TrainConfig(steps=5, lr=1.0, warmup_steps=0, min_lr_ratio=0.1)
+    lrs = [learning_rate(s, cfg) for s in range(1, 6)]
+    assert lrs[0] == pytest.approx(1.0) and lrs[-1] == pytest.approx(0.1)
+    assert lrs[2] == pytest.approx(0.55)
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    warm = replace(cfg, warmup_steps=2)
+    assert [learning_rate(s, warm) for s in (1, 2, 3)] == pytest.approx([1 / 3, 2 / 3, 1.0])
