@@ -14,7 +14,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 probe_app = typer.Typer(
@@ -34,6 +34,10 @@ console = Console()
 @probe_app.callback()
 def _probe() -> None:
     """Run the DASD paper's probes and training."""
+    from transformers.utils import logging as hf_logging
+
+    # Our progress bars show the work; transformers' per-load bars would interleave with them.
+    hf_logging.disable_progress_bar()
 
 
 @analyze_app.callback()
@@ -136,7 +140,7 @@ def train_cmd(
                                "opsd, rlsd, sdpo, srpo."),
     model: str = typer.Option("tiny", help="'tiny' (built-in), a local checkpoint dir, or a hub name."),
     task: str = typer.Option("countdown", help="Registered task name."),
-    steps: int = typer.Option(None, help="Policy updates [default: 60]; with --resume, extends "
+    steps: int = typer.Option(None, help="Policy updates (default 60); with --resume, extends "
                               "the run to this many."),
     beta: float = typer.Option(0.1, help="Weight of the teacher term (eq. 5/8)."),
     rho: float = typer.Option(0.2, help="Router quantile (paper: 0.2)."),
@@ -188,6 +192,250 @@ def train_cmd(
             run_dir = run.run(show)
     console.print(f"run directory: {run_dir}")
 
+
+@probe_app.command("sign-flip")
+def sign_flip_cmd(
+    arms: str = typer.Option("grpo,conformity,novelty", help="Comma-separated arms: grpo "
+                             "(Base), conformity (omega = +1), novelty (omega = -1)."),
+    model: str = typer.Option("tiny", help="'tiny' (built-in), a local checkpoint dir, or a "
+                              "hub name."),
+    task: str = typer.Option("countdown", help="Registered task name."),
+    steps: int = typer.Option(None, help="Policy updates per arm (default 40; --quick: 4)."),
+    eval_every: int = typer.Option(None, help="Held-out evaluation every N updates "
+                                   "(default 5; --quick: 2)."),
+    k: int = typer.Option(None, "--k", help="Samples per held-out prompt, for Avg@k and Pass@k "
+                          "(default 16; --quick: 8)."),
+    eval_prompts: int = typer.Option(None, help="Held-out prompts, the same for every arm "
+                                     "(default 32; --quick: 16)."),
+    prompts_per_step: int = typer.Option(None, help="Training prompts per update "
+                                         "(default 16; --quick: 8)."),
+    beta: float = typer.Option(None, help="Teacher-term weight, shared by the arms "
+                               "(default: the trainer's, 0.1)."),
+    seed: int = typer.Option(0, help="Seed of data order, sampling and evaluation (all arms)."),
+    quick: bool = typer.Option(False, "--quick", help="A 2-minute smoke version (smaller sizes)."),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="Any other TrainConfig field shared by the arms as KEY=VALUE (JSON "
+        "values), e.g. --set lr=3e-4."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Parent directory of run directories."),
+    name: str = typer.Option("", help="Probe directory name (default: "
+                             "sign-flip-<model>-<time>); an existing one with the same "
+                             "settings is resumed."),
+) -> None:
+    """Probe 1 (Fig. 2): Base (GRPO), Conformity and Novelty trained from the same model, data
+    order and seed, each evaluated every N updates on the same held-out prompts; one train run
+    per arm under one probe directory, a summary, and the final table."""
+    from probes.sign_flip import (
+        ARM_LABELS,
+        PAPER_FINDING,
+        headline_columns,
+        run_sign_flip,
+        sign_flip_config,
+    )
+
+    values = {"model": model, "task": task, "seed": seed, "steps": steps,
+              "eval_every": eval_every, "eval_k": k, "eval_prompts": eval_prompts,
+              "prompts_per_step": prompts_per_step, "beta": beta}
+    values = {key: value for key, value in values.items() if value is not None}
+    values.update(_parse_overrides(overrides))
+    run_dir = runs_dir / (name or _run_name("sign-flip", model))
+    with _one_line_errors():
+        cfg = sign_flip_config(arms=[a.strip() for a in arms.split(",") if a.strip()],
+                               quick=quick, **values)
+        eval_k = cfg.train["eval_k"]
+        console.print(f"probe directory: {escape(str(run_dir))}", highlight=False, soft_wrap=True)
+        columns = (*Progress.get_default_columns(), TimeElapsedColumn(),
+                   TextColumn("{task.fields[info]}"))
+        try:
+            with Progress(*columns, console=console) as bar:
+                bars: dict[str, TaskID] = {}
+
+                def show(arm: str, step: int, metrics: dict[str, float]) -> None:
+                    if arm not in bars:
+                        bars[arm] = bar.add_task(ARM_LABELS[arm], total=cfg.train["steps"],
+                                                 info="")
+                    info = {}
+                    if f"eval/avg_at_{eval_k}" in metrics:
+                        info["info"] = f"eval Avg@{eval_k} {metrics[f'eval/avg_at_{eval_k}']:.3f}"
+                    bar.update(bars[arm], completed=step, **info)
+
+                result = run_sign_flip(cfg, run_dir, progress=show)
+        except KeyboardInterrupt:
+            Console(stderr=True, soft_wrap=True).print(
+                f"interrupted; resume with the same options and --name {escape(run_dir.name)}",
+                highlight=False)
+            raise typer.Exit(130) from None
+    labels = headline_columns(eval_k)
+    formats = {"eval/ey_density": ".2f", "eval/length_tokens": ".1f"}
+    table = Table(title=f"Sign-flip probe (Fig. 2): {cfg.train['eval_prompts']} held-out "
+                        f"prompts x {eval_k} samples", caption=PAPER_FINDING)
+    table.add_column("arm")
+    table.add_column("step", justify="right")
+    for label in labels.values():
+        table.add_column(label, justify="right")
+    for arm, rows in result.summary.groupby("arm", sort=False):
+        for row in rows.to_dict("records"):
+            table.add_row(arm, str(row["step"]),
+                          *(_cell(float(row.get(key, float("nan"))), formats.get(key, ".3f"))
+                            for key in labels))
+        table.add_section()
+    console.print(table)
+    for arm, action in result.actions.items():
+        console.print(f"{arm}: {action}", highlight=False)
+    console.print(f"probe directory: {escape(str(run_dir))}", highlight=False, soft_wrap=True)
+
+
+@probe_app.command("entropy-tv")
+def entropy_tv_cmd(
+    model: str = typer.Option("tiny", help="'tiny' (built-in), a local checkpoint dir, or a hub "
+                              "name."),
+    task: str = typer.Option("countdown", help="Registered task name."),
+    benchmark: str = typer.Option("", help="Benchmark of a task that has several (math: aime24, "
+                                  "math500, a file ...)."),
+    n_prompts: int = typer.Option(64, help="Held-out problems."),
+    k: int = typer.Option(4, "--k", help="Student samples per problem."),
+    lr: float = typer.Option(1.0, help="Learning rate of the one plain-SGD step (s = +1 and -1)."),
+    bootstrap: int = typer.Option(1000, help="Prompt-level bootstrap resamples (Spearman CIs; "
+                                  "0: none)."),
+    max_new_tokens: int = typer.Option(160, help="Generation limit per response."),
+    micro_batch_size: int = typer.Option(32, help="Responses per forward pass (lower it for "
+                                         "large vocabularies)."),
+    device: str = typer.Option("auto", help="auto (CUDA when available), cpu, cuda, cuda:N."),
+    seed: int = typer.Option(0, help="Seed of problems, sampling and bootstrap."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Parent directory of run directories."),
+    name: str = typer.Option("", help="Run directory name (default: entropy-tv-<model>-<time>)."),
+) -> None:
+    """Probe 2 (Fig. 3): per token, student entropy H_t, the log-evidence gap A_t (eq. 6) and its
+    expectation -KL(p_t || q_t); Spearman rho_s(A_t, H_t) with a prompt-bootstrap CI; and the
+    one-step TV shifts D_t^(+/-) (eq. 7) after one SGD step toward (+) or away from (-) the
+    privileged teacher. Writes tokens.parquet and summary.json."""
+    from probes.entropy_tv import EntropyTVConfig, run_entropy_tv
+
+    run_dir = runs_dir / (name or _run_name("entropy-tv", model))
+    with _one_line_errors():
+        cfg = EntropyTVConfig(
+            model=model, task=task, benchmark=benchmark, n_prompts=n_prompts, k=k, lr=lr,
+            bootstrap=bootstrap, max_new_tokens=max_new_tokens,
+            micro_batch_size=micro_batch_size, device=device, seed=seed,
+        )
+        total = 3 * n_prompts * k
+        with _progress_bar(f"sampling, scoring and stepping {n_prompts} x {k}", total) as step:
+            _, summary = run_entropy_tv(cfg, run_dir, progress=step)
+    _print_entropy_tv(summary, title=f"{model} on {task}")
+    console.print(f"run directory: {escape(str(run_dir))}", highlight=False, soft_wrap=True)
+
+
+def _print_entropy_tv(summary: dict, *, title: str) -> None:
+    """Probe 2's summary: Spearman with CIs by outcome, means by outcome, the entropy bins."""
+    def rho(entry: dict) -> str:
+        if _cell(entry["rho"]) == "–":
+            return "–"
+        ci = "" if _cell(entry["low"]) == "–" else f" [{entry['low']:+.2f}, {entry['high']:+.2f}]"
+        return f"{entry['rho']:+.3f}{ci}"
+
+    parts = {"all": summary, **summary["by_outcome"]}
+    level = summary["spearman"]["A"]["level"]
+    labels = {"A": "A_t", "abs_A": "|A_t|", "neg_kl": "E_p[A_t] = -KL(p||q)",
+              "D_plus": "D+ (Conformity)", "D_minus": "D- (Novelty)"}
+    table = Table(title=f"{title}: Spearman rho_s(., H_t) [{level:.0%} CI, prompt bootstrap] "
+                        "by rollouts (count); paper: rho_s(A_t, H_t) = +0.52")
+    table.add_column("statistic")
+    for part in parts:
+        table.add_column(f"{part} ({parts[part]['n_rollouts']})", justify="right")
+    for key, label in labels.items():
+        table.add_row(label, *(rho(parts[part]["spearman"][key]) for part in parts))
+    console.print(table)
+    means = {"H": "H_t", "A": "A_t", "neg_kl": "-KL(p||q)", "abs_A": "|A_t|",
+             "D_plus": "D+", "D_minus": "D-"}
+    _print_wide("Token means by rollout outcome", ["part", "tokens", *means.values()],
+                [[part, str(parts[part]["n_tokens"]),
+                  *(_cell(parts[part]["means"][key], ".4f") for key in means)] for part in parts])
+    columns = {"n": "n", "A": "A_t", "abs_A": "|A_t|", "neg_kl": "-KL", "D_plus": "D+",
+               "D_minus": "D-", "kl_plus": "KL after +", "kl_minus": "KL after -"}
+    _print_wide("By entropy quantile bin (means)", ["H_t range", *columns.values()],
+                [[f"{b['H_low']:.2g} to {b['H_high']:.2g}",
+                  *(str(int(b[c])) if c == "n" else _cell(b[c], ".4f") for c in columns)]
+                 for b in summary["bins"]])
+    m = summary["means"]
+    console.print(
+        f"one SGD step, lr {summary['lr']:g}, |grad| {summary['grad_norm']:.3g}: mean KL(p||q) "
+        f"{m['kl_before']:.4g} before, {m['kl_plus']:.4g} after s=+1, {m['kl_minus']:.4g} after "
+        f"s=-1; accuracy {summary['accuracy']:.3f}", highlight=False, soft_wrap=True)
+
+
+@probe_app.command("prefix-intervene")
+def prefix_intervene_cmd(
+    bucket: str = typer.Option("all", help="Where to intervene: low (H_t below the running "
+                               "median), high (at/above it), random (entropy-agnostic control) "
+                               "or all three."),
+    model: str = typer.Option("tiny", help="'tiny' (built-in), a local checkpoint dir, or a hub name."),
+    task: str = typer.Option("countdown", help="Registered task name."),
+    benchmark: str = typer.Option("", help="Benchmark of a task that has several (math: aime24, "
+                                  "math500, ..., or a .jsonl/.json/.parquet file)."),
+    alpha: float = typer.Option(0.5, help="Novelty exponent: p / q^alpha (paper: 0.5)."),
+    positions: str = typer.Option("every", help="Intervene at every in-bucket position, or only "
+                                  "the first (appendix A.3's single token)."),
+    burn_in: int = typer.Option(8, help="Leading response tokens never intervened (they seed "
+                                "the running median)."),
+    random_rate: float = typer.Option(None, help="Random control's per-position rate "
+                                      "(default: the realized low/high in-bucket rate; 0.5 "
+                                      "when the random bucket runs alone)."),
+    n_prompts: int = typer.Option(64, help="Held-out problems."),
+    k: int = typer.Option(4, "--k", help="Samples per problem in every condition."),
+    temperature: float = typer.Option(1.0, help="Sampling temperature (paper: 1.0)."),
+    top_p: float = typer.Option(0.9, help="Nucleus top-p (paper: 0.9)."),
+    max_new_tokens: int = typer.Option(160, help="Generation limit per response."),
+    batch_size: int = typer.Option(128, help="Prompts per generation micro-batch."),
+    n_boot: int = typer.Option(1000, help="Bootstrap resamples of the prompts (CIs)."),
+    seed: int = typer.Option(0, help="Seed of problems, sampling (shared by all conditions) and "
+                             "bootstrap."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Parent directory of run directories."),
+    name: str = typer.Option("", help="Run directory name "
+                             "(default: prefix-intervene-<model>-<time>)."),
+) -> None:
+    """Probe 3 (Table 1): inference-time prefix interventions. The student and the privileged
+    teacher are decoded in lockstep; in the chosen entropy bucket the token comes from the
+    teacher (Conformity) or from p / q^alpha (Novelty), elsewhere from the student. Reports
+    the % change of StepAcc and E(y) vs unmodified rollouts of the same prompts and seeds."""
+    from probes.prefix_intervene import PrefixInterveneConfig, run_prefix_intervene
+
+    run_dir = runs_dir / (name or _run_name("prefix-intervene", model))
+    with _one_line_errors():
+        cfg = PrefixInterveneConfig(
+            model=model, task=task, benchmark=benchmark, bucket=bucket, alpha=alpha,
+            positions=positions, burn_in=burn_in, random_rate=random_rate,
+            n_prompts=n_prompts, k=k, temperature=temperature, top_p=top_p,
+            max_new_tokens=max_new_tokens, batch_size=batch_size, n_boot=n_boot, seed=seed,
+        )
+        total = n_prompts * k * (1 + 2 * len(cfg.buckets))
+        with _progress_bar(f"sampling {total} responses", total) as step:
+            summary = run_prefix_intervene(cfg, run_dir, progress=step)
+    labels = {"low": "Low-H_t scaffolding", "high": "High-H_t forks",
+              "random": "Random-H_t control", "step_acc": "ΔStepAcc", "ey_density": "ΔE(y)"}
+    table = Table(title=f"Table 1: prefix interventions, % change vs unmodified rollouts "
+                        f"[{summary['ci']['level']:.0%} CI], {n_prompts} prompts x {k}")
+    for col in ("bucket / metric", "Conformity", "Novelty", "paper C", "paper N"):
+        table.add_column(col, justify="left" if col == "bucket / metric" else "right")
+    cells = {(c["bucket"], c["metric"], c["mode"]): c for c in summary["cells"]}
+    for bucket_name in cfg.buckets:
+        table.add_row(labels[bucket_name])
+        for metric in ("step_acc", "ey_density"):
+            ours = [cells[(bucket_name, metric, mode)] for mode in ("conformity", "novelty")]
+            table.add_row(
+                f"  {labels[metric]}",
+                *(f"{c['delta_pct']:+.1f}% [{c['ci_low']:+.1f}, {c['ci_high']:+.1f}]"
+                  if c["delta_pct"] == c["delta_pct"] else "–" for c in ours),
+                *(f"{c['paper_delta_pct']:+.1f}%" for c in ours),
+            )
+        table.add_section()
+    console.print(table)
+    base = summary["unmodified"]
+    console.print(f"unmodified: StepAcc {_cell(base['step_acc'])}, E(y) "
+                  f"{_cell(base['ey_density'], '.2f')} per 1k words, accuracy "
+                  f"{_cell(base['avg_correct'])}", highlight=False)
+    if summary["random_rate"] is not None:
+        console.print(f"random control rate: {summary['random_rate']['value']:.3f} "
+                      f"({summary['random_rate']['source']})", highlight=False)
+    console.print(f"run directory: {escape(str(run_dir))}", highlight=False, soft_wrap=True)
 
 def _report_issues(issues: list, *, analysed: bool, what: str = "runs") -> None:
     """Print analysis issues one line each on stderr; exit 2 (bad input, as

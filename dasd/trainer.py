@@ -199,11 +199,12 @@ def _dry_run(method: Any, cfg: TrainConfig) -> None:
 
 def learning_rate(update: int, cfg: TrainConfig) -> float:
     """Learning rate of update ``update`` (1-based): linear warmup, then cosine decay from
-    ``cfg.lr`` to ``cfg.min_lr_ratio * cfg.lr`` at the last update (paper appendix F)."""
+    ``cfg.lr`` toward ``cfg.min_lr_ratio * cfg.lr``, reached one update after the last, so that
+    the last update still learns (paper appendix F: cosine decay)."""
     if update <= cfg.warmup_steps:
         return cfg.lr * update / (cfg.warmup_steps + 1)
     span = max(cfg.steps - cfg.warmup_steps, 1)
-    progress = (update - cfg.warmup_steps - 1) / max(span - 1, 1)
+    progress = (update - cfg.warmup_steps - 1) / span
     floor = cfg.min_lr_ratio * cfg.lr
     return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
 

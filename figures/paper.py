@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from analysis.passk import avg_at_k, pass_at_k, per_prompt_counts
+from analysis.stats import quantile_bins, spearman
 from dasd.runlog import read_table
 
 from .registry import Missing, register_figure
@@ -198,7 +198,7 @@ def fig2_sign_flip(runs: Sequence[Run]) -> Figure | Missing:
 
 
 def binned_means(h: np.ndarray, values: np.ndarray, *, n_bins: int = 10) -> pd.DataFrame:
-    """``values`` binned by quantiles of ``h`` (equal-count bins; tied edges merged): per bin the
+    """``values`` binned by ``analysis.stats.quantile_bins`` of ``h`` (equal-count bins): per bin the
     mean of ``h`` (``x``), the mean of ``values``, its 95% normal-approximation half-width
     ``ci`` = 1.96 std / sqrt(n) (0 for a bin of one), and ``n``. Non-finite pairs are dropped."""
     h = np.asarray(h, dtype=np.float64)
@@ -207,8 +207,7 @@ def binned_means(h: np.ndarray, values: np.ndarray, *, n_bins: int = 10) -> pd.D
     h, values = h[keep], values[keep]
     if h.size == 0:
         return pd.DataFrame({"x": [], "mean": [], "ci": [], "n": []})
-    edges = np.unique(np.quantile(h, np.linspace(0.0, 1.0, min(n_bins, h.size) + 1)))
-    bins = np.searchsorted(edges[1:-1], h, side="left")  # right-closed bins, as pandas.qcut
+    bins, _ = quantile_bins(h, n_bins=n_bins)
     frame = pd.DataFrame({"bin": bins, "h": h, "v": values})
     grouped = frame.groupby("bin", sort=True)
     out = pd.DataFrame({
@@ -269,7 +268,7 @@ def fig3_entropy_pressure(runs: Sequence[Run]) -> Figure | Missing:
         style = _RUN_STYLES[i % len(_RUN_STYLES)]
         suffix = f" ({run.name})" if len(chosen) > 1 else ""
         valid = np.isfinite(tokens["H"]) & np.isfinite(tokens["A"])
-        rho = stats.spearmanr(tokens.loc[valid, "H"], tokens.loc[valid, "A"]).statistic \
+        rho = spearman(tokens.loc[valid, "H"], tokens.loc[valid, "A"]) \
             if valid.sum() > 1 else float("nan")
         rhos.append(f"{rho:+.2f}" if np.isfinite(rho) else "n/a")
         _errorbar(ax_a, binned_means(tokens["H"], tokens["A"]), color=_NEUTRAL,

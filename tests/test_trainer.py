@@ -1,6 +1,7 @@
 """The core trainer on a tiny random Qwen3 (no download): one update per method, beta = 0
 equivalence, exact resume, config validation."""
 
+import math
 from dataclasses import replace
 
 import pandas as pd
@@ -167,8 +168,10 @@ def test_invalid_configs_fail_before_any_work(overrides, message, tmp_path):
 def test_learning_rate_schedule():
     cfg = TrainConfig(steps=5, lr=1.0, warmup_steps=0, min_lr_ratio=0.1)
     lrs = [learning_rate(s, cfg) for s in range(1, 6)]
-    assert lrs[0] == pytest.approx(1.0) and lrs[-1] == pytest.approx(0.1)
-    assert lrs[2] == pytest.approx(0.55)
+    # progress (s - 1) / 5: lr = 0.1 + 0.45 (1 + cos(pi p)); the last update is not 0.1.
+    assert lrs[0] == pytest.approx(1.0)
+    assert lrs[-1] == pytest.approx(0.1 + 0.45 * (1 + math.cos(0.8 * math.pi)))
+    assert lrs[2] == pytest.approx(0.1 + 0.45 * (1 + math.cos(0.4 * math.pi)))
     assert all(a > b for a, b in zip(lrs, lrs[1:]))
     warm = replace(cfg, warmup_steps=2)
     assert [learning_rate(s, warm) for s in (1, 2, 3)] == pytest.approx([1 / 3, 2 / 3, 1.0])

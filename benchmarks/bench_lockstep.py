@@ -1,0 +1,127 @@
+"""Throughput of the dual-context lockstep decoder (``dasd.rollout.lockstep``, Probe 3).
+
+On the same Countdown prompts and settings (temperature 1.0, top-p 0.9), compares:
+
+- ``lockstep``: one decode that advances the student context x and the teacher context x + r
+  together (two forward passes per step, one per KV cache), without intervention;
+- ``lockstep + Novelty (high)``: the same with Probe 3's Novelty intervention in the high-H_t
+  bucket (adds the running median and the interventional distribution);
+- ``two generations``: ``dasd.rollout.generate`` on the student prompts, then on the teacher
+  prompts: the same number of forward passes, but each context follows its own tokens, so no
+  step has both distributions for one prefix;
+- ``generate + score teacher``: student rollouts, then one teacher forward pass over them
+  (``dasd.scoring``): both distributions on the student's tokens, but only after the fact, so it
+  cannot intervene while decoding.
+
+Work is counted in context-tokens: a response token decoded (or scored) in one context counts
+once, in both contexts twice; ``ratio`` is each engine's context-tokens/s over that of the two
+generations. By default no row stops early (the stop token is replaced by an id outside the
+model's vocabulary), so every engine decodes ``--max-new-tokens`` steps for every row: with EOS,
+the teacher's own generation has other lengths than the student's, and on a small model the
+time of a decode follows its number of steps more than its number of tokens.
+Each engine runs ``--repeats`` times, interleaved, and its best run counts.
+
+Run from the repository root: ``.venv/bin/python -m benchmarks.bench_lockstep``. On a CPU shared
+with other jobs set ``OMP_WAIT_POLICY=PASSIVE``: busy-waiting OpenMP threads otherwise slow
+small models by one to two orders of magnitude.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from benchmarks.bench_rollout import random_model
+from dasd.models import load_model
+from dasd.rollout import generate
+from dasd.rollout.lockstep import Intervention, lockstep_generate
+from dasd.scoring import score_rollouts
+from dasd.tasks.countdown import CountdownTask
+
+
+def never_stop(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Make the stop token an id the model cannot emit (one past its vocabulary)."""
+    tokenizer.add_special_tokens({"eos_token": "<never>"})
+    if tokenizer.eos_token_id < model.config.vocab_size:
+        raise ValueError("the model's vocabulary is padded beyond the tokenizer; use --stop-at-eos")
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=["random", "tiny"], default="random")
+    parser.add_argument("--prompts", type=int, default=64, help="number of prompts")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per engine; the best counts")
+    parser.add_argument("--stop-at-eos", action="store_true", help="let rows stop at EOS")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model, tokenizer = random_model(args.seed) if args.model == "random" else load_model("tiny")
+    if not args.stop_at_eos:
+        never_stop(model, tokenizer)
+    task = CountdownTask()
+    problems = task.sample(args.prompts, split="eval", seed=args.seed)
+    prompts = [task.student_prompt(p) for p in problems]
+    teacher_prompts = [task.teacher_prompt(p) for p in problems]
+    settings = {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
+                "temperature": 1.0, "top_p": 0.9}
+
+    def seeded() -> torch.Generator:
+        return torch.Generator().manual_seed(args.seed)
+
+    def lockstep(intervention: Intervention | None) -> Callable[[], int]:
+        def run() -> int:
+            out = lockstep_generate(model, tokenizer, prompts, teacher_prompts,
+                                    intervention=intervention, generator=seeded(), **settings)
+            return 2 * int(out.rollouts.response_mask.sum())
+        return run
+
+    def two_generations() -> int:
+        student = generate(model, tokenizer, prompts, generator=seeded(), **settings)
+        teacher = generate(model, tokenizer, teacher_prompts, generator=seeded(), **settings)
+        return int(student.response_mask.sum() + teacher.response_mask.sum())
+
+    def generate_and_score() -> int:
+        rollouts = generate(model, tokenizer, prompts, generator=seeded(), **settings)
+        score_rollouts(model, tokenizer, rollouts, teacher_prompts)
+        return 2 * int(rollouts.response_mask.sum())
+
+    engines: dict[str, Callable[[], int]] = {
+        "two generations (x, then x + r)": two_generations,
+        "lockstep (x and x + r)": lockstep(None),
+        "lockstep + Novelty (high bucket)": lockstep(Intervention("high", "novelty")),
+        "generate + score teacher": generate_and_score,
+    }
+    for fn in engines.values():  # warm-up
+        fn()
+    best = {name: (0, float("inf")) for name in engines}
+    for _ in range(args.repeats):  # interleaved, best of --repeats: the machine may be shared
+        for name, fn in engines.items():
+            start = time.perf_counter()
+            tokens = fn()
+            seconds = time.perf_counter() - start
+            if tokens / seconds > best[name][0] / best[name][1]:
+                best[name] = (tokens, seconds)
+
+    n_params = sum(p.numel() for p in model.parameters())
+    print(
+        f"model={args.model} ({n_params / 1e6:.2f}M params)  prompts={args.prompts}  "
+        f"batch={args.batch_size}  max_new_tokens={args.max_new_tokens}  T=1.0 top_p=0.9  "
+        f"threads={args.threads}  stop at EOS: {args.stop_at_eos}  best of {args.repeats}"
+    )
+    reference = best["two generations (x, then x + r)"]
+    print(f"{'engine':<36}{'ctx-tokens':>11}{'seconds':>9}{'ctx-tok/s':>11}{'ratio':>7}")
+    for name, (tokens, seconds) in best.items():
+        ratio = (tokens / seconds) / (reference[0] / reference[1])
+        print(f"{name:<36}{tokens:>11}{seconds:>9.2f}{tokens / seconds:>11.0f}{ratio:>7.2f}")
+
+
+if __name__ == "__main__":
+    main()
