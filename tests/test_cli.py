@@ -6,20 +6,9 @@ from typer.testing import CliRunner
 
 from analysis.passk import pass_at_k, per_prompt_counts
 from cli import analyze_app, probe_app
-from dasd.models import make_char_tokenizer
 from dasd.runlog import read_manifest, read_metrics, read_rollouts
-from tests.fixtures_models import random_qwen3
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model")
-    tok = make_char_tokenizer()
-    random_qwen3(tok).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ from typer.testing import CliRunner
 
 from analysis.health import health_metrics
 from cli import probe_app
-from dasd.models import make_char_tokenizer
 from dasd.runlog import (
     read_json,
     read_manifest,
@@ -31,20 +30,10 @@ from probes.prefix_intervene import (
     response_scores,
     run_prefix_intervene,
 )
-from tests.fixtures_models import random_qwen3
 
 REPO = Path(__file__).resolve().parents[1]
 #: A few seconds' probe on a random model: 3 prompts x 2 samples, 24 tokens.
 SMALL = {"n_prompts": 3, "k": 2, "max_new_tokens": 24, "n_boot": 50, "burn_in": 4}
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model")
-    tok = make_char_tokenizer()
-    random_qwen3(tok).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

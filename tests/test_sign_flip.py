@@ -11,7 +11,6 @@ import typer
 from typer.testing import CliRunner
 
 from cli import probe_app
-from dasd.models import make_char_tokenizer
 from dasd.runlog import read_manifest, read_metrics, read_rollouts
 from probes.sign_flip import (
     ARMS,
@@ -22,19 +21,9 @@ from probes.sign_flip import (
     run_sign_flip,
     sign_flip_config,
 )
-from tests.fixtures_models import random_qwen3
 
 runner = CliRunner()
 EVAL_STEPS = [0, 1, 2]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model")
-    tok = make_char_tokenizer()
-    random_qwen3(tok, seed=1).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 def small_config(model_dir, **overrides):

@@ -9,19 +9,8 @@ import pytest
 import torch
 
 from dasd.advantages import METHODS
-from dasd.models import make_char_tokenizer
 from dasd.runlog import read_manifest, read_metrics, read_rollouts
 from dasd.trainer import TrainConfig, Trainer, learning_rate, resume, train
-from tests.fixtures_models import random_qwen3
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model")
-    tok = make_char_tokenizer()
-    random_qwen3(tok, seed=1).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 def small_config(model_dir, **overrides):
