@@ -85,8 +85,9 @@ class TrainConfig:
     """Rollouts per prompt, G (paper: 8)."""
     mini_batch_size: int = 32
     """Responses per optimizer step (the paper's B_mini = 32 prompts, scaled)."""
-    micro_batch_size: int = 32
-    """Responses per forward pass; gradients are accumulated over a mini-batch exactly."""
+    micro_batch_size: int = 16
+    """Responses per forward pass, grouped by length; gradients are accumulated over a
+    mini-batch exactly."""
     ppo_epochs: int = 1
     """Passes over each update's batch."""
     lr: float = 1e-4
@@ -218,6 +219,12 @@ def _generator(seed: int, step: int, stream: int) -> torch.Generator:
 
 
 _DATA, _SAMPLING, _SHUFFLE, _EVAL = range(4)
+
+
+def training_problems(task: Task, cfg: TrainConfig, step: int) -> list[Problem]:
+    """The training prompts of update ``step``: a function of (``cfg.seed``, ``step``) only, so
+    every method (and another trainer, in the benchmarks) sees the same batches."""
+    return task.sample(cfg.prompts_per_step, split="train", seed=_seed(cfg.seed, step, _DATA))
 
 
 @dataclass
@@ -381,8 +388,7 @@ class Trainer:
         """One policy update (Algorithm 1 lines 3-25) at 1-based index ``step``."""
         cfg = self.cfg
         t0 = time.perf_counter()
-        problems = self.task.sample(cfg.prompts_per_step, split="train",
-                                    seed=_seed(cfg.seed, step, _DATA))
+        problems = training_problems(self.task, cfg, step)
         prompts = [self.task.student_prompt(p) for p in problems for _ in range(cfg.group_size)]
         rollouts = generate(
             self.model, self.tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
@@ -473,6 +479,9 @@ class Trainer:
         device = next(self.model.parameters()).device
         mini_mask = batch.response_mask[rows]
         total = aggregate_denominator(mini_mask, cfg.loss_agg)
+        # Longest first, so each micro-batch is cut to lengths alike (little padding); the
+        # accumulation is exact whatever the grouping.
+        rows = rows[torch.argsort(mini_mask.sum(1), descending=True, stable=True)]
         self.optimizer.zero_grad(set_to_none=True)
         stats = {"loss/total": 0.0, "loss/policy": 0.0, "loss/kl": 0.0, "loss/clip_frac": 0.0,
                  "loss/approx_kl": 0.0}
