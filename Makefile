@@ -21,6 +21,10 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,bench]'
 	$(PY) -m benchmarks.bench_advantages
 	$(PY) -m benchmarks.bench_entropy
 	$(PY) -m benchmarks.bench_rollout
+	$(PY) -m benchmarks.bench_lockstep
+	$(PY) -m benchmarks.bench_trainer
+	$(PY) -m benchmarks.bench_health
