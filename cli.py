@@ -284,6 +284,193 @@ def sign_flip_cmd(
     console.print(f"probe directory: {escape(str(run_dir))}", highlight=False, soft_wrap=True)
 
 
+@probe_app.command("arm-flip")
+def arm_flip_cmd(
+    arms: str = typer.Option("none,low,high", help="Comma-separated arms continued from the "
+                             "flip: none (unperturbed DASD), low (omega > 0 tokens become "
+                             "repulsive), high (omega < 0 tokens become attractive)."),
+    flip_at: int = typer.Option(None, help="Update S at which the arms branch off the DASD run "
+                                "(default: half of --steps)."),
+    model: str = typer.Option("tiny", help="'tiny' (built-in), a local checkpoint dir, or a "
+                              "hub name."),
+    task: str = typer.Option("countdown", help="Registered task name."),
+    steps: int = typer.Option(None, help="Total updates T, base plus arm "
+                              "(default 40; --quick: 4)."),
+    eval_every: int = typer.Option(None, help="Held-out evaluation every N updates "
+                                   "(default 5; --quick: 1)."),
+    k: int = typer.Option(None, "--k", help="Samples per held-out prompt "
+                          "(default 16; --quick: 8)."),
+    eval_prompts: int = typer.Option(None, help="Held-out prompts, the same for every run "
+                                     "(default 32; --quick: 16)."),
+    prompts_per_step: int = typer.Option(None, help="Training prompts per update "
+                                         "(default 16; --quick: 8)."),
+    beta: float = typer.Option(None, help="Teacher-term weight (default: the trainer's, 0.1)."),
+    seed: int = typer.Option(0, help="Seed of data order, sampling and evaluation (all runs)."),
+    quick: bool = typer.Option(False, "--quick", help="A smoke version (smaller sizes)."),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="Any other TrainConfig field shared by all runs as KEY=VALUE (JSON "
+        "values), e.g. --set lr=3e-4 (the probe's default min_lr_ratio is 1: constant lr)."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Parent directory of run directories."),
+    name: str = typer.Option("", help="Probe directory name (default: arm-flip-<model>-<time>); "
+                             "an existing one with the same settings is resumed."),
+) -> None:
+    """RQ1 (Fig. 6b/6c): DASD trained to update S, then continued to T three ways from the
+    same checkpoint and optimizer state: unperturbed, low-entropy arm flipped, high-entropy arm
+    flipped; StepAcc and E(y) on the same held-out prompts every N updates."""
+    from probes.arm_flip import (
+        ARM_LABELS,
+        PAPER_FINDING,
+        arm_flip_config,
+        headline_columns,
+        run_arm_flip,
+    )
+
+    values = {"model": model, "task": task, "seed": seed, "steps": steps,
+              "eval_every": eval_every, "eval_k": k, "eval_prompts": eval_prompts,
+              "prompts_per_step": prompts_per_step, "beta": beta}
+    values = {key: value for key, value in values.items() if value is not None}
+    values.update(_parse_overrides(overrides))
+    run_dir = runs_dir / (name or _run_name("arm-flip", model))
+    with _one_line_errors():
+        cfg = arm_flip_config(arms=[a.strip() for a in arms.split(",") if a.strip()],
+                              flip_at=flip_at, quick=quick, **values)
+        eval_k = cfg.train["eval_k"]
+        console.print(f"probe directory: {escape(str(run_dir))}", highlight=False, soft_wrap=True)
+        columns = (*Progress.get_default_columns(), TimeElapsedColumn(),
+                   TextColumn("{task.fields[info]}"))
+        try:
+            with Progress(*columns, console=console) as bar:
+                bars: dict[str, TaskID] = {}
+
+                def show(arm: str, step: int, metrics: dict[str, float]) -> None:
+                    if arm not in bars:
+                        bars[arm] = bar.add_task(ARM_LABELS[arm], total=cfg.steps, info="")
+                    info = {}
+                    if "eval/step_acc" in metrics:
+                        info["info"] = (f"StepAcc {metrics['eval/step_acc']:.3f}  "
+                                        f"E(y) {metrics.get('eval/ey_density', math.nan):.2f}")
+                    bar.update(bars[arm], completed=step, **info)
+
+                result = run_arm_flip(cfg, run_dir, progress=show)
+        except KeyboardInterrupt:
+            Console(stderr=True, soft_wrap=True).print(
+                f"interrupted; resume with the same options and --name {escape(run_dir.name)}",
+                highlight=False)
+            raise typer.Exit(130) from None
+    labels = headline_columns(eval_k)
+    formats = {"eval/ey_density": ".2f", "eval/length_tokens": ".1f"}
+    table = Table(title=f"Arm-flip probe (Fig. 6b/6c): flip at update {cfg.flip_at} of "
+                        f"{cfg.steps}, {cfg.train['eval_prompts']} held-out prompts x {eval_k}",
+                  caption=PAPER_FINDING)
+    table.add_column("arm")
+    table.add_column("step", justify="right")
+    for label in labels.values():
+        table.add_column(label, justify="right")
+    for arm, rows in result.summary.groupby("arm", sort=False):
+        for row in rows.to_dict("records"):
+            table.add_row(arm, str(row["step"]),
+                          *(_cell(float(row.get(key, float("nan"))), formats.get(key, ".3f"))
+                            for key in labels))
+        table.add_section()
+    console.print(table)
+    for arm, action in result.actions.items():
+        console.print(f"{arm}: {action}", highlight=False)
+    console.print(f"probe directory: {escape(str(run_dir))}", highlight=False, soft_wrap=True)
+
+
+@probe_app.command("ablate")
+def ablate_cmd(
+    panel: str = typer.Option(..., help="Design choice to ablate: routing (Table 12), direction "
+                              "(Table 13), gate (Table 14) or quantile (Table 11)."),
+    variants: str = typer.Option("", help="Comma-separated rows to train (default: all of the "
+                                 "panel's), e.g. --variants position,entropy."),
+    seeds: int = typer.Option(None, help="Repeats of each row at consecutive seeds, for a "
+                              "confidence interval (default 3; --quick: 2)."),
+    model: str = typer.Option("tiny", help="'tiny' (built-in), a local checkpoint dir, or a "
+                              "hub name."),
+    task: str = typer.Option("countdown", help="Registered task name."),
+    steps: int = typer.Option(None, help="Policy updates per run (default 20; --quick: 2)."),
+    k: int = typer.Option(None, "--k", help="Samples per held-out prompt, for Avg@k and Pass@k "
+                          "(default 8; --quick: 4)."),
+    eval_prompts: int = typer.Option(None, help="Held-out prompts of the final evaluation "
+                                     "(default 32; --quick: 8)."),
+    prompts_per_step: int = typer.Option(None, help="Training prompts per update "
+                                         "(default 16; --quick: 4)."),
+    beta: float = typer.Option(None, help="Teacher-term weight, shared by the rows "
+                               "(default: the trainer's, 0.1)."),
+    seed: int = typer.Option(0, help="First seed of data order, sampling and evaluation."),
+    quick: bool = typer.Option(False, "--quick", help="A smoke version (smaller sizes)."),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="Any other TrainConfig field shared by the rows as KEY=VALUE (JSON "
+        "values), e.g. --set lr=3e-4."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Parent directory of run directories."),
+    name: str = typer.Option("", help="Probe directory name (default: "
+                             "ablate-<panel>-<model>-<time>); an existing one with the same "
+                             "settings is resumed."),
+) -> None:
+    """RQ3 (Table 5, Tables 11-14): DASD trained once per row of a design-space panel, all else
+    fixed, each row repeated over seeds; the final evaluation's Avg@k, Pass@k and E(y) as mean
+    and 95% interval across seeds, and the paired difference from DASD's default row.
+    `dasd-analyze tables` puts the runs into the paper's tables."""
+    from probes.ablate import PANELS, ablate_config, headline_metrics, run_ablate
+
+    values = {"model": model, "task": task, "seed": seed, "steps": steps, "eval_k": k,
+              "eval_prompts": eval_prompts, "prompts_per_step": prompts_per_step, "beta": beta}
+    values = {key: value for key, value in values.items() if value is not None}
+    values.update(_parse_overrides(overrides))
+    run_dir = runs_dir / (name or _run_name(f"ablate-{panel}", model))
+    with _one_line_errors():
+        cfg = ablate_config(panel, variants=[v.strip() for v in variants.split(",") if v.strip()],
+                            seeds=seeds, quick=quick, **values)
+        spec = PANELS.get(panel)
+        eval_k = cfg.train["eval_k"]
+        console.print(f"probe directory: {escape(str(run_dir))}", highlight=False, soft_wrap=True)
+        try:
+            with Progress(*Progress.get_default_columns(), TimeElapsedColumn(),
+                          console=console) as bar:
+                bars: dict[str, TaskID] = {}
+
+                def show(run: str, step: int, logged: dict[str, float]) -> None:
+                    if run not in bars:
+                        bars[run] = bar.add_task(run, total=cfg.train["steps"])
+                    bar.update(bars[run], completed=step)
+
+                result = run_ablate(cfg, run_dir, progress=show)
+        except KeyboardInterrupt:
+            Console(stderr=True, soft_wrap=True).print(
+                f"interrupted; resume with the same options and --name {escape(run_dir.name)}",
+                highlight=False)
+            raise typer.Exit(130) from None
+    metrics = headline_metrics(eval_k)
+    scale = {key: 100.0 for key in metrics if "_at_" in key or key == "eval/step_acc"}
+    summary = result.summary.set_index(["variant", "metric"])
+
+    def interval(variant: str, key: str, columns: tuple[str, str, str]) -> str:
+        if (variant, key) not in summary.index:
+            return "–"
+        row = summary.loc[(variant, key)]
+        mean, low, high = (scale.get(key, 1.0) * float(row[c]) for c in columns)
+        if math.isnan(mean):
+            return "–"
+        return f"{mean:.1f}" if math.isnan(low) else f"{mean:.1f} [{low:.1f}, {high:.1f}]"
+
+    avg = f"eval/avg_at_{eval_k}"
+    spread, paired = ("mean", "ci_low", "ci_high"), ("delta", "delta_low", "delta_high")
+    title = (f"Ablation, panel {panel} (Table {spec.table}): {cfg.train['eval_prompts']} "
+             f"held-out prompts x {eval_k} samples, {cfg.seeds} seed(s); mean [95% interval]; "
+             "Avg/Pass/StepAcc in %")
+    columns = ["variant", *metrics.values(), f"Δ Avg@{eval_k} vs {spec.default}",
+               "paper " + "/".join(spec.paper_columns)]
+    rows = [[spec.variant(v).label, *(interval(v, key, spread) for key in metrics),
+             interval(v, avg, paired), " / ".join(f"{x:.1f}" for x in spec.variant(v).paper)]
+            for v in cfg.variants]
+    _print_wide(title, columns, rows)
+    console.print(spec.finding, highlight=False, soft_wrap=True)
+    for run, action in result.actions.items():
+        console.print(f"{run}: {action}", highlight=False)
+    console.print(f"probe directory: {escape(str(run_dir))}", highlight=False, soft_wrap=True)
+
+
 @probe_app.command("entropy-tv")
 def entropy_tv_cmd(
     model: str = typer.Option("tiny", help="'tiny' (built-in), a local checkpoint dir, or a hub "
@@ -437,6 +624,94 @@ def prefix_intervene_cmd(
                       f"({summary['random_rate']['source']})", highlight=False)
     console.print(f"run directory: {escape(str(run_dir))}", highlight=False, soft_wrap=True)
 
+@probe_app.command("causal")
+def causal_cmd(
+    checkpoints: list[str] = typer.Option(
+        ["tiny"], "--checkpoints", help="Model to probe, repeatable: 'tiny', a checkpoint dir, "
+        "or a train run dir (its newest checkpoint), e.g. one each of GRPO, OPSD and DASD."),
+    task: str = typer.Option("countdown", help="Registered task name."),
+    benchmark: str = typer.Option("", help="Benchmark of a task that has several."),
+    parts: str = typer.Option("forks,revisions", help="forks (Fig. 7a,b: teacher's top choice "
+                              "at a cut position) and/or revisions (Fig. 7c,d: preserve, "
+                              "suppress or teacher-force at revision prefixes)."),
+    cuts: str = typer.Option("high,low,random", help="Cut positions of the forks part: highest "
+                             "H_t, lowest H_t, random."),
+    n_prompts: int = typer.Option(32, help="Held-out problems."),
+    k: int = typer.Option(2, "--k", help="Rollouts per problem (the prefixes come from them)."),
+    continuations: int = typer.Option(4, help="Continuations per prefix and condition."),
+    temperature: float = typer.Option(1.0, help="Sampling temperature (paper: 1.0)."),
+    top_p: float = typer.Option(0.9, help="Nucleus top-p (paper: 0.9)."),
+    max_new_tokens: int = typer.Option(160, help="Length limit of every response."),
+    batch_size: int = typer.Option(128, help="Prompts per generation micro-batch."),
+    n_boot: int = typer.Option(1000, help="Bootstrap resamples of the prompts (CIs)."),
+    seed: int = typer.Option(0, help="Seed of problems, sampling and bootstrap."),
+    device: str = typer.Option("auto", help="auto (CUDA when available), cpu, cuda, cuda:N."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Parent directory of run directories."),
+    name: str = typer.Option("", help="Run directory name (default: causal-<model>-<time>)."),
+) -> None:
+    """RQ2 (Fig. 7): cut each checkpoint's rollouts at a high-H_t, low-H_t or random position
+    and emit the privileged teacher's top choice there, or at a revision prefix and preserve,
+    suppress or teacher-force the revision; final correctness and revision rate against the
+    paired reference continuations, with prompt-bootstrap CIs."""
+    from probes.causal import PAPER_FINDING, CausalConfig, run_causal
+
+    def split(text: str) -> tuple[str, ...]:
+        return tuple(x.strip() for x in text.split(",") if x.strip())
+
+    run_dir = runs_dir / (name or _run_name("causal", checkpoints[0]))
+    with _one_line_errors():
+        cfg = CausalConfig(
+            checkpoints=tuple(checkpoints), task=task, benchmark=benchmark, parts=split(parts),
+            cuts=split(cuts), n_prompts=n_prompts, k=k, continuations=continuations,
+            temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+            batch_size=batch_size, n_boot=n_boot, seed=seed, device=device,
+        )
+        with console.status("probing") as status:
+            summary = run_causal(cfg, run_dir, progress=lambda line: status.update(line))
+
+    def effect(c: dict) -> str:
+        if _cell(c["diff"]) == "–":
+            return "–"
+        return f"{c['diff']:+.3f} [{_cell(c['ci_low'], '+.3f')}, {_cell(c['ci_high'], '+.3f')}]"
+
+    level = f"{summary['ci']['level']:.0%} CI"
+    for entry in summary["checkpoints"]:
+        console.print(f"{escape(entry['label'])}: {entry['rollouts']['n']} rollouts, accuracy "
+                      f"{entry['rollouts']['accuracy']:.3f}, revision rate "
+                      f"{entry['rollouts']['rev_rate']:.3f}", highlight=False)
+        if entry.get("forks", {}).get("contrasts"):
+            table = Table(title=f"Fig. 7a,b: teacher's top choice at the cut vs the student "
+                                f"({entry['forks']['n_prefixes']} prefixes x "
+                                f"{summary['continuations']}), {level}")
+            for col in ("cut", "metric", "unmodified", "teacher top", "difference"):
+                table.add_column(col, justify="left" if col in ("cut", "metric") else "right")
+            for c in entry["forks"]["contrasts"]:
+                table.add_row(c["cut"], c["metric"], _cell(c["reference_rate"]),
+                              _cell(c["rate"]), effect(c))
+            console.print(table)
+        if entry.get("revisions", {}).get("contrasts"):
+            rates = {r["condition"]: r for r in entry["revisions"]["rates"]}
+            table = Table(title=f"Fig. 7c,d: continuations of "
+                                f"{entry['revisions']['n_prefixes']} revision prefixes x "
+                                f"{summary['continuations']}, {level}")
+            for col in ("condition", "correct", "revises", "marker at cut"):
+                table.add_column(col, justify="left" if col == "condition" else "right")
+            for condition, r in rates.items():
+                table.add_row(condition, _cell(r["correct"]), _cell(r["revises"]),
+                              _cell(r["marker_at_cut"]))
+            pairs: dict[tuple[str, str], dict[str, dict]] = {}
+            for c in entry["revisions"]["contrasts"]:
+                pairs.setdefault((c["condition"], c["reference"]), {})[c["metric"]] = c
+            for (new, ref), by_metric in pairs.items():
+                table.add_row(f"{new} - {ref}", effect(by_metric["correct"]),
+                              effect(by_metric["revises"]), "")
+            console.print(table)
+        elif "revisions" in entry:
+            console.print("  no revision prefix in these rollouts", highlight=False)
+    console.print(PAPER_FINDING, highlight=False, soft_wrap=True)
+    console.print(f"run directory: {escape(str(run_dir))}", highlight=False, soft_wrap=True)
+
+
 def _report_issues(issues: list, *, analysed: bool, what: str = "runs") -> None:
     """Print analysis issues one line each on stderr; exit 2 (bad input, as
     ``_one_line_errors``) when nothing could be analysed."""
@@ -556,7 +831,8 @@ def tables_cmd(
     ),
 ) -> None:
     """The paper's tables that the runs support (Tables 2/6 and 7 from eval runs, Table 3 from
-    reasoning health), as Markdown on the terminal and Markdown, LaTeX and CSV files
+    reasoning health, Tables 5 and 11-14 from `dasd-probe ablate` directories, with mean ±
+    95% half-width across seeds), as Markdown on the terminal and Markdown, LaTeX and CSV files
     (byte-identical on a rerun); names the tables without data and the runs they need."""
     from analysis.health import analyze_runs
     from analysis.tables import build_tables, write_tables
@@ -683,3 +959,43 @@ def judge_eval_cmd(
         record = {"judge": judge, "model": model, "limit": limit, **evaluation.to_dict(rows)}
         Path(out).write_text(json.dumps(record, indent=1) + "\n")
         console.print(f"wrote {out}", soft_wrap=True, highlight=False, markup=False)
+
+
+@analyze_app.command("import")
+def import_cmd(
+    fmt: str = typer.Argument(..., metavar="trl|verl", help="Log format: trl (GRPOTrainer "
+                              "completions tables) or verl (rollout dumps)."),
+    source: Path = typer.Argument(..., help="TRL's output_dir, or verl's trainer.rollout_data_dir."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where to create the run directory."),
+    name: str = typer.Option("", help="Run directory name (default: FORMAT-<source folder name>)."),
+    split: str = typer.Option("train", help="Split of the logged rollouts: train, or eval for "
+                              "validation logs."),
+    tokenizer: str = typer.Option("", help="Tokenizer (name or directory) that counts response "
+                                  "tokens when the log has no token_ids column."),
+    reward_columns: list[str] = typer.Option(
+        [], "--reward-column", help="trl: a reward-function column, repeatable (default: every "
+        "float column that is not a known one)."),
+    correct_threshold: float = typer.Option(0.5, help="correct = reward > this, when the log has "
+                                            "no correct/acc field."),
+    task: str = typer.Option("", help="Task for the manifest (countdown: health judges steps "
+                             "from cd-... prompt ids)."),
+    method: str = typer.Option("", help="Method for the manifest (e.g. dasd, grpo)."),
+    model: str = typer.Option("", help="Model for the manifest."),
+) -> None:
+    """Convert a TRL or verl rollout log into a run directory, so that health, tables and figures
+    read runs made with those trainers."""
+    from analysis.importers import import_log
+
+    if reward_columns and fmt != "trl":
+        raise typer.BadParameter("--reward-column applies to trl logs only")
+    options: dict[str, object] = {
+        "split": split, "correct_threshold": correct_threshold, "tokenizer": tokenizer or None,
+        "method": method or None, "model": model or None, "task": task or None,
+    }
+    if reward_columns:
+        options["reward_columns"] = reward_columns
+    with _one_line_errors():
+        dest = runs_dir / (name or f"{fmt}-{source.resolve().name}")
+        imported = import_log(fmt, source, dest, **options)
+    console.print(f"imported {imported.rows} rollouts at {len(imported.steps)} steps into "
+                  f"{escape(str(imported.path))}", soft_wrap=True, highlight=False)

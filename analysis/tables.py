@@ -42,7 +42,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.health import HealthReport
+from analysis.health import HealthReport, RunInfo
+from analysis.intervals import t_interval
 
 __all__ = [
     "Row",
@@ -97,6 +98,9 @@ class Row:
     values: tuple[float | None, ...]
     section: str | None = None
     indent: bool = False
+    spread: tuple[float | None, ...] | None = None
+    """Optional +- half-width per value (same scale and format), shown after the value in
+    Markdown and LaTeX (not in the CSV, which holds the values)."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,15 @@ class PaperTable:
         """Printed values, row by row."""
         return [[self._fmt(r, c) for c in range(len(self.columns))]
                 for r in range(len(self.rows))]
+
+    def _spread(self, r: int, c: int, pm: str) -> str:
+        """`` ± half-width`` of a cell with a spread (``pm`` the plus-minus sign), else ""."""
+        spread = self.rows[r].spread
+        value = None if spread is None else spread[c]
+        if value is None or math.isnan(value) or self._fmt(r, c) == "–":
+            return ""
+        spec = self.formats[r] if self.mark == "row" else self.formats[c]
+        return f" {pm} {format(value, spec)}"
 
     def marks(self) -> list[list[str]]:
         """``"best"``, ``"second"`` or ``""`` per cell (module docstring)."""
@@ -169,7 +182,8 @@ class PaperTable:
                 lines.append("| " + " | ".join([f"*{_md(row.section)}*",
                                                 *("" for _ in self.columns)]) + " |")
             label = ("&nbsp;&nbsp;" if row.indent else "") + _md(row.label)
-            values = [wrap[m].format(v) for v, m in zip(cells[r], marks[r])]
+            values = [wrap[m].format(v) + self._spread(r, c, "±")
+                      for c, (v, m) in enumerate(zip(cells[r], marks[r]))]
             lines.append("| " + " | ".join([label, *values]) + " |")
         lines += [""] + [f"{note}" for note in self.notes]
         return "\n".join(lines).rstrip() + "\n"
@@ -190,7 +204,8 @@ class PaperTable:
                     lines.append(f"\\multicolumn{{{n + 1}}}{{l}}{{\\textit{{{_tex(row.section)}}}}}"
                                  " \\\\")
             label = ("\\quad " if row.indent else "") + _tex(row.label)
-            values = [wrap[m].format(v.replace("–", "--")) for v, m in zip(cells[r], marks[r])]
+            values = [wrap[m].format(v.replace("–", "--")) + self._spread(r, c, "$\\pm$")
+                      for c, (v, m) in enumerate(zip(cells[r], marks[r]))]
             lines.append(" & ".join([label, *values]) + " \\\\")
         lines += ["\\bottomrule", "\\end{tabular}"]
         lines += [f"% {note}" for note in self.notes]
@@ -385,38 +400,90 @@ def health_table(report: HealthReport) -> list[PaperTable]:
     return tables
 
 
+#: Task of an ablation column that stands for one column per task present (in the
+#: paper's benchmark order), its header formatted with ``{task}``.
+EACH_TASK = "*"
+
+
+def _ablation_row(info: RunInfo) -> tuple[str, str, float] | None:
+    """(panel, row label, row order) of an ablation run, or None for other runs: a
+    ``probe:ablate`` run whose config names its ``panel`` (the config's ``variant``, else the
+    run name, labels the row), or a train run inside a ``probe:ablate`` parent whose config
+    maps it to a variant (``runs``), labelled by ``labels`` and ordered by ``variants``
+    (``probes.ablate``)."""
+    from dasd.runlog import RunLogError, read_manifest
+
+    if info.kind.startswith("probe:ablate") and "panel" in info.config:
+        return str(info.config["panel"]), str(info.config.get("variant", info.label)), math.inf
+    parent = info.path.parent
+    if info.kind != "train" or not (parent / "manifest.json").is_file():
+        return None
+    try:
+        manifest = read_manifest(parent)
+    except (RunLogError, OSError):
+        return None
+    config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
+    variant = (config.get("runs") or {}).get(info.path.name)
+    if not str(manifest.get("kind")).startswith("probe:ablate") or variant is None:
+        return None
+    order = list(config.get("variants") or [])
+    label = (config.get("labels") or {}).get(variant, variant)
+    return (str(config.get("panel")), str(label),
+            float(order.index(variant)) if variant in order else math.inf)
+
+
 def variant_table(report: HealthReport, *, name: str, title: str, panels: Sequence[str],
                   columns: Sequence[tuple[str | None, str, str, float, str]]
                   ) -> PaperTable | None:
-    """An ablation table (Tables 5, 11-14): one row per variant, grouped by panel.
+    """An ablation table (Tables 5, 11-14): one row per variant, grouped by panel, in the
+    probe's row order (else by name); each cell the mean over the variant's runs (seeds) with
+    the half-width of its 95% Student-t interval when there are several.
 
-    Runs: kind ``probe:ablate`` with config ``panel`` in ``panels`` and config ``variant``
-    (the row label; the run name when absent). ``columns``: (task or None for the mean over
-    the run's tasks, health metric, header, scale, format)."""
+    Runs: see :func:`_ablation_row`. ``columns``: (task, health metric, header, scale,
+    format), task None for the mean over the run's tasks and :data:`EACH_TASK` for one column
+    per task present (all such specs per task, tasks in the paper's order, before the
+    others)."""
     rows = _last_steps(report.rows)
     if rows.empty:
         return None
-    config = {info.label: info.config for info in report.runs}
-    panel = rows["run"].map(lambda r: str(config.get(r, {}).get("panel", "")))
-    rows = rows[rows["kind"].astype(str).str.startswith("probe:ablate") & panel.isin(panels)]
+    keys = {info.label: _ablation_row(info) for info in report.runs}
+    rows = rows[rows["run"].map(lambda r: keys.get(r) is not None and keys[r][0] in panels)]
     if rows.empty:
         return None
     rows = _keyed(rows)
-    rows["panel"] = rows["run"].map(lambda r: str(config[r].get("panel")))
-    rows["variant"] = rows["run"].map(lambda r: str(config[r].get("variant", r)))
+    rows["panel"] = rows["run"].map(lambda r: keys[r][0])
+    rows["variant"] = rows["run"].map(lambda r: keys[r][1])
+    order = {(keys[r][0], keys[r][1]): keys[r][2] for r in rows["run"]}
+    tasks = sorted(rows["task"].unique(), key=_task_key)
+    columns = [*((t, m, h.format(task=_task_label(t)), sc, f) for t in tasks
+                 for task, m, h, sc, f in columns if task == EACH_TASK),
+               *(c for c in columns if c[0] != EACH_TASK)]
     metrics = sorted({m for _, m, _, _, _ in columns})
     mean, notes = _averaged(rows, ["panel", "variant", "task"], metrics)
     table_rows = []
+    spread_shown = False
     for panel_name in [p for p in panels if p in set(mean["panel"])]:
         block = mean[mean["panel"] == panel_name]
-        for variant in sorted(block["variant"].unique(), key=_natural):
+        runs = rows[rows["panel"] == panel_name]
+        variants = sorted(block["variant"].unique(),
+                          key=lambda v: (order[(panel_name, v)], _natural(v)))
+        for variant in variants:
             mine = block[block["variant"] == variant]
-            values = []
+            seeds = runs[runs["variant"] == variant]
+            values, spreads = [], []
             for task, metric, _, scale, _ in columns:
                 pick = mine if task is None else mine[mine["task"] == task]
                 values.append(scale * float(pick[metric].mean()) if len(pick) else None)
+                one = seeds if task is None and seeds["task"].nunique() == 1 else (
+                    seeds[seeds["task"] == task])
+                half = t_interval(one[metric].to_numpy()).half_width
+                spreads.append(None if math.isnan(half) else scale * half)
+            spread_shown |= any(v is not None for v in spreads)
             table_rows.append(Row(variant, tuple(values), section=panel_name,
-                                  indent=len(panels) > 1))
+                                  indent=len(panels) > 1, spread=tuple(spreads)))
+    if spread_shown:
+        notes.append("±: half-width of the 95% Student-t interval across a row's runs "
+                     "(seeds); the CSV holds the means.")
     return PaperTable(
         name=name, title=title, corner="Variant",
         columns=tuple(header for _, _, header, _, _ in columns), rows=tuple(table_rows),
@@ -440,14 +507,12 @@ class TableSpec:
 
 
 _ABLATION_COLUMNS = (
-    ("aime24", "avg_at_k", "AIME24 ↑", 100.0, ".1f"),
-    ("aime25", "avg_at_k", "AIME25 ↑", 100.0, ".1f"),
+    (EACH_TASK, "avg_at_k", "{task} ↑", 100.0, ".1f"),
     (None, "ey_density", "E(y) ↑", 1.0, ".1f"),
 )
-_QUANTILE_COLUMNS = tuple(
-    (task, metric, f"{label} {head}", 100.0, ".1f")
-    for task, label in (("math500", "MATH500"), ("aime24", "AIME24"), ("aime25", "AIME25"))
-    for metric, head in (("avg_at_k", "Avg@k"), ("pass_at_k", "Pass@k"))
+_QUANTILE_COLUMNS = (
+    (EACH_TASK, "avg_at_k", "{task} Avg@k", 100.0, ".1f"),
+    (EACH_TASK, "pass_at_k", "{task} Pass@k", 100.0, ".1f"),
 )
 
 
@@ -474,7 +539,7 @@ TABLES: tuple[TableSpec, ...] = (
               health_table),
     TableSpec("5", "probe:ablate runs of panels routing, direction and gate "
                    "(dasd-probe ablate --panel routing|direction|gate)",
-              _ablation("5", "DASD design-space ablation; AIME columns Avg@k, E(y) density.",
+              _ablation("5", "DASD design-space ablation; task columns Avg@k, E(y) density.",
                         ("routing", "direction", "gate"))),
     TableSpec("7", "eval runs (dasd-probe eval) of base models and trained checkpoints",
               lambda report: benchmark_table(

@@ -10,7 +10,8 @@ logging, no ``.item()``. Implements
   delta~ = median |delta|; per token: delta_bar = delta / (delta~ + eps), router
   z = D((tau - H) / (sigma_H + eps)), gate g, omega = z g, A_hat = A_G + beta omega delta_bar;
 * the registries ``DIRECTIONS`` (the direction map D, Table 13), ``GATES`` (the reliability
-  gate, Table 14) and ``METHODS`` (name -> advantage shaper, DESIGN.md section 3);
+  gate, Table 14), ``ARM_FLIPS`` (one routing arm's sign reversed, section 6 RQ1, Fig. 6b/6c)
+  and ``METHODS`` (name -> advantage shaper, DESIGN.md section 3);
 * the paper's baselines (appendix F, Table 2) as registered methods: ``hepo``, ``rlsd``,
   ``opsd``, ``sdpo``, ``srpo``; each docstring names what it follows and where it departs.
 
@@ -58,6 +59,7 @@ from torch import Tensor
 from dasd.registry import Registry
 
 __all__ = [
+    "ARM_FLIPS",
     "DIRECTIONS",
     "GATES",
     "METHODS",
@@ -166,6 +168,22 @@ def _direction_plus(x: Tensor) -> Tensor:
 def _direction_minus(x: Tensor) -> Tensor:
     """-1 everywhere: uniform repulsion (Novelty; Probe 1, Table 13)."""
     return -torch.ones_like(x)
+
+
+#: Arm flips (section 6 RQ1, Fig. 6b/6c): the router z with one routing arm's sign reversed.
+ARM_FLIPS: Registry[Callable[[Tensor], Tensor]] = Registry("arm flip")
+
+
+@ARM_FLIPS.register("low")
+def _flip_low(z: Tensor) -> Tensor:
+    """-|z|: the low-entropy arm (z > 0, attraction) becomes repulsive; z < 0 is kept."""
+    return -z.abs()
+
+
+@ARM_FLIPS.register("high")
+def _flip_high(z: Tensor) -> Tensor:
+    """|z|: the high-entropy arm (z < 0, repulsion) becomes attractive; z > 0 is kept."""
+    return z.abs()
 
 
 @GATES.register("sigmoid")
@@ -280,6 +298,7 @@ def dasd_advantages(
     direction: str = "tanh",
     gate: str = "sigmoid",
     c: float = DEFAULT_FIXED_GATE_C,
+    flip: str | None = None,
 ) -> TokenAdvantages:
     """Direction-adaptive token advantages, eq. (4) and (8), Algorithm 1 lines 13-21.
 
@@ -297,12 +316,16 @@ def dasd_advantages(
         gate: name in ``GATES``: "sigmoid" (default), "none", "magnitude", "fixed".
         c: threshold in nats of the "fixed" gate 1[|delta_t| > c] (default log 2; the paper
             gives none); ignored by the other gates.
+        flip: None (DASD), or a name in ``ARM_FLIPS`` (RQ1's selective flips): "low" negates
+            z where z > 0, "high" where z < 0. Every gate is >= 0, so omega = z g changes sign
+            exactly where omega > 0 (low) or omega < 0 (high); delta_bar and g are unchanged.
 
     Returns:
         ``TokenAdvantages`` with ``advantages, omega, delta_bar, router, gate``, each
         ``(B, T)`` in the promoted float dtype (at least float32), 0 off ``mask``.
     """
     direction_fn = DIRECTIONS.get(direction)
+    flip_fn = None if flip is None else ARM_FLIPS.get(flip)
     gate_fn = GATES.get(gate)
     if not 0.0 <= rho <= 1.0:
         raise ValueError(f"rho must be in [0, 1]; got {rho!r}")
@@ -325,6 +348,8 @@ def dasd_advantages(
         # Lines 17-21: per-token normalized gap, gate, router, omega, advantage.
         delta_bar = delta / (delta_med[:, None] + eps)
         router = direction_fn((tau[:, None] - h) / (sigma_h[:, None] + eps))
+        if flip_fn is not None:
+            router = flip_fn(router)
         g = gate_fn(delta, delta_bar, c=c)
         omega = router * g
         adv = group_adv.detach().to(dtype)[:, None] + beta * omega * delta_bar
@@ -460,10 +485,11 @@ def dasd(
     Follows section 4 and Algorithm 1 lines 13-21 with the tanh router and sigmoid gate; the
     options ``direction``, ``gate`` and ``c`` pass through to ``dasd_advantages`` for the
     design-space ablations of Tables 13-14 (e.g. Table 13's "constant +1" row is
-    ``direction="plus"`` with the sigmoid gate kept). Departures: those listed in the module
-    docstring.
+    ``direction="plus"`` with the sigmoid gate kept); the option ``flip`` ("low" or "high")
+    reverses one routing arm's sign for RQ1's selective flips (section 6, Fig. 6b/6c).
+    Departures: those listed in the module docstring.
     """
-    _check_options("dasd", options, ("direction", "gate", "c"))
+    _check_options("dasd", options, ("direction", "gate", "c", "flip"))
     return dasd_advantages(group_adv, entropy, student_logp, teacher_logp, mask, beta=beta,
                            rho=rho, eps=eps, **options)
 

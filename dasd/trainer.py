@@ -55,6 +55,7 @@ from dasd.models import load_model
 from dasd.records import rollout_frame
 from dasd.rollout import Rollouts, generate
 from dasd.rollout.hf import encode_prompts
+from dasd.routing import ROUTING_SIGNALS, RoutingBatch, build_routing_signal
 from dasd.runlog import RunWriter, create_run, open_run, read_manifest, read_metrics
 from dasd.scoring import TokenScores, response_logits, score_rollouts
 from dasd.tasks import TASKS, build_task
@@ -109,6 +110,9 @@ class TrainConfig:
     """Weight of the teacher term (eq. 5/8; not given by the paper)."""
     rho: float = 0.2
     """Router quantile (paper: 0.2); HEPO's top-entropy share."""
+    routing: str = "entropy"
+    """Per-token routing signal passed to the method where it takes the student entropy
+    (``dasd.routing.ROUTING_SIGNALS``; the routing ablation of Table 12)."""
     eps: float = 1e-6
     method_options: dict[str, Any] = field(default_factory=dict)
     """Extra options of the method (e.g. ``{"direction": "hard"}`` for dasd)."""
@@ -141,6 +145,7 @@ class TrainConfig:
         method = get_method(self.method)
         TASKS.get(self.task)
         AGGREGATIONS.get(self.loss_agg)
+        ROUTING_SIGNALS.get(self.routing)
         if self.group_size < 2:
             raise ValueError(
                 f"group_size must be >= 2, got {self.group_size}: the group-relative advantage "
@@ -310,6 +315,7 @@ class Trainer:
         self.model, self.tokenizer = load_model(model_source, device=device)
         self.task = build_task(cfg.task, tokenizer=self.tokenizer, **cfg.task_options)
         self.method = get_method(cfg.method)
+        self.routing = build_routing_signal(cfg.routing, task=self.task, tokenizer=self.tokenizer)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
         )
@@ -410,7 +416,9 @@ class Trainer:
         options = dict(cfg.method_options)
         if self.method.needs_correct:
             options["correct"] = correct
-        shaped = self.method(group_adv.float(), scores.entropy, scores.student_logp,
+        routing = self.routing(self.model, RoutingBatch.from_rollouts(rollouts, scores.entropy),
+                               temperature=cfg.temperature)
+        shaped = self.method(group_adv.float(), routing, scores.student_logp,
                              scores.teacher_logp, mask, beta=cfg.beta, rho=cfg.rho, eps=cfg.eps,
                              **options)
         t_score = time.perf_counter()

@@ -1,7 +1,8 @@
 """The paper's figures, one function each, drawn from run directories only.
 
 Registered in :data:`figures.registry.FIGURES` (paper order): Fig. 2 (section 3, Probe 1),
-Fig. 3 (section 3, Probe 2), Fig. 4 (section 5), Fig. 5 and 6a (section 6, RQ1), Fig. 8 and
+Fig. 3 (section 3, Probe 2), Fig. 4 (section 5), Fig. 5 and 6a-c (section 6, RQ1), Fig. 7
+(section 6, RQ2), Fig. 8 and
 10b (appendix G). Colors, markers and the style follow appendix F (:mod:`figures.style`).
 
 Departures from the paper, common to all figures:
@@ -27,7 +28,7 @@ import pandas as pd
 
 from analysis.passk import avg_at_k, pass_at_k, per_prompt_counts
 from analysis.stats import quantile_bins, spearman
-from dasd.runlog import read_table
+from dasd.runlog import read_json, read_table
 
 from .registry import Missing, register_figure
 from .runs import Group, Run, group_runs, model_size
@@ -49,6 +50,8 @@ __all__ = [
     "fig4_pass_at_k",
     "fig5_training_dynamics",
     "fig6a_entropy_distribution",
+    "fig6bc_arm_flip",
+    "fig7_causal",
     "fig8_scale",
     "fig10b_validation",
     "TOKENS_COLUMNS",
@@ -452,6 +455,192 @@ def fig6a_entropy_distribution(runs: Sequence[Run]) -> Figure | Missing:
     ax.set(title="(a) Endpoint token entropy", xlabel="token entropy $H_t$ (nats)",
            ylabel="frequency (fraction of tokens)")
     _legend(ax)
+    return fig
+
+
+# --------------------------------------------------------------------------- Fig. 6b/6c
+
+#: Fig. 6b/6c curves: (summary arms, color, line style, marker, label). The base run up to the
+#: flip and the ``none`` arm after it form one dotted unperturbed-DASD curve; a flipped arm is
+#: colored as the uniform sign it turns its arm into (low -> repulsion, high -> attraction).
+_ARM_FLIP_CURVES = (
+    (("base", "none"), METHOD_COLORS["dasd"], ":", method_marker("dasd"), "unperturbed DASD"),
+    (("low",), METHOD_COLORS["novelty"], "-", method_marker("novelty"),
+     "low-$H_t$ arm flipped"),
+    (("high",), METHOD_COLORS["conformity"], "-", method_marker("conformity"),
+     "high-$H_t$ arm flipped"),
+)
+_ARM_FLIP_PANELS = (
+    ("eval/step_acc", "(b) Execution after a flip", "StepAcc (eval/step_acc)"),
+    ("eval/ey_density", "(c) Exploration after a flip", "E(y) density (eval/ey_density)"),
+)
+
+
+def _arm_flip_summary(run: Run) -> pd.DataFrame:
+    frame = read_table(run.path, "summary")
+    missing = [c for c in ("arm", "step") if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{run.path / 'summary.parquet'}: missing column {missing[0]!r}; "
+                         "Fig. 6b/6c needs arm, step and eval metrics")
+    return frame
+
+
+@register_figure(
+    "fig6bc_arm_flip",
+    title="Fig. 6b/6c: StepAcc and E(y) after flipping one routing arm (dotted: unperturbed DASD)",
+    needs="a run of kind probe:arm-flip holding summary.parquet (dasd-probe arm-flip)",
+)
+def fig6bc_arm_flip(runs: Sequence[Run]) -> Figure | Missing:
+    """Fig. 6(b, c) (section 6, RQ1): held-out StepAcc (b) and E(y) density (c) over training
+    steps for unperturbed DASD (dotted, through the flip) and the runs continued with the low-
+    or the high-entropy routing arm flipped; the flip step is marked by a vertical line.
+
+    Departures: both flips are drawn in both panels (the paper's caption pairs the low flip
+    with StepAcc and the high flip with E(y)); several probe runs are averaged per arm at each
+    step, with a min-max band.
+    """
+    chosen = [r for r in runs
+              if r.kind == "probe:arm-flip" and (r.path / "summary.parquet").is_file()]
+    if not chosen:
+        return Missing("no probe:arm-flip run with summary.parquet")
+    summaries = [_arm_flip_summary(run) for run in chosen]
+    flips = sorted({r.config["flip_at"] for r in chosen
+                    if isinstance(r.config.get("flip_at"), int)})
+    fig, axes = new_figure(2)
+    for ax, (key, title, ylabel) in zip(axes, _ARM_FLIP_PANELS):
+        drawn = False
+        for arms, color, style, marker, label in _ARM_FLIP_CURVES:
+            series = [rows.groupby("step")[key].mean() for rows in
+                      (frame.loc[frame["arm"].isin(arms), ["step", key]].dropna()
+                       for frame in summaries if key in frame.columns) if len(rows)]
+            if not series:
+                continue
+            curve = _combine(series)
+            ax.plot(curve.index, curve["mean"], color=color, linestyle=style, marker=marker,
+                    label=label)
+            if (curve["n"] > 1).any():
+                ax.fill_between(curve.index, curve["lo"], curve["hi"], color=color, alpha=0.15,
+                                linewidth=0)
+            drawn = True
+        for step in flips:
+            ax.axvline(step, color="#A0A0A0", linestyle="--", linewidth=0.8)
+        if not drawn:
+            _note(ax, f"no {key} logged")
+        ax.set(title=title, xlabel="training step", ylabel=ylabel)
+        _legend(ax)
+    return fig
+
+
+# --------------------------------------------------------------------------- Fig. 7
+
+
+def _causal_entries(runs: Sequence[Run]) -> list[tuple[str, dict]]:
+    """(label, checkpoint entry) of every checkpoint of the causal runs, the run's name
+    prefixed to the label when there are several runs."""
+    out = []
+    for run in runs:
+        for entry in read_json(run.path, "summary").get("checkpoints", []):
+            prefix = f"{run.name}: " if len(runs) > 1 else ""
+            out.append((prefix + str(entry["label"]), entry))
+    return out
+
+
+Cell = tuple[float | None, float | None, float | None]
+"""A bar's (value, CI low, CI high); None where not logged."""
+
+
+def _ci_bars(ax: Axes, groups: Sequence[str],
+             bars: Sequence[tuple[str, str, Sequence[Cell | None]]]) -> bool:
+    """Grouped bars: one group per name in ``groups``, one bar per ``(label, color, cells)``
+    with ``cells[i]`` the bar of group i (None: no bar); a CI is drawn as an error bar where
+    both ends are known. Returns whether any bar was drawn."""
+    width = 0.8 / max(len(bars), 1)
+    drawn = False
+    for j, (label, color, cells) in enumerate(bars):
+        xs, heights, errors, known = [], [], [[], []], False
+        for i, cell in enumerate(cells):
+            if cell is None or cell[0] is None:
+                continue
+            value, low, high = cell
+            xs.append(i - 0.4 + width * (j + 0.5))
+            heights.append(value)
+            has_ci = low is not None and high is not None
+            errors[0].append(value - low if has_ci else 0.0)
+            errors[1].append(high - value if has_ci else 0.0)
+            known |= has_ci
+        if xs:
+            ax.bar(xs, heights, width=width, color=color, label=label,
+                   yerr=errors if known else None, capsize=2)
+            drawn = True
+    ax.set_xticks(range(len(groups)), labels=list(groups))
+    ax.axhline(0.0, color="#A0A0A0", linewidth=0.8)
+    return drawn
+
+
+def _contrast(entry: dict, part: str, new: str, ref: str, metric: str, **where: str
+              ) -> Cell | None:
+    """The (diff, CI low, CI high) of one logged contrast of a causal checkpoint entry."""
+    for c in entry.get(part, {}).get("contrasts", []):
+        if (c["condition"], c["reference"], c["metric"]) == (new, ref, metric) and all(
+                c.get(k) == v for k, v in where.items()):
+            return c["diff"], c["ci_low"], c["ci_high"]
+    return None
+
+
+def _correct_rate(entry: dict, condition: str) -> Cell | None:
+    """The final correctness of one revision condition of a causal checkpoint entry."""
+    for r in entry.get("revisions", {}).get("rates", []):
+        if r["condition"] == condition:
+            return r["correct"], None, None
+    return None
+
+
+@register_figure(
+    "fig7_causal",
+    title="Fig. 7: causal interventions on forks (teacher's top choice) and revisions "
+    "(preserve, suppress, teacher-force)",
+    needs="a run of kind probe:causal holding summary.json (dasd-probe causal)",
+)
+def fig7_causal(runs: Sequence[Run]) -> Figure | Missing:
+    """Fig. 7 (section 6, RQ2): (a, b) the change of final correctness and of the revision
+    rate when the privileged teacher's top choice replaces the token at the highest-H_t,
+    lowest-H_t or a random position (vs the student's own continuation of the same prefix);
+    (c) final correctness when revision prefixes are preserved, suppressed or teacher-forced;
+    (d) preserve minus suppress. Error bars: the paired prompt-bootstrap CIs of
+    ``summary.json``.
+
+    Departures: (a, b) and (d) draw differences with their intervals rather than pairs of
+    absolute bars; every checkpoint of every causal run is a bar of its own, colored by its
+    method (gray when unknown).
+    """
+    chosen = [r for r in runs
+              if r.kind == "probe:causal" and (r.path / "summary.json").is_file()]
+    if not chosen:
+        return Missing("no probe:causal run with summary.json")
+    entries = _causal_entries(chosen)
+    fig, axes = new_figure(4, width=3.4)
+    cuts = ("high", "low", "random")
+    panels = (
+        (axes[0], "(a) Fork replacement: correctness", "teacher top choice - unmodified",
+         ("high-$H_t$", "low-$H_t$", "random"),
+         lambda e: [_contrast(e, "forks", "teacher_top", "unmodified", "correct", cut=c)
+                    for c in cuts]),
+        (axes[1], "(b) Fork replacement: revision rate", "teacher top choice - unmodified",
+         ("high-$H_t$", "low-$H_t$", "random"),
+         lambda e: [_contrast(e, "forks", "teacher_top", "unmodified", "revises", cut=c)
+                    for c in cuts]),
+        (axes[2], "(c) Revision prefixes: correctness", "final correctness",
+         ("preserve", "suppress", "teacher-force"),
+         lambda e: [_correct_rate(e, c) for c in ("preserve", "suppress", "teacher_force")]),
+        (axes[3], "(d) Preserve - suppress", "correctness difference", ("revision prefixes",),
+         lambda e: [_contrast(e, "revisions", "preserve", "suppress", "correct")]),
+    )
+    for ax, title, ylabel, groups, cells in panels:
+        bars = [(label, method_color(e.get("method")), cells(e)) for label, e in entries]
+        if not _ci_bars(ax, groups, bars):
+            _note(ax, "not logged")
+        ax.set(title=title, ylabel=ylabel)
+        _legend(ax)
     return fig
 
 

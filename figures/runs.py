@@ -152,6 +152,16 @@ def _method_rank(method: str | None) -> tuple[int, str]:
     return (len(METHOD_ORDER), method)
 
 
+def _variant(run: Run) -> str:
+    """What sets a run apart from its method's defaults (``method_options``, a non-default
+    ``routing``), so that ablation rows and flipped arms are not pooled into the method's curve."""
+    parts = [f"{k}={v}" for k, v in sorted((run.config.get("method_options") or {}).items())]
+    routing = run.config.get("routing")
+    if routing not in (None, "entropy"):
+        parts.append(f"routing={routing}")
+    return ", ".join(parts)
+
+
 def group_runs(runs: Sequence[Run], *, by_model: bool | None = None,
                by_task: bool | None = None) -> list[Group]:
     """Runs grouped into curves by method, in the paper's method order. The model (task) name
@@ -164,13 +174,14 @@ def group_runs(runs: Sequence[Run], *, by_model: bool | None = None,
     groups: dict[tuple, list[Run]] = {}
     for run in runs:
         key = (_method_rank(run.method), run.method,
-               run.model_name if by_model else "", run.task if by_task else "")
+               run.model_name if by_model else "", run.task if by_task else "",
+               _variant(run))
         groups.setdefault(key, []).append(run)
     settings = sorted({(k[2], k[3]) for k in groups})
     out = []
-    for key in sorted(groups, key=lambda k: (k[0], k[2], k[3])):
-        _, method, model, task = key
-        extra = ", ".join(x for x in (model, task) if x)
+    for key in sorted(groups, key=lambda k: (k[0], k[2], k[3], k[4])):
+        _, method, model, task, variant = key
+        extra = ", ".join(x for x in (variant, model, task) if x)
         label = method_label(method) + (f" ({extra})" if extra else "")
         out.append(Group(label, method, tuple(groups[key]), settings.index((model, task))))
     return out

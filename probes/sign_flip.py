@@ -43,8 +43,9 @@ from typing import Any
 
 import pandas as pd
 
-from dasd.runlog import RunWriter, create_run, open_run, read_manifest, read_metrics
-from dasd.trainer import TrainConfig, Trainer
+from dasd.runlog import read_metrics
+from dasd.trainer import TrainConfig
+from probes.parent_run import open_parent, run_child
 
 __all__ = [
     "ARMS",
@@ -153,57 +154,6 @@ class SignFlipResult:
     """One row per (arm, evaluation step); see ``summarize``."""
 
 
-def _plain(config: TrainConfig) -> dict[str, Any]:
-    return json.loads(json.dumps(asdict(config)))
-
-
-def _differences(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> str:
-    keys = sorted(set(stored) | set(wanted))
-    return ", ".join(f"{key}: {stored.get(key)!r} there, {wanted.get(key)!r} now"
-                     for key in keys if stored.get(key) != wanted.get(key))
-
-
-def _open_parent(cfg: SignFlipConfig, run_dir: Path) -> RunWriter:
-    """A new parent run, or the existing one at ``run_dir`` when it holds this probe with the
-    same settings."""
-    if not (run_dir / "manifest.json").exists():
-        train = cfg.train
-        return create_run(run_dir, kind=KIND, config=cfg.to_dict(), seed=train["seed"],
-                          model=train["model"], task=train["task"])
-    manifest = read_manifest(run_dir)
-    if manifest["kind"] != KIND:
-        raise ValueError(f"{run_dir} holds a {manifest['kind']} run, not a sign-flip probe; "
-                         "choose another --name")
-    stored, wanted = manifest.get("config") or {}, cfg.to_dict()
-    if stored != wanted:
-        diff = _differences({"arms": stored.get("arms"), **(stored.get("train") or {})},
-                            {"arms": wanted["arms"], **wanted["train"]})
-        raise ValueError(f"{run_dir} holds a sign-flip probe with other settings ({diff}); "
-                         "re-run with those settings to resume it, or choose another --name")
-    return open_run(run_dir)
-
-
-def _run_arm(config: TrainConfig, arm_dir: Path,
-             report: Callable[[int, Mapping[str, float]], None] | None) -> str:
-    """Train, resume or skip one arm; returns which."""
-    if not (arm_dir / "manifest.json").exists():
-        trainer, action = Trainer.start(config, arm_dir), "trained"
-    else:
-        manifest = read_manifest(arm_dir)
-        if manifest["kind"] != "train" or manifest.get("config") != _plain(config):
-            raise ValueError(f"{arm_dir} holds a run with other settings than this probe's "
-                             f"{config.method} arm; move it away or choose another --name")
-        if manifest["status"] == "complete":
-            if report is not None:
-                report(config.steps, {})
-            return "skipped"
-        trainer, action = Trainer.resume(arm_dir), "resumed"
-    if report is not None:
-        report(trainer.start_step, {})
-    trainer.run(report)
-    return action
-
-
 def summarize(run_dir: Path, arms: Sequence[str]) -> pd.DataFrame:
     """The held-out metrics of each arm's run under ``run_dir``: one row per (arm, evaluation
     step), columns ``arm``, ``step`` and every ``eval/...`` metric the trainer logged (Avg@k,
@@ -237,10 +187,11 @@ def run_sign_flip(cfg: SignFlipConfig, run_dir: Path, *,
     """
     run_dir = Path(run_dir)
     actions: dict[str, str] = {}
-    with _open_parent(cfg, run_dir) as parent:
+    with open_parent(run_dir, kind=KIND, config=cfg.to_dict()) as parent:
         for arm in cfg.arms:
             report = None if progress is None else partial(progress, arm)
-            actions[arm] = _run_arm(cfg.arm_config(arm), run_dir / arm, report)
+            actions[arm] = run_child(cfg.arm_config(arm), run_dir / arm, report,
+                                     label=arm)
         summary = summarize(run_dir, cfg.arms)
         parent.write_table(SUMMARY, summary)
         parent.write_json(SUMMARY, {"arms": list(cfg.arms), "eval_k": cfg.train["eval_k"],

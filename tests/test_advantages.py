@@ -921,3 +921,62 @@ def test_srpo_validates_correct(correct, match):
     kw = {} if correct is None else {"correct": correct}
     with pytest.raises(ValueError, match=match):
         get_method("srpo")(*batch, beta=1.0, **kw)
+
+
+# --------------------------------------------------------------------------- arm flips (RQ1)
+
+
+def _flip_case(flip):
+    # H = 0..4: tau = Quantile_0.2 = 0.8, sigma_H = 1.2, so the hard router is [1, -1, -1, -1, -1];
+    # |delta| = [2, 1, 1, 2, 1] has median 1, so delta_bar = delta.
+    h = torch.tensor([[0.0, 1.0, 2.0, 3.0, 4.0]], dtype=torch.float64)
+    student = torch.zeros_like(h)
+    teacher = torch.tensor([[2.0, -1.0, 1.0, -2.0, 1.0]], dtype=torch.float64)
+    return dasd_advantages(torch.tensor([0.25], dtype=torch.float64), h, student, teacher,
+                           torch.ones(1, 5, dtype=torch.bool), beta=0.5, eps=1e-12,
+                           direction="hard", gate="none", flip=flip)
+
+
+@pytest.mark.parametrize(("flip", "omega", "adv"), [
+    (None, [1, -1, -1, -1, -1], [1.25, 0.75, -0.25, 1.25, -0.25]),
+    ("low", [-1, -1, -1, -1, -1], [-0.75, 0.75, -0.25, 1.25, -0.25]),
+    ("high", [1, 1, 1, 1, 1], [1.25, -0.25, 0.75, -0.75, 0.75]),
+])
+def test_arm_flip_by_hand(flip, omega, adv):
+    out = _flip_case(flip)
+    torch.testing.assert_close(out.omega[0], torch.tensor(omega, dtype=torch.float64))
+    torch.testing.assert_close(out.advantages[0], torch.tensor(adv, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("direction", DIRECTION_NAMES)
+@pytest.mark.parametrize("gate", GATE_NAMES)
+def test_arm_flip_changes_only_the_chosen_arms_sign(seed, direction, gate):
+    group_adv, entropy, student, teacher, mask = random_batch(seed, 6, 9)
+    kw = dict(beta=0.7, direction=direction, gate=gate)
+    base = dasd_advantages(group_adv, entropy, student, teacher, mask, **kw)
+    for flip, arm in (("low", base.omega > 0), ("high", base.omega < 0)):
+        out = dasd_advantages(group_adv, entropy, student, teacher, mask, flip=flip, **kw)
+        assert_zero_off_mask_and_finite(out, mask)
+        torch.testing.assert_close(out.omega, torch.where(arm, -base.omega, base.omega))
+        torch.testing.assert_close(out.delta_bar, base.delta_bar)
+        torch.testing.assert_close(out.gate, base.gate)
+        assert torch.equal(out.advantages[~arm], base.advantages[~arm])
+        expected = group_adv[:, None] + 0.7 * out.omega * out.delta_bar
+        torch.testing.assert_close(out.advantages[mask], expected[mask])
+
+
+def test_arm_flip_is_a_dasd_option_and_is_validated():
+    from dasd.trainer import TrainConfig
+
+    group_adv, entropy, student, teacher, mask = random_batch(7, 3, 5)
+    via_method = get_method("dasd")(group_adv, entropy, student, teacher, mask, beta=0.3,
+                                    flip="high")
+    direct = dasd_advantages(group_adv, entropy, student, teacher, mask, beta=0.3, flip="high")
+    torch.testing.assert_close(via_method.advantages, direct.advantages)
+    with pytest.raises(ValueError, match="unknown arm flip 'sideways'; valid: high, low"):
+        get_method("dasd")(group_adv, entropy, student, teacher, mask, beta=0.3, flip="sideways")
+    with pytest.raises(ValueError, match="unknown arm flip 'both'"):
+        TrainConfig(method="dasd", method_options={"flip": "both"})
+    with pytest.raises(ValueError, match="method 'conformity' got unknown options"):
+        TrainConfig(method="conformity", method_options={"flip": "low"})

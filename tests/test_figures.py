@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.colors import to_hex
+from matplotlib.container import BarContainer
 from typer.testing import CliRunner
 
 from analysis.passk import pass_at_k
@@ -134,12 +135,14 @@ def make_probe_run(root: Path, tokens: pd.DataFrame = TOKENS, name: str = "probe
 
 def build_world(root: Path) -> Path:
     """Train runs of five methods, eval runs of two methods x two models x two tasks, an
-    entropy-tv probe run; all under ``root``."""
+    entropy-tv, an arm-flip and a causal probe run; all under ``root``."""
     for method in TRAIN_METHODS:
         make_train_run(root, method)
     for method, model, task in EVAL_CORRECT:
         make_eval_run(root, method, model, task)
     make_probe_run(root)
+    make_arm_flip_run(root)
+    make_causal_run(root)
     return root
 
 
@@ -190,7 +193,8 @@ def test_pass_at_k_curve_by_hand():
 def test_registry_lists_the_paper_figures():
     assert list(FIGURES) == ["fig2_sign_flip", "fig3_entropy_pressure", "fig4_pass_at_k",
                              "fig5_training_dynamics", "fig6a_entropy_distribution",
-                             "fig8_scale", "fig10b_validation"]
+                             "fig6bc_arm_flip", "fig7_causal", "fig8_scale",
+                             "fig10b_validation"]
     with pytest.raises(ValueError, match="unknown figure 'fig99'.*fig2_sign_flip"):
         make_figure("fig99", [])
 
@@ -405,3 +409,168 @@ def test_cli_figures_bad_path_is_an_error(tmp_path):
     # Rich wraps the one error line at the terminal width; the message is whole once joined.
     message = " ".join(result.output.split())
     assert "nope: does not exist" in message and "Traceback" not in message
+
+
+# --------------------------------------------------------------------------- Fig. 6b/6c, Fig. 7
+
+#: An arm-flip summary (flip at step 2 of 4): base rows 0..2, then each arm's rows 2..4.
+ARM_FLIP_SUMMARY = pd.DataFrame({
+    "arm": ["base"] * 3 + ["none"] * 3 + ["low"] * 3 + ["high"] * 3,
+    "step": [0, 1, 2, 2, 3, 4, 2, 3, 4, 2, 3, 4],
+    "eval/step_acc": [0.5, 0.6, 0.7, 0.7, 0.75, 0.8, 0.7, 0.5, 0.4, 0.7, 0.72, 0.78],
+    "eval/ey_density": [10.0, 11.0, 12.0, 12.0, 13.0, 14.0, 12.0, 11.0, 13.0, 12.0, 6.0, 4.0],
+})
+
+
+def make_arm_flip_run(root: Path, summary: pd.DataFrame = ARM_FLIP_SUMMARY,
+                      name: str = "probe-arm-flip") -> Path:
+    path = root / name
+    with create_run(path, kind="probe:arm-flip", config={"flip_at": 2, "arms": []}, seed=0,
+                    model="tiny", task="countdown") as run:
+        run.write_table("summary", summary)
+    return path
+
+
+def _fork_contrast(cut: str, metric: str, diff: float) -> dict:
+    return {"cut": cut, "condition": "teacher_top", "reference": "unmodified",
+            "metric": metric, "rate": 0.5 + diff, "reference_rate": 0.5, "diff": diff,
+            "ci_low": diff - 0.1, "ci_high": diff + 0.05}
+
+
+def causal_entry(label: str, method: str | None, shift: float) -> dict:
+    """A checkpoint entry of a causal summary: fork effects -0.3/-0.1/0 (+ shift) on
+    correctness, half that on revisions; revision rates 0.6/0.2/0.8 (+ shift)."""
+    forks = [_fork_contrast(cut, metric, scale * (diff + shift))
+             for cut, diff in (("high", -0.3), ("low", -0.1), ("random", 0.0))
+             for metric, scale in (("correct", 1.0), ("revises", 0.5))]
+    rates = {"preserve": 0.6 + shift, "suppress": 0.2 + shift, "teacher_force": 0.8 + shift}
+    return {
+        "label": label, "model": f"/ckpt/{label}", "method": method,
+        "rollouts": {"n": 8, "accuracy": 0.5, "rev_rate": 0.25},
+        "forks": {"n_prefixes": 24, "rates": [], "contrasts": forks},
+        "revisions": {
+            "n_prefixes": 3,
+            "rates": [{"condition": c, "n": 12, "correct": v, "revises": 0.5,
+                       "marker_at_cut": 0.0} for c, v in rates.items()],
+            "contrasts": [{"condition": "preserve", "reference": "suppress", "metric": "correct",
+                           "rate": rates["preserve"], "reference_rate": rates["suppress"],
+                           "diff": 0.4, "ci_low": 0.1 + shift, "ci_high": 0.6}],
+        },
+    }
+
+
+def make_causal_run(root: Path, name: str = "probe-causal",
+                    entries: list[dict] | None = None) -> Path:
+    path = root / name
+    entries = entries if entries is not None else [causal_entry("dasd@40", "dasd", 0.0),
+                                                   causal_entry("grpo@40", "grpo", 0.1)]
+    with create_run(path, kind="probe:causal", config={}, seed=0, model="tiny",
+                    task="countdown") as run:
+        run.write_json("summary", {"checkpoints": entries, "continuations": 4})
+    return path
+
+
+def test_fig6bc_draws_the_unperturbed_run_through_the_flip_and_both_flips(runs):
+    fig = make_figure("fig6bc_arm_flip", runs)
+    ax_b, ax_c = fig.axes
+    lines = lines_by_label(ax_b)
+    assert list(lines) == ["unperturbed DASD", "low-$H_t$ arm flipped", "high-$H_t$ arm flipped"]
+    steps, values = lines["unperturbed DASD"]
+    assert steps.tolist() == [0, 1, 2, 3, 4]
+    np.testing.assert_allclose(values, [0.5, 0.6, 0.7, 0.75, 0.8])
+    np.testing.assert_allclose(lines["low-$H_t$ arm flipped"][1], [0.7, 0.5, 0.4])
+    assert lines_by_label(ax_c)["high-$H_t$ arm flipped"][0].tolist() == [2, 3, 4]
+    np.testing.assert_allclose(lines_by_label(ax_c)["high-$H_t$ arm flipped"][1], [12, 6, 4])
+    styles = {line.get_label(): line.get_linestyle() for line in ax_b.lines}
+    assert styles["unperturbed DASD"] == ":" and styles["low-$H_t$ arm flipped"] == "-"
+    colors = {line.get_label(): to_hex(line.get_color()) for line in ax_b.lines}
+    assert colors["unperturbed DASD"] == METHOD_COLORS["dasd"].lower()
+    flip_lines = [line for line in ax_b.lines if line.get_label().startswith("_")]
+    assert [float(line.get_xdata()[0]) for line in flip_lines] == [2.0]
+
+
+def test_fig6bc_averages_probe_runs_and_names_a_bad_summary(tmp_path):
+    make_arm_flip_run(tmp_path, name="a")
+    shifted = ARM_FLIP_SUMMARY.assign(**{"eval/step_acc": ARM_FLIP_SUMMARY["eval/step_acc"] + 0.1})
+    make_arm_flip_run(tmp_path, shifted, name="b")
+    (ax_b, _) = make_figure("fig6bc_arm_flip", load_runs(tmp_path)).axes
+    np.testing.assert_allclose(lines_by_label(ax_b)["low-$H_t$ arm flipped"][1],
+                               [0.75, 0.55, 0.45])
+    assert len(ax_b.collections) == 3  # one min-max band per curve
+    make_arm_flip_run(tmp_path, ARM_FLIP_SUMMARY.drop(columns="arm"), name="c")
+    with pytest.raises(ValueError, match=r"c/summary\.parquet: missing column 'arm'"):
+        make_figure("fig6bc_arm_flip", load_runs(tmp_path))
+
+
+def bars(ax) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per bar label: bar heights and (low, high) of their error bars."""
+    out = {}
+    for container in (c for c in ax.containers if isinstance(c, BarContainer)):
+        heights = np.array([p.get_height() for p in container.patches])
+        segments = container.errorbar.lines[2][0].get_segments() if container.errorbar else []
+        out[container.get_label()] = heights, np.array([[s[0][1], s[1][1]] for s in segments])
+    return out
+
+
+def test_fig7_draws_effects_with_their_intervals_per_checkpoint(runs):
+    fig = make_figure("fig7_causal", runs)
+    ax_a, ax_b, ax_c, ax_d = fig.axes
+    a = bars(ax_a)
+    assert list(a) == ["dasd@40", "grpo@40"]
+    np.testing.assert_allclose(a["dasd@40"][0], [-0.3, -0.1, 0.0])
+    np.testing.assert_allclose(a["dasd@40"][1], [[-0.4, -0.25], [-0.2, -0.05], [-0.1, 0.05]])
+    np.testing.assert_allclose(a["grpo@40"][0], [-0.2, 0.0, 0.1])
+    np.testing.assert_allclose(bars(ax_b)["dasd@40"][0], [-0.15, -0.05, 0.0])
+    np.testing.assert_allclose(bars(ax_c)["grpo@40"][0], [0.7, 0.3, 0.9])
+    assert bars(ax_c)["grpo@40"][1].size == 0, "rates carry no interval"
+    d = bars(ax_d)
+    np.testing.assert_allclose(d["dasd@40"][0], [0.4])
+    np.testing.assert_allclose(d["grpo@40"][1], [[0.2, 0.6]])
+    colors = {c.get_label(): to_hex(c.patches[0].get_facecolor()) for c in ax_d.containers
+              if isinstance(c, BarContainer)}
+    assert colors == {"dasd@40": METHOD_COLORS["dasd"].lower(),
+                      "grpo@40": METHOD_COLORS["grpo"].lower()}
+    assert [t.get_text() for t in ax_a.get_xticklabels()] == ["high-$H_t$", "low-$H_t$",
+                                                              "random"]
+
+
+def test_fig7_without_revision_prefixes_says_so(tmp_path):
+    entry = causal_entry("tiny", None, 0.0)
+    entry["revisions"] = {"n_prefixes": 0, "rates": [], "contrasts": []}
+    make_causal_run(tmp_path, entries=[entry])
+    fig = make_figure("fig7_causal", load_runs(tmp_path))
+    assert [t.get_text() for t in fig.axes[3].texts] == ["not logged"]
+    assert list(bars(fig.axes[0])) == ["tiny"]
+
+
+def test_new_figures_say_what_they_lack(tmp_path):
+    make_eval_run(tmp_path, "grpo", "Qwen3-1.7B", "aime24")
+    runs = load_runs(tmp_path)
+    assert make_figure("fig6bc_arm_flip", runs).reason == (
+        "no probe:arm-flip run with summary.parquet")
+    assert make_figure("fig7_causal", runs).reason == "no probe:causal run with summary.json"
+    assert "dasd-probe arm-flip" in FIGURES["fig6bc_arm_flip"].needs
+    assert "dasd-probe causal" in FIGURES["fig7_causal"].needs
+
+
+def test_new_figures_are_byte_identical_across_runs(runs, tmp_path):
+    files = assert_identical_reruns(runs, tmp_path, ["fig6bc_arm_flip", "fig7_causal"])
+    assert len(files) == 4
+
+
+def test_method_variants_are_separate_curves():
+    from pathlib import Path
+
+    from figures.runs import Run, group_runs
+
+    def run(name, **config):
+        manifest = {"kind": "train", "method": "dasd", "model": "tiny", "task": "countdown",
+                    "config": {"method": "dasd", **config}}
+        return Run(Path(name), manifest)
+
+    groups = group_runs([run("a"), run("b"), run("c", method_options={"flip": "low"}),
+                         run("d", routing="position")])
+    assert [len(g.runs) for g in groups] == [2, 1, 1]
+    labels = [g.label for g in groups]
+    assert any("flip=low" in label for label in labels)
+    assert any("routing=position" in label for label in labels)

@@ -1,0 +1,390 @@
+"""`dasd-probe ablate --panel routing|direction|gate|quantile`: RQ3, are DASD's design choices
+better than plausible replacements? (paper section 6 "RQ3", Table 5; appendix G Tables 11-14).
+
+Each panel replaces one design choice of DASD and keeps everything else fixed:
+
+* ``routing`` (Table 12): the routing signal fed to the direction map, ``dasd.routing``:
+  position proxy, token frequency, gradient norm, attention entropy, student entropy (default);
+* ``direction`` (Table 13): the direction map D: constant +1 (OPSD-like), constant -1
+  (Novelty), hard threshold, linear ramp, tanh (default);
+* ``gate`` (Table 14): the reliability gate: none, fixed threshold 1[|delta_t| > c],
+  magnitude |delta_bar_t|, sigmoid(|delta_bar_t| - 1) (default);
+* ``quantile`` (Table 11): the router quantile rho in {0.05, 0.2 (default), 0.5, 0.75, 0.95}.
+
+Every (variant, seed) is one ordinary run of the core trainer with method ``dasd``, written as
+a sub-directory ``<variant>-seed<s>/`` of the probe's parent run directory (kind
+``probe:ablate``; its config names the ``panel``, the ``variants`` in the paper's row order
+with their row ``labels``, the ``seeds``, which sub-run is which variant (``runs``) and the
+shared ``train`` settings). A variant's result is the trainer's last held-out evaluation, at
+step ``steps``, of its final policy: Avg@k, Pass@k, E(y) density and the other health metrics.
+Within one seed all variants share the data order, the sampling seeds and the held-out
+prompts, so they differ only in the ablated choice. The parent holds ``runs.parquet`` (one row
+per run: its final evaluation) and ``summary.parquet`` / ``summary.json`` (one row per
+(variant, metric): the mean over seeds with a 95% Student-t interval, and the mean paired
+difference from the panel's default variant over the same seeds with its interval).
+``dasd-analyze tables`` reads the sub-runs through the parent (``analysis.tables``), so the
+panels land in the paper's Tables 5 and 11-14 with mean +- half-width across seeds.
+
+Departures from the paper:
+
+1. The default world is the built-in one: the tiny model on Countdown, evaluated on
+   Countdown's held-out split, not Qwen3-1.7B on DAPO-Math-17k evaluated on AIME24/25 and
+   MATH500. The tables then have one Countdown column where the paper has two AIME columns.
+2. Sizes are scaled to a 2-core CPU (``DEFAULT_BUDGET``, ``DEFAULT_SEEDS`` seeds;
+   ``QUICK_BUDGET`` / ``QUICK_SEEDS`` for a smoke version): far fewer updates, prompts and
+   held-out samples than the paper; k = 8 held-out samples per prompt, not 16.
+3. The paper reports one run per row; each row here is repeated over ``seeds`` (consecutive
+   seeds from the shared ``seed``) and reported as a mean with a confidence interval
+   (``analysis.intervals.t_interval``).
+4. The routing signals other than entropy, the position formula, the frequency corpus and
+   the gradient-norm proxy are ``dasd.routing``'s choices (its docstring lists them); the
+   fixed gate's threshold c is ``dasd.advantages.DEFAULT_FIXED_GATE_C`` (log 2) unless
+   ``method_options`` sets ``c``. The paper gives no beta; all variants share one.
+5. Variants run one after another in one process; an interrupted probe resumes when re-run
+   on the same directory with the same settings: finished runs are kept as they are, a
+   half-finished one continues from its newest checkpoint (``probes.parent_run``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from analysis.intervals import t_interval
+from dasd.registry import Registry
+from dasd.runlog import read_metrics
+from dasd.trainer import TrainConfig
+from probes.parent_run import open_parent, run_child
+
+__all__ = [
+    "DEFAULT_BUDGET",
+    "DEFAULT_SEEDS",
+    "KIND",
+    "PANELS",
+    "QUICK_BUDGET",
+    "QUICK_SEEDS",
+    "AblateConfig",
+    "AblateResult",
+    "Panel",
+    "Variant",
+    "ablate_config",
+    "headline_metrics",
+    "run_ablate",
+    "run_name",
+    "summarize",
+]
+
+KIND = "probe:ablate"
+METHOD = "dasd"
+
+#: TrainConfig sizes of the default probe: one panel (4-5 variants x DEFAULT_SEEDS seeds)
+#: on a 2-core CPU with the built-in tiny model.
+DEFAULT_BUDGET: dict[str, int] = {
+    "steps": 20, "prompts_per_step": 16, "group_size": 8, "mini_batch_size": 64,
+    "micro_batch_size": 16, "eval_every": 0, "eval_prompts": 32, "eval_k": 8,
+    "checkpoint_every": 5,
+}
+DEFAULT_SEEDS = 3
+#: TrainConfig sizes of ``--quick``: a smoke version of one panel in a few minutes.
+QUICK_BUDGET: dict[str, int] = {
+    "steps": 2, "prompts_per_step": 4, "group_size": 4, "mini_batch_size": 16,
+    "micro_batch_size": 16, "eval_every": 0, "eval_prompts": 8, "eval_k": 4,
+    "checkpoint_every": 1,
+}
+QUICK_SEEDS = 2
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of a panel: its ``name`` (CLI and sub-run name), the paper's row ``label``,
+    the ``TrainConfig`` fields it sets (``method_options`` are merged into the shared ones)
+    and the paper's numbers for the row (``Panel.paper_columns``)."""
+
+    name: str
+    label: str
+    train: Mapping[str, Any]
+    paper: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One ablation panel: its variants in the paper's row order, which one is DASD's
+    default, the ``TrainConfig`` field (or ``method_options`` key) it varies, the paper table
+    and the columns of the paper's numbers."""
+
+    name: str
+    table: str
+    sets: str
+    variants: tuple[Variant, ...]
+    default: str
+    paper_columns: tuple[str, ...]
+    finding: str
+
+    def variant(self, name: str) -> Variant:
+        for variant in self.variants:
+            if variant.name == name:
+                return variant
+        raise ValueError(f"unknown {self.name} variant {name!r}; valid: "
+                         f"{', '.join(v.name for v in self.variants)}")
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(v.name for v in self.variants)
+
+
+#: The panels of Table 5 / Tables 11-14 by name.
+PANELS: Registry[Panel] = Registry("ablation panel")
+
+_AIME_EY = ("AIME24", "AIME25", "E(y)")
+
+
+def _options(key: str, value: str) -> dict[str, Any]:
+    return {"method_options": {key: value}}
+
+
+PANELS.register("routing")(Panel(
+    name="routing", table="12", sets="routing", default="entropy", paper_columns=_AIME_EY,
+    variants=(
+        Variant("position", "Position proxy", {"routing": "position"}, (17.8, 15.9, 1.6)),
+        Variant("frequency", "Token frequency", {"routing": "frequency"}, (20.4, 17.7, 2.1)),
+        Variant("grad_norm", "Gradient norm", {"routing": "grad_norm"}, (25.1, 22.8, 2.8)),
+        Variant("attention", "Attention entropy", {"routing": "attention"}, (30.9, 27.9, 3.9)),
+        Variant("entropy", "Student entropy H_t (default)", {"routing": "entropy"},
+                (35.0, 32.1, 4.3)),
+    ),
+    finding="paper (Table 12): entropy > attention entropy > gradient norm > frequency > "
+            "position, in accuracy and E(y)",
+))
+PANELS.register("direction")(Panel(
+    name="direction", table="13", sets="direction", default="tanh", paper_columns=_AIME_EY,
+    variants=(
+        Variant("plus", "OPSD: const. +1", _options("direction", "plus"), (15.0, 9.2, 0.7)),
+        Variant("minus", "Novelty: const. -1", _options("direction", "minus"),
+                (12.0, 10.6, 5.6)),
+        Variant("hard", "Hard threshold", _options("direction", "hard"), (31.5, 28.4, 4.0)),
+        Variant("linear", "Linear ramp", _options("direction", "linear"), (33.6, 30.6, 4.1)),
+        Variant("tanh", "tanh direction (default)", _options("direction", "tanh"),
+                (35.0, 32.1, 4.3)),
+    ),
+    finding="paper (Table 13): tanh > linear > hard >> const. +1 / -1; const. +1 collapses "
+            "E(y), const. -1 keeps the most E(y) at low accuracy",
+))
+PANELS.register("gate")(Panel(
+    name="gate", table="14", sets="gate", default="sigmoid", paper_columns=_AIME_EY,
+    variants=(
+        Variant("none", "No gate", _options("gate", "none"), (29.4, 26.3, 3.8)),
+        Variant("fixed", "Fixed threshold", _options("gate", "fixed"), (28.6, 25.6, 3.7)),
+        Variant("magnitude", "Magnitude-only", _options("gate", "magnitude"),
+                (30.8, 27.7, 4.0)),
+        Variant("sigmoid", "Gap-reliability gate (default)", _options("gate", "sigmoid"),
+                (35.0, 32.1, 4.3)),
+    ),
+    finding="paper (Table 14): sigmoid gate > magnitude > none > fixed threshold",
+))
+PANELS.register("quantile")(Panel(
+    name="quantile", table="11", sets="rho", default="0.2",
+    paper_columns=("MATH500 Avg", "MATH500 Pass", "AIME24 Avg", "AIME24 Pass", "AIME25 Avg",
+                   "AIME25 Pass"),
+    variants=(
+        Variant("0.05", "0.05 (Novelty-biased)", {"rho": 0.05},
+                (67.9, 75.7, 26.1, 58.4, 22.8, 54.7)),
+        Variant("0.2", "0.20 (default)", {"rho": 0.2}, (70.4, 77.8, 35.0, 66.7, 32.1, 63.3)),
+        Variant("0.5", "0.50", {"rho": 0.5}, (69.9, 77.4, 33.5, 65.0, 30.4, 61.2)),
+        Variant("0.75", "0.75", {"rho": 0.75}, (69.1, 76.7, 29.8, 61.9, 26.7, 57.9)),
+        Variant("0.95", "0.95 (Conformity-biased)", {"rho": 0.95},
+                (67.7, 75.3, 21.5, 54.5, 18.9, 50.1)),
+    ),
+    finding="paper (Table 11): rho = 0.2 is best; accuracy falls gradually toward both ends",
+))
+
+#: ``progress(run, step, metrics)``: ``run`` is the sub-run name ``<variant>-seed<s>``.
+Progress = Callable[[str, int, Mapping[str, float]], None]
+
+
+def run_name(variant: str, seed: int) -> str:
+    """The sub-run directory of ``variant`` at ``seed``."""
+    return f"{variant}-seed{seed}"
+
+
+@dataclass(frozen=True)
+class AblateConfig:
+    """Settings of one ablation panel; checked on construction, written into the parent's
+    manifest (with ``train`` fully resolved)."""
+
+    panel: str
+    """A registered panel (``PANELS``): routing, direction, gate or quantile."""
+    variants: tuple[str, ...] = ()
+    """Rows to train, a subset of the panel's without repeats; empty: all of them."""
+    seeds: int = DEFAULT_SEEDS
+    """Repeats of each row, at seeds ``train.seed``, ``train.seed + 1``, ..."""
+    train: Mapping[str, Any] = field(default_factory=dict)
+    """``TrainConfig`` fields shared by every run (not ``method``, which is dasd, nor the
+    field the panel varies); fields not given take the trainer's defaults."""
+
+    def __post_init__(self) -> None:
+        panel = PANELS.get(self.panel)
+        names = (self.variants,) if isinstance(self.variants, str) else tuple(self.variants)
+        for name in names:
+            panel.variant(name)
+        if len(set(names)) != len(names):
+            raise ValueError(f"variants must not repeat, got {', '.join(names)}")
+        names = tuple(n for n in panel.names() if n in names) if names else panel.names()
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
+        if "method" in self.train:
+            raise ValueError("the ablations train method dasd; do not set train.method")
+        known = {f.name for f in fields(TrainConfig)} - {"method"}
+        if unknown := sorted(set(self.train) - known):
+            raise ValueError(f"unknown TrainConfig fields {unknown}; valid: {sorted(known)}")
+        if panel.sets in self.train or panel.sets in (self.train.get("method_options") or {}):
+            raise ValueError(f"the {panel.name} panel sets {panel.sets}; choose it with "
+                             "--variants, not in the shared settings")
+        resolved = asdict(TrainConfig(method=METHOD, **self.train))
+        del resolved["method"]
+        object.__setattr__(self, "variants", names)
+        object.__setattr__(self, "train", resolved)
+        for name in names:
+            self.run_config(name, 0)
+
+    @property
+    def seed_list(self) -> tuple[int, ...]:
+        return tuple(self.train["seed"] + i for i in range(self.seeds))
+
+    def run_config(self, variant: str, index: int) -> TrainConfig:
+        """The trainer config of ``variant`` at its ``index``-th seed."""
+        values = dict(self.train)
+        overrides = dict(PANELS.get(self.panel).variant(variant).train)
+        options = {**values["method_options"], **overrides.pop("method_options", {})}
+        values.update(overrides, method_options=options, seed=self.train["seed"] + index)
+        return TrainConfig(method=METHOD, **values)
+
+    def runs(self) -> dict[str, tuple[str, int]]:
+        """Sub-run name -> (variant, seed), variant-major in the paper's row order."""
+        return {run_name(v, s): (v, s) for v in self.variants for s in self.seed_list}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as stored in the parent's manifest (plain JSON data); ``panel``,
+        ``variants`` (row order), ``labels`` and ``runs`` (sub-run -> variant) are what
+        ``analysis.tables`` reads."""
+        panel = PANELS.get(self.panel)
+        return json.loads(json.dumps({
+            "panel": self.panel, "variants": list(self.variants),
+            "labels": {v: panel.variant(v).label for v in self.variants},
+            "seeds": list(self.seed_list),
+            "runs": {name: variant for name, (variant, _) in self.runs().items()},
+            "train": dict(self.train),
+        }))
+
+
+def ablate_config(panel: str, *, variants: Sequence[str] = (), seeds: int | None = None,
+                  quick: bool = False, **train: Any) -> AblateConfig:
+    """An ``AblateConfig`` on the default budget (``quick``: the smoke budget); ``train``
+    fields override the budget's sizes and the trainer's defaults."""
+    budget = QUICK_BUDGET if quick else DEFAULT_BUDGET
+    if seeds is None:
+        seeds = QUICK_SEEDS if quick else DEFAULT_SEEDS
+    return AblateConfig(panel=panel, variants=tuple(variants), seeds=seeds,
+                        train={**budget, **train})
+
+
+@dataclass(frozen=True)
+class AblateResult:
+    """What ``run_ablate`` did and found."""
+
+    run_dir: Path
+    """The parent run directory."""
+    actions: dict[str, str]
+    """Per sub-run: ``trained`` (new), ``resumed`` (from a checkpoint) or ``skipped``."""
+    runs: pd.DataFrame
+    """One row per sub-run: its final evaluation (see ``summarize``)."""
+    summary: pd.DataFrame
+    """One row per (variant, metric): mean and intervals across seeds (see ``summarize``)."""
+
+
+def headline_metrics(k: int) -> dict[str, str]:
+    """The summary metrics of the probe's printed table (Table 5's columns) and labels."""
+    return {f"eval/avg_at_{k}": f"Avg@{k}", f"eval/pass_at_{k}": f"Pass@{k}",
+            "eval/ey_density": "E(y)", "eval/step_acc": "StepAcc"}
+
+
+def _final_eval(run_dir: Path, steps: int) -> dict[str, float]:
+    metrics = read_metrics(run_dir)
+    rows = metrics[(metrics["split"] == "eval") & (metrics["step"] == steps)]
+    if rows.empty:
+        raise ValueError(f"{run_dir} has no evaluation at step {steps}; resume the probe")
+    row = rows.iloc[-1]
+    return {key: float(row[key]) for key in metrics.columns
+            if key.startswith("eval/") and pd.notna(row[key])}
+
+
+def summarize(run_dir: Path, cfg: AblateConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The panel's results from the sub-runs under ``run_dir``.
+
+    Returns ``(runs, summary)``. ``runs``: one row per sub-run, columns ``variant``,
+    ``label``, ``seed``, ``run`` and every ``eval/...`` metric of its evaluation at step
+    ``steps``. ``summary``: one row per (variant, metric), columns ``variant``, ``label``,
+    ``metric``, ``n`` (seeds), ``mean``, ``ci_low``, ``ci_high`` (95% Student-t across
+    seeds) and ``delta``, ``delta_low``, ``delta_high``: the mean and interval of the paired
+    difference from the panel's default variant at the same seeds (NaN without the default).
+    """
+    panel = PANELS.get(cfg.panel)
+    rows = []
+    for name, (variant, seed) in cfg.runs().items():
+        rows.append({"variant": variant, "label": panel.variant(variant).label, "seed": seed,
+                     "run": name, **_final_eval(Path(run_dir) / name, cfg.train["steps"])})
+    runs = pd.DataFrame(rows)
+    runs["seed"] = runs["seed"].astype("int64")
+    metrics = [c for c in runs.columns if c.startswith("eval/")]
+    table = runs.set_index(["variant", "seed"])
+    default = table.loc[panel.default] if panel.default in cfg.variants else None
+    records = []
+    for variant in cfg.variants:
+        mine = table.loc[variant]
+        for metric in metrics:
+            spread = t_interval(mine[metric].to_numpy())
+            if default is None:
+                delta = t_interval([])
+            else:
+                delta = t_interval((mine[metric] - default[metric]).to_numpy())
+            records.append({
+                "variant": variant, "label": panel.variant(variant).label, "metric": metric,
+                "n": spread.n, "mean": spread.mean, "ci_low": spread.low,
+                "ci_high": spread.high, "delta": delta.mean, "delta_low": delta.low,
+                "delta_high": delta.high,
+            })
+    summary = pd.DataFrame(records)
+    summary["n"] = summary["n"].astype("int64")
+    return runs, summary
+
+
+def run_ablate(cfg: AblateConfig, run_dir: Path, *,
+               progress: Progress | None = None) -> AblateResult:
+    """Run (or resume) the panel into ``run_dir``: one train run per (variant, seed) in
+    ``run_dir/<variant>-seed<s>``, then ``runs.parquet`` and ``summary.parquet`` /
+    ``summary.json`` in ``run_dir``.
+
+    ``progress(run, step, metrics)`` is called when a sub-run starts (with its first step and
+    no metrics; a finished one with its last step) and after every step it logs.
+    """
+    run_dir = Path(run_dir)
+    actions: dict[str, str] = {}
+    with open_parent(run_dir, kind=KIND, config=cfg.to_dict()) as parent:
+        for name, (variant, seed) in cfg.runs().items():
+            report = None if progress is None else partial(progress, name)
+            index = cfg.seed_list.index(seed)
+            actions[name] = run_child(cfg.run_config(variant, index), run_dir / name, report,
+                                      label=f"{variant} (seed {seed})")
+        runs, summary = summarize(run_dir, cfg)
+        parent.write_table("runs", runs)
+        parent.write_table("summary", summary)
+        parent.write_json("summary", {
+            "panel": cfg.panel, "variants": list(cfg.variants), "seeds": list(cfg.seed_list),
+            "eval_k": cfg.train["eval_k"], "default": PANELS.get(cfg.panel).default,
+            "rows": summary.to_dict("records"),
+        })
+    return AblateResult(run_dir=run_dir, actions=actions, runs=runs, summary=summary)

@@ -1,0 +1,92 @@
+"""A probe's parent run directory holding one train run per arm (paper section 3 Probe 1,
+section 6 RQ1-RQ3: every training probe compares arms trained from the same model).
+
+Shared by the training probes (``probes.sign_flip``, ``probes.ablate``): the parent is a run
+directory of kind ``probe:<name>`` whose manifest config holds the probe's settings (a
+``train`` mapping of shared ``TrainConfig`` fields plus the probe's own keys); each arm is an
+ordinary run of the core trainer in a sub-directory. Re-running a probe on the same directory
+with the same settings resumes it: finished arms are skipped untouched, an unfinished arm
+continues from its newest checkpoint (``Trainer.resume``), a missing one is trained.
+
+Departures: none from the paper (it describes no run layout); this is bookkeeping only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from dasd.runlog import RunWriter, create_run, open_run, read_manifest
+from dasd.trainer import TrainConfig, Trainer
+
+__all__ = ["differences", "open_parent", "plain_config", "run_child"]
+
+Report = Callable[[int, Mapping[str, float]], None]
+
+
+def plain_config(config: TrainConfig) -> dict[str, Any]:
+    """``config`` as stored in a train run's manifest (plain JSON data)."""
+    return json.loads(json.dumps(asdict(config)))
+
+
+def differences(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> str:
+    """``key: old there, new now`` for every key whose value differs, sorted by key."""
+    keys = sorted(set(stored) | set(wanted))
+    return ", ".join(f"{key}: {stored.get(key)!r} there, {wanted.get(key)!r} now"
+                     for key in keys if stored.get(key) != wanted.get(key))
+
+
+def _flat(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The probe's own keys and its ``train`` fields in one mapping (for messages)."""
+    return {**{k: v for k, v in config.items() if k != "train"}, **(config.get("train") or {})}
+
+
+def open_parent(run_dir: Path, *, kind: str, config: dict[str, Any]) -> RunWriter:
+    """A new parent run of ``kind`` at ``run_dir``, or the existing one when it holds this
+    probe with the same ``config`` (which must have a ``train`` mapping with ``seed``,
+    ``model`` and ``task``); other settings are refused with a one-line message."""
+    probe = kind.removeprefix("probe:")
+    if not (run_dir / "manifest.json").exists():
+        train = config["train"]
+        return create_run(run_dir, kind=kind, config=config, seed=train["seed"],
+                          model=train["model"], task=train["task"])
+    manifest = read_manifest(run_dir)
+    if manifest["kind"] != kind:
+        raise ValueError(f"{run_dir} holds a {manifest['kind']} run, not a {probe} probe; "
+                         "choose another --name")
+    stored = manifest.get("config") or {}
+    if stored != config:
+        raise ValueError(f"{run_dir} holds a {probe} probe with other settings "
+                         f"({differences(_flat(stored), _flat(config))}); re-run with those "
+                         "settings to resume it, or choose another --name")
+    return open_run(run_dir)
+
+
+def run_child(config: TrainConfig, run_dir: Path, report: Report | None, *, label: str,
+              prepare: Callable[[Trainer], None] | None = None) -> str:
+    """Train, resume or skip the train run of one arm (called ``label`` in messages); returns
+    ``trained``, ``resumed`` or ``skipped``. ``report(step, metrics)`` is called when the arm
+    starts (its first step, no metrics; a finished arm: its last step) and after every step
+    it logs. ``prepare(trainer)``, when given, is called on a new or resumed trainer before it
+    trains (e.g. to load an optimizer state carried over from another run)."""
+    if not (run_dir / "manifest.json").exists():
+        trainer, action = Trainer.start(config, run_dir), "trained"
+    else:
+        manifest = read_manifest(run_dir)
+        if manifest["kind"] != "train" or manifest.get("config") != plain_config(config):
+            raise ValueError(f"{run_dir} holds a run with other settings than this probe's "
+                             f"{label} arm; move it away or choose another --name")
+        if manifest["status"] == "complete":
+            if report is not None:
+                report(config.steps, {})
+            return "skipped"
+        trainer, action = Trainer.resume(run_dir), "resumed"
+    if prepare is not None:
+        prepare(trainer)
+    if report is not None:
+        report(trainer.start_step, {})
+    trainer.run(report)
+    return action
