@@ -101,7 +101,7 @@ def cache_dir() -> Path:
 def _data_fingerprint(recipe: TinyRecipe, seed: int) -> str:
     """A few training pairs, so that a changed trace generator changes the cache path."""
     pairs = get_task(recipe.task).sft_examples(
-        4, seed=seed, privileged_fraction=recipe.privileged_fraction
+        16, seed=seed, privileged_fraction=recipe.privileged_fraction
     )
     return json.dumps(pairs)
 
@@ -179,8 +179,8 @@ def build_tiny_model(
 ) -> Path:
     """Train the tiny model (DESIGN.md section 5) and save it to ``out_dir``; returns ``out_dir``.
 
-    Deterministic in ``seed`` (weights bitwise equal on one machine with one torch thread
-    count; the global torch RNG is left as it was). Atomic: the model is built in a temporary
+    Deterministic in ``seed``: weights are bitwise equal across builds on one machine, and the
+    global torch RNG is left as it was. Atomic: the model is built in a temporary
     directory beside ``out_dir`` and renamed into place at the end, so a killed build leaves no
     half model; if a concurrent build renamed its copy first, that copy is kept. The recipe is
     ``dasd._tiny_recipe`` (its docstring lists the choices made).
