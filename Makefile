@@ -18,6 +18,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 test-slow: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,trl]'
 	$(PY) -m pytest -m slow
 
 bench: $(STAMP)
