@@ -20,6 +20,7 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[test,trl]'
 	$(PY) -m pytest -m slow
+	$(PY) -m pytest tests/test_trl_integration.py tests/test_importers.py
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[test,bench]'
