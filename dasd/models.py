@@ -261,7 +261,8 @@ def load_model(
     """A causal LM and its tokenizer, by name: what every ``--model`` option accepts.
 
     ``"tiny"`` builds (first call, a few minutes, with a progress bar) or loads the cached
-    built-in model (DESIGN.md section 5); an existing local directory loads with
+    built-in model (DESIGN.md section 5; write ``./tiny`` for a local directory of that
+    name); an existing local directory loads with
     ``AutoModelForCausalLM`` / ``AutoTokenizer``; any other hub-id-shaped name is passed to
     ``from_pretrained``. A name that looks like a path but does not exist raises a one-line
     ``FileNotFoundError``. The tokenizer pads on the left; without a pad token it pads with
