@@ -17,8 +17,10 @@ logging, no ``.item()``. Implements
 
 Departures from the paper, and conventions it leaves open:
 
-1. The token advantage uses the trajectory-normalized gap delta_bar, not the raw delta of
-   Proposition 1. This is the paper's own implemented score (appendix B, eq. 8), not ours.
+1. ``dasd_advantages`` uses the trajectory-normalized gap delta_bar of eq. (8) by default
+   (``gap_scale="median"``), the paper's own implemented score (appendix B), and the raw delta
+   of Proposition 1 with ``gap_scale="none"``. The registered methods default to the raw
+   gap (``METHOD_GAP_SCALE`` says why).
 2. Padding: every statistic of a trajectory uses only the positions where ``mask`` is True;
    values at the other positions are never read (they may be anything, NaN included), and
    every output is exactly 0 there.
@@ -61,10 +63,12 @@ from dasd.registry import Registry
 __all__ = [
     "ARM_FLIPS",
     "DIRECTIONS",
+    "GAP_SCALES",
     "GATES",
     "METHODS",
-    "Method",
+    "METHOD_GAP_SCALE",
     "TEACHER_CONTEXTS",
+    "Method",
     "TokenAdvantages",
     "dasd_advantages",
     "get_method",
@@ -76,6 +80,16 @@ __all__ = [
 #: (Table 14 calls it "hand-tuned"); log 2 keeps tokens whose teacher and student
 #: probabilities differ by more than a factor of two.
 DEFAULT_FIXED_GATE_C = math.log(2.0)
+
+#: The gap scale of the registered methods ``dasd``, ``conformity`` and ``novelty`` (option
+#: ``gap_scale``): "none", the raw sampled-token gap delta_t of Proposition 1 (eq. 7) and of
+#: Probe 1, not eq. (8)'s delta_t / (median_t |delta_t| + eps). The paper introduces eq. (8)
+#: "for numerical stability"; on a model that is near-deterministic on most tokens it does the
+#: opposite: on the built-in tiny model the per-trajectory median |delta_t| is ~3e-5 nats
+#: (float32 round-off between two forward passes), so delta_bar reaches 1e4-1e5 at forks and
+#: beta * omega * delta_bar swamps A_G (mean |delta_bar| ~2,200 in training). The pure
+#: ``dasd_advantages`` keeps eq. (8) as its default; ``gap_scale="median"`` gives it here.
+METHOD_GAP_SCALE = "none"
 
 
 # --------------------------------------------------------------------------- group advantage
@@ -138,6 +152,8 @@ class GateFn(Protocol):
 DIRECTIONS: Registry[DirectionMap] = Registry("direction")
 #: Reliability gates g (Table 14).
 GATES: Registry[GateFn] = Registry("gate")
+#: Gap scales: the per-trajectory divisor of delta, ``(B,)`` from |delta| ``(B, T)``.
+GAP_SCALES: Registry[Callable[[Tensor, Tensor, Tensor, float], Tensor]] = Registry("gap scale")
 
 
 @DIRECTIONS.register("tanh")
@@ -208,6 +224,18 @@ def _gate_magnitude(delta: Tensor, delta_bar: Tensor, *, c: float) -> Tensor:
 def _gate_fixed(delta: Tensor, delta_bar: Tensor, *, c: float) -> Tensor:
     """1[|delta| > c] on the raw gap in nats (Table 14, "fixed threshold")."""
     return (delta.abs() > c).to(delta_bar.dtype)
+
+
+@GAP_SCALES.register("median")
+def _gap_scale_median(abs_delta: Tensor, mask: Tensor, n: Tensor, eps: float) -> Tensor:
+    """median_t |delta_t| + eps: the trajectory normalization of eq. (8); the default."""
+    return _masked_median(abs_delta, mask, n) + eps
+
+
+@GAP_SCALES.register("none")
+def _gap_scale_none(abs_delta: Tensor, mask: Tensor, n: Tensor, eps: float) -> Tensor:
+    """1: delta_bar = delta, the raw sampled-token coefficient of Proposition 1 (eq. 7)."""
+    return torch.ones(abs_delta.shape[0], dtype=abs_delta.dtype, device=abs_delta.device)
 
 
 # --------------------------------------------------------------------------- masked statistics
@@ -299,6 +327,7 @@ def dasd_advantages(
     gate: str = "sigmoid",
     c: float = DEFAULT_FIXED_GATE_C,
     flip: str | None = None,
+    gap_scale: str = "median",
 ) -> TokenAdvantages:
     """Direction-adaptive token advantages, eq. (4) and (8), Algorithm 1 lines 13-21.
 
@@ -319,6 +348,9 @@ def dasd_advantages(
         flip: None (DASD), or a name in ``ARM_FLIPS`` (RQ1's selective flips): "low" negates
             z where z > 0, "high" where z < 0. Every gate is >= 0, so omega = z g changes sign
             exactly where omega > 0 (low) or omega < 0 (high); delta_bar and g are unchanged.
+        gap_scale: name in ``GAP_SCALES``: "median" (eq. 8, default) divides delta by
+            median_t |delta_t| + eps; "none" keeps the raw delta of Proposition 1, so the
+            sigmoid gate's threshold becomes 1 nat. See departure 6 of the module docstring.
 
     Returns:
         ``TokenAdvantages`` with ``advantages, omega, delta_bar, router, gate``, each
@@ -327,6 +359,7 @@ def dasd_advantages(
     direction_fn = DIRECTIONS.get(direction)
     flip_fn = None if flip is None else ARM_FLIPS.get(flip)
     gate_fn = GATES.get(gate)
+    GAP_SCALES.get(gap_scale)
     if not 0.0 <= rho <= 1.0:
         raise ValueError(f"rho must be in [0, 1]; got {rho!r}")
     _check_eps(eps)
@@ -335,18 +368,16 @@ def dasd_advantages(
     dtype = _compute_dtype(group_adv, entropy, student_logp, teacher_logp)
     with torch.no_grad():
         h = torch.where(mask, entropy.detach().to(dtype), 0.0)
-        delta = teacher_logp.detach().to(dtype) - student_logp.detach().to(dtype)
-        delta = torch.where(mask, delta, 0.0)
         n = mask.sum(dim=-1)
 
         # Algorithm 1 lines 13-15: per-trajectory statistics over valid tokens.
         tau = _masked_quantile(h, mask, n, rho)
         h_mean = _masked_mean(h, mask, n)
         sigma_h = _masked_mean(torch.where(mask, (h - h_mean[:, None]).abs(), 0.0), mask, n)
-        delta_med = _masked_median(delta.abs(), mask, n)
+        delta, delta_bar = _sampled_gap(student_logp, teacher_logp, mask, eps=eps, dtype=dtype,
+                                        gap_scale=gap_scale)
 
-        # Lines 17-21: per-token normalized gap, gate, router, omega, advantage.
-        delta_bar = delta / (delta_med[:, None] + eps)
+        # Lines 17-21: per-token gate, router, omega, advantage.
         router = direction_fn((tau[:, None] - h) / (sigma_h[:, None] + eps))
         if flip_fn is not None:
             router = flip_fn(router)
@@ -480,16 +511,18 @@ def dasd(
     eps: float = 1e-6,
     **options: object,
 ) -> TokenAdvantages:
-    """DASD: entropy-routed, gap-gated direction (eq. 4) on the normalized gap (eq. 8).
+    """DASD: entropy-routed, gap-gated direction (eq. 4) on the sampled-token gap.
 
     Follows section 4 and Algorithm 1 lines 13-21 with the tanh router and sigmoid gate; the
     options ``direction``, ``gate`` and ``c`` pass through to ``dasd_advantages`` for the
     design-space ablations of Tables 13-14 (e.g. Table 13's "constant +1" row is
     ``direction="plus"`` with the sigmoid gate kept); the option ``flip`` ("low" or "high")
     reverses one routing arm's sign for RQ1's selective flips (section 6, Fig. 6b/6c).
-    Departures: those listed in the module docstring.
+    Departs in its default ``gap_scale``: see ``METHOD_GAP_SCALE``; ``gap_scale="median"``
+    is eq. (8) exactly. Other departures: those listed in the module docstring.
     """
-    _check_options("dasd", options, ("direction", "gate", "c", "flip"))
+    _check_options("dasd", options, ("direction", "gate", "c", "flip", "gap_scale"))
+    options.setdefault("gap_scale", METHOD_GAP_SCALE)
     return dasd_advantages(group_adv, entropy, student_logp, teacher_logp, mask, beta=beta,
                            rho=rho, eps=eps, **options)
 
@@ -510,13 +543,15 @@ def conformity(
     """Conformity, omega = +1: uniform attraction to the privileged teacher (Probe 1, section 3).
 
     Follows Probe 1's OPSD-like sign s_t = +1 on a GRPO backbone, here A_hat = A_G + beta
-    delta_bar (``direction="plus"``, ``gate="none"``). Departs: Probe 1 optimizes the raw
-    sampled gap A_t = delta_t; we use the trajectory-normalized delta_bar of eq. (8) so that
-    its scale matches DASD's and the same beta compares like with like. Takes no options.
+    delta_bar (``direction="plus"``, ``gate="none"``), with DASD's gap scale so that the same
+    beta compares like with like: by default (``METHOD_GAP_SCALE``) the raw sampled gap
+    A_t = delta_t of Probe 1; option ``gap_scale="median"`` uses eq. (8)'s delta_bar. Departs
+    in nothing else: Probe 1 runs on this GRPO backbone with the same A_G anchor.
     """
-    _check_options("conformity", options, ())
+    _check_options("conformity", options, ("gap_scale",))
     return dasd_advantages(group_adv, entropy, student_logp, teacher_logp, mask, beta=beta,
-                           rho=rho, eps=eps, direction="plus", gate="none")
+                           rho=rho, eps=eps, direction="plus", gate="none",
+                           gap_scale=str(options.get("gap_scale", METHOD_GAP_SCALE)))
 
 
 @register_method("novelty", teacher="reference")
@@ -535,30 +570,35 @@ def novelty(
     """Novelty, omega = -1: uniform repulsion from the privileged teacher (Probe 1, section 3).
 
     Follows Probe 1's mirror sign s_t = -1 on a GRPO backbone, here A_hat = A_G - beta
-    delta_bar (``direction="minus"``, ``gate="none"``). Departs: Probe 1 uses the raw gap
-    A_t = delta_t; we use the normalized delta_bar of eq. (8) so that its scale matches DASD's.
-    Takes no options.
+    delta_bar (``direction="minus"``, ``gate="none"``), with DASD's gap scale: by default
+    (``METHOD_GAP_SCALE``) Probe 1's raw gap A_t = delta_t; option ``gap_scale="median"``
+    uses eq. (8)'s delta_bar. Departs in nothing else: Probe 1 runs on this GRPO backbone with
+    the same A_G anchor.
     """
-    _check_options("novelty", options, ())
+    _check_options("novelty", options, ("gap_scale",))
     return dasd_advantages(group_adv, entropy, student_logp, teacher_logp, mask, beta=beta,
-                           rho=rho, eps=eps, direction="minus", gate="none")
+                           rho=rho, eps=eps, direction="minus", gate="none",
+                           gap_scale=str(options.get("gap_scale", METHOD_GAP_SCALE)))
 
 
 # --------------------------------------------------------------------------- paper baselines
 
 
 def _sampled_gap(
-    student_logp: Tensor, teacher_logp: Tensor, mask: Tensor, *, eps: float, dtype: torch.dtype
+    student_logp: Tensor, teacher_logp: Tensor, mask: Tensor, *, eps: float, dtype: torch.dtype,
+    gap_scale: str = "median",
 ) -> tuple[Tensor, Tensor]:
-    """The sampled-token gap delta and its trajectory-normalized delta_bar (eq. 8), ``(B, T)``.
+    """The sampled-token gap delta and its scaled delta_bar, each ``(B, T)``.
 
-    delta_t = teacher_logp - student_logp on ``mask`` (0 elsewhere); delta_bar_t =
-    delta_t / (median_t |delta_t| + eps), the same normalization as ``dasd_advantages``.
+    delta_t = teacher_logp - student_logp on ``mask`` (0 elsewhere); delta_bar_t = delta_t
+    divided by the trajectory's ``GAP_SCALES[gap_scale]`` ("median": eq. 8's
+    median_t |delta_t| + eps; "none": 1), the same scaling as ``dasd_advantages``.
     """
+    scale_fn = GAP_SCALES.get(gap_scale)
     delta = teacher_logp.detach().to(dtype) - student_logp.detach().to(dtype)
     delta = torch.where(mask, delta, 0.0)
-    delta_med = _masked_median(delta.abs(), mask, mask.sum(dim=-1))
-    return delta, delta / (delta_med[:, None] + eps)
+    scale = scale_fn(delta.abs(), mask, mask.sum(dim=-1), eps)
+    return delta, delta / scale[:, None]
 
 
 @register_method("hepo")
@@ -631,7 +671,7 @@ def rlsd(
     the verifier fixes the sign of every token's update, the privileged teacher only its
     magnitude, and A_hat = A_G where delta = 0, A_hat = 0 where A_G = 0. ``gate`` holds that
     clipped scale (in [1 - clip, 1 + clip] on valid tokens); ``delta_bar`` records the
-    normalized gap of eq. (8) as a diagnostic, comparable with the other methods (the scale
+    gap scaled as the other methods' (``METHOD_GAP_SCALE``) as a diagnostic (the scale
     itself uses the raw delta, whose exponential is the likelihood ratio); ``omega`` and
     ``router`` are 0 (no directional term).
 
@@ -653,7 +693,8 @@ def rlsd(
     dtype = _compute_dtype(group_adv, entropy, student_logp, teacher_logp)
     with torch.no_grad():
         a = group_adv.detach().to(dtype)[:, None]
-        delta, delta_bar = _sampled_gap(student_logp, teacher_logp, mask, eps=eps, dtype=dtype)
+        delta, delta_bar = _sampled_gap(student_logp, teacher_logp, mask, eps=eps, dtype=dtype,
+                                        gap_scale=METHOD_GAP_SCALE)
         scale = torch.exp(torch.sign(a) * delta).clamp(1.0 - clip, 1.0 + clip)
         zeros = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
         return TokenAdvantages(
@@ -684,8 +725,8 @@ def opsd(
     advantage but the trainer's ``dasd.losses.reverse_kl_loss`` with coefficient beta
     (``Method.reverse_kl``). ``omega``, ``router`` and ``gate`` are 1 on valid tokens, the
     uniform attraction of eq. (3) with omega = +1 (passing ``omega`` as that loss's ``weight``
-    changes nothing); ``delta_bar`` records the normalized sampled gap of eq. (8) as a
-    diagnostic.
+    changes nothing); ``delta_bar`` records the sampled gap scaled as the other methods'
+    (``METHOD_GAP_SCALE``) as a diagnostic.
 
     Follows OPSD [16] as section 2 (eq. 2) and appendix F state it: reverse KL from the student
     to the stop-gradient self-teacher that sees the reference solution, uniformly attractive.
@@ -703,7 +744,8 @@ def opsd(
                   teacher_logp=teacher_logp)
     dtype = _compute_dtype(group_adv, entropy, student_logp, teacher_logp)
     with torch.no_grad():
-        _, delta_bar = _sampled_gap(student_logp, teacher_logp, mask, eps=eps, dtype=dtype)
+        _, delta_bar = _sampled_gap(student_logp, teacher_logp, mask, eps=eps, dtype=dtype,
+                                    gap_scale=METHOD_GAP_SCALE)
         ones = mask.to(dtype)
         return TokenAdvantages(
             advantages=torch.where(mask, group_adv.detach().to(dtype)[:, None], 0.0),
@@ -736,20 +778,21 @@ def sdpo(
     the teacher is the same weights conditioned on a successful rollout of the same group
     (``teacher="sibling"``), and its pressure is uniformly attractive. Departs: (1) SDPO
     distills full (or top-k) next-token distributions; we use the sampled-token estimator of
-    Proposition 1 on the emitted tokens; (2) the gap is the trajectory-normalized delta_bar of
-    eq. (8), so beta is comparable across methods; (3) A_G stays as the verifier anchor every
+    Proposition 1 on the emitted tokens; (2) the gap is scaled as DASD's (option ``gap_scale``,
+    default ``METHOD_GAP_SCALE``), so beta is comparable across methods; (3) A_G stays as the verifier anchor every
     method keeps (appendix F); (4) when no rollout of the group is correct the trainer
     conditions the teacher on the task's reference solution instead of a sibling. ``rho`` is
-    ignored and ``entropy`` may be None. Takes no options.
+    ignored and ``entropy`` may be None.
     """
-    _check_options("sdpo", options, ())
+    _check_options("sdpo", options, ("gap_scale",))
     _check_eps(eps)
     _require_tensors("sdpo", student_logp=student_logp, teacher_logp=teacher_logp)
     _check_shapes(group_adv, mask, entropy=entropy, student_logp=student_logp,
                   teacher_logp=teacher_logp)
     dtype = _compute_dtype(group_adv, entropy, student_logp, teacher_logp)
     with torch.no_grad():
-        _, delta_bar = _sampled_gap(student_logp, teacher_logp, mask, eps=eps, dtype=dtype)
+        _, delta_bar = _sampled_gap(student_logp, teacher_logp, mask, eps=eps, dtype=dtype,
+                                    gap_scale=str(options.get("gap_scale", METHOD_GAP_SCALE)))
         adv = group_adv.detach().to(dtype)[:, None] + beta * delta_bar
         ones = mask.to(dtype)
         return TokenAdvantages(advantages=torch.where(mask, adv, 0.0), omega=ones,
@@ -780,7 +823,7 @@ def srpo(
     trajectory, so a rollout that is uncertain throughout receives little correction; the
     clamp at 0 only absorbs rounding in a computed entropy. ``router`` = 1 on failed rows and
     0 on correct ones, ``gate`` = w_t on every valid token, ``omega`` = router * gate;
-    ``delta_bar`` (eq. 8) is recorded on all rows.
+    ``delta_bar`` (the gap scaled as DASD's) is recorded on all rows.
 
     Follows SRPO [17] (appendix F): correct samples get GRPO's reward-aligned reinforcement,
     failed samples SDPO-style correction toward a teacher conditioned on a successful sibling,
@@ -788,11 +831,11 @@ def srpo(
     logit-level distillation and describes suppressing high-entropy distillation targets (the
     teacher's distributions); we use the sampled-token estimator of Proposition 1 and weight
     by the student's entropy, which the trainer already computes; (2) failed rows keep A_G as the verifier anchor every
-    method keeps (appendix F), the correction being added to it; (3) the gap is the normalized
-    delta_bar of eq. (8); (4) when no rollout of the group is correct the trainer conditions
+    method keeps (appendix F), the correction being added to it; (3) the gap is scaled as
+    DASD's (option ``gap_scale``, default ``METHOD_GAP_SCALE``); (4) when no rollout of the group is correct the trainer conditions
     the teacher on the task's reference solution. ``rho`` is ignored.
     """
-    _check_options("srpo", options, ("correct",))
+    _check_options("srpo", options, ("correct", "gap_scale"))
     if "correct" not in options:
         raise ValueError("method 'srpo' needs option correct: a (B,) bool tensor of outcomes")
     correct = options["correct"]
@@ -810,7 +853,8 @@ def srpo(
                   teacher_logp=teacher_logp)
     dtype = _compute_dtype(group_adv, entropy, student_logp, teacher_logp)
     with torch.no_grad():
-        _, delta_bar = _sampled_gap(student_logp, teacher_logp, mask, eps=eps, dtype=dtype)
+        _, delta_bar = _sampled_gap(student_logp, teacher_logp, mask, eps=eps, dtype=dtype,
+                                    gap_scale=str(options.get("gap_scale", METHOD_GAP_SCALE)))
         h = torch.where(mask, entropy.detach().to(dtype), 0.0)
         weight = torch.where(mask, torch.exp(-h.clamp(min=0.0)), 0.0)
         router = (mask & ~correct[:, None]).to(dtype)

@@ -54,7 +54,8 @@ def _gate(name, delta, delta_bar, c):
 
 
 def dasd_advantages(group_adv, entropy, student_logp, teacher_logp, mask, *, beta, rho=0.2,
-                    eps=1e-6, direction="tanh", gate="sigmoid", c=math.log(2.0)):
+                    eps=1e-6, direction="tanh", gate="sigmoid", c=math.log(2.0),
+                    gap_scale="median"):
     """Row loop over trajectories; returns a dict with the five ``TokenAdvantages`` fields."""
     mask = np.asarray(mask, dtype=bool)
     entropy = np.asarray(entropy)
@@ -66,11 +67,9 @@ def dasd_advantages(group_adv, entropy, student_logp, teacher_logp, mask, *, bet
         if not valid.any():
             continue
         h = entropy[i, valid]
-        delta = teacher_logp[i, valid] - student_logp[i, valid]
+        delta, delta_bar = _row_gap(student_logp, teacher_logp, i, valid, eps, gap_scale)
         tau = np.quantile(h, rho)
         sigma_h = np.mean(np.abs(h - np.mean(h)))
-        delta_tilde = np.median(np.abs(delta))
-        delta_bar = delta / (delta_tilde + eps)
         g = _gate(gate, delta, delta_bar, c)
         z = _direction(direction, (tau - h) / (sigma_h + eps))
         omega = z * g
@@ -91,9 +90,12 @@ def _zeros(mask, dtype):
     return {k: np.zeros(mask.shape, dtype=dtype) for k in FIELDS}
 
 
-def _row_gap(student_logp, teacher_logp, i, valid, eps):
-    """delta and delta / (median |delta| + eps) over the valid tokens of row ``i``."""
+def _row_gap(student_logp, teacher_logp, i, valid, eps, gap_scale="none"):
+    """delta and delta / (median |delta| + eps) ("median") or delta itself ("none") over the
+    valid tokens of row ``i``."""
     delta = teacher_logp[i, valid] - student_logp[i, valid]
+    if gap_scale == "none":
+        return delta, delta.copy()
     return delta, delta / (np.median(np.abs(delta)) + eps)
 
 
@@ -145,17 +147,21 @@ def opsd_advantages(group_adv, student_logp, teacher_logp, mask, *, eps=1e-6):
     return out
 
 
-def sdpo_advantages(group_adv, student_logp, teacher_logp, mask, *, beta, eps=1e-6):
+def sdpo_advantages(group_adv, student_logp, teacher_logp, mask, *, beta, eps=1e-6,
+                    gap_scale="none"):
     """A_G + beta delta_bar; omega = router = gate = 1."""
     out = opsd_advantages(group_adv, student_logp, teacher_logp, mask, eps=eps)
     mask = np.asarray(mask, dtype=bool)
     for i in range(mask.shape[0]):
-        out["advantages"][i, mask[i]] += beta * out["delta_bar"][i, mask[i]]
+        if mask[i].any():
+            _, delta_bar = _row_gap(student_logp, teacher_logp, i, mask[i], eps, gap_scale)
+            out["delta_bar"][i, mask[i]] = delta_bar
+            out["advantages"][i, mask[i]] += beta * delta_bar
     return out
 
 
 def srpo_advantages(group_adv, entropy, student_logp, teacher_logp, mask, correct, *, beta,
-                    eps=1e-6):
+                    eps=1e-6, gap_scale="none"):
     """Correct rows A_G; failed rows A_G + beta exp(-max(H, 0)) delta_bar."""
     mask = np.asarray(mask, dtype=bool)
     out = _zeros(mask, np.asarray(entropy).dtype)
@@ -163,7 +169,7 @@ def srpo_advantages(group_adv, entropy, student_logp, teacher_logp, mask, correc
         valid = mask[i]
         if not valid.any():
             continue
-        _, delta_bar = _row_gap(student_logp, teacher_logp, i, valid, eps)
+        _, delta_bar = _row_gap(student_logp, teacher_logp, i, valid, eps, gap_scale)
         w = np.exp(-np.maximum(entropy[i, valid], 0.0))
         out["delta_bar"][i, valid] = delta_bar
         out["gate"][i, valid] = w

@@ -15,6 +15,7 @@ from hypothesis.extra import numpy as hnp
 from dasd.advantages import (
     DIRECTIONS,
     GATES,
+    METHOD_GAP_SCALE,
     METHODS,
     TokenAdvantages,
     _masked_median,
@@ -227,13 +228,14 @@ def test_dasd_one_row_by_hand():
 @pytest.mark.parametrize("direction", DIRECTION_NAMES)
 @pytest.mark.parametrize("gate", GATE_NAMES)
 @pytest.mark.parametrize("seed", range(3))
-def test_dasd_matches_naive_reference(direction, gate, seed):
+@pytest.mark.parametrize("gap_scale", ["median", "none"])
+def test_dasd_matches_naive_reference(direction, gate, seed, gap_scale):
     rng = np.random.default_rng(1000 + seed)
     B, T = int(rng.integers(1, 12)), int(rng.integers(1, 40))
     coarse = seed == 2
     batch = random_batch(seed, B, T, coarse=coarse)
     rho = float(rng.choice([0.0, 0.2, 0.5, 0.73, 1.0]))
-    kw = dict(beta=0.7, rho=rho, direction=direction, gate=gate, c=0.5)
+    kw = dict(beta=0.7, rho=rho, direction=direction, gate=gate, c=0.5, gap_scale=gap_scale)
     got = dasd_advantages(*batch, **kw)
     want = naive.dasd_advantages(*as_numpy(*batch), **kw)
     for name in FIELDS:
@@ -392,6 +394,23 @@ def test_degenerate_shapes():
         assert all(getattr(out, name).shape == (B, T) for name in FIELDS)
 
 
+def test_raw_gap_scale_by_hand():
+    """gap_scale="none": delta_bar = delta (Proposition 1) and the sigmoid gate reads nats."""
+    s = torch.tensor([[-1.0, -0.5, -2.0, -0.1]], dtype=torch.float64)
+    q = torch.tensor([[-0.5, -0.5, -3.0, -0.4]], dtype=torch.float64)
+    H = torch.tensor([[0.1, 0.2, 0.3, 0.4]], dtype=torch.float64)
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    out = dasd_advantages(torch.tensor([1.0], dtype=torch.float64), H, s, q, mask, beta=2.0,
+                          direction="plus", gate="sigmoid", gap_scale="none")
+    delta = np.array([0.5, 0.0, -1.0, -0.3])
+    gate = 1.0 / (1.0 + np.exp(-(np.abs(delta) - 1.0)))
+    np.testing.assert_allclose(out.delta_bar.numpy()[0], delta, rtol=1e-12)
+    np.testing.assert_allclose(out.gate.numpy()[0], gate, rtol=1e-12)
+    np.testing.assert_allclose(out.advantages.numpy()[0], 1.0 + 2.0 * gate * delta, rtol=1e-12)
+    with pytest.raises(ValueError, match="gap scale"):
+        dasd_advantages(torch.tensor([1.0]), H, s, q, mask, beta=1.0, gap_scale="mean")
+
+
 def test_zero_median_gap_stays_finite():
     """More than half the gaps exactly 0: delta~ = 0 and delta_bar = delta / eps (module note 6)."""
     mask = torch.ones(1, 5, dtype=torch.bool)
@@ -507,14 +526,21 @@ def test_grpo_needs_no_teacher():
 def test_named_methods_are_the_documented_configurations():
     batch = random_batch(13, 7, 19)
     same = lambda a, b: all(torch.equal(getattr(a, n), getattr(b, n)) for n in FIELDS)  # noqa: E731
+    assert METHOD_GAP_SCALE == "none"
+    raw = {"gap_scale": "none"}
     assert same(get_method("dasd")(*batch, beta=0.4, rho=0.3),
+                dasd_advantages(*batch, beta=0.4, rho=0.3, **raw))
+    assert same(get_method("dasd")(*batch, beta=0.4, rho=0.3, gap_scale="median"),
                 dasd_advantages(*batch, beta=0.4, rho=0.3))
     assert same(get_method("dasd")(*batch, beta=0.4, direction="hard", gate="fixed", c=0.1),
-                dasd_advantages(*batch, beta=0.4, direction="hard", gate="fixed", c=0.1))
+                dasd_advantages(*batch, beta=0.4, direction="hard", gate="fixed", c=0.1, **raw))
     assert same(get_method("conformity")(*batch, beta=0.4),
-                dasd_advantages(*batch, beta=0.4, direction="plus", gate="none"))
+                dasd_advantages(*batch, beta=0.4, direction="plus", gate="none", **raw))
     assert same(get_method("novelty")(*batch, beta=0.4),
-                dasd_advantages(*batch, beta=0.4, direction="minus", gate="none"))
+                dasd_advantages(*batch, beta=0.4, direction="minus", gate="none", **raw))
+    for name, direction in (("conformity", "plus"), ("novelty", "minus")):
+        assert same(get_method(name)(*batch, beta=0.4, gap_scale="median"),
+                    dasd_advantages(*batch, beta=0.4, direction=direction, gate="none"))
     assert torch.equal(get_method("grpo")(*batch, beta=0.4).advantages,
                        dasd_advantages(*batch, beta=0.0).advantages)
 
@@ -638,8 +664,8 @@ def test_baselines_on_empty_and_single_token_rows(name):
     for field in FIELDS:
         np.testing.assert_allclose(getattr(out, field).numpy(), want[field], rtol=1e-12,
                                    err_msg=field)
-    if name != "hepo":  # one token: delta_bar = delta / (|delta| + eps)
-        assert out.delta_bar[1, 1].item() == pytest.approx(-0.5 / (0.5 + 1e-6), rel=1e-12)
+    if name != "hepo":  # the methods' raw gap (METHOD_GAP_SCALE): delta_bar = delta
+        assert out.delta_bar[1, 1].item() == -0.5
 
 
 @pytest.mark.parametrize("name", BASELINES)
@@ -786,9 +812,8 @@ def test_rlsd_by_hand():
     np.testing.assert_allclose(out.advantages.numpy(),
                                [scale0 + [0.0], [-2.0 * x for x in scale1] + [0.0]], rtol=1e-12)
     assert out.advantages[0, 4] == 1.0 and out.advantages[1, 4] == -2.0  # delta = 0: A_G
-    # delta_bar: row 0 |delta| sorted [0, .1, .1, .5, .5] -> median 0.1.
-    np.testing.assert_allclose(out.delta_bar[0, :5].numpy(),
-                               np.array(delta[0]) / (0.1 + 1e-6), rtol=1e-9)
+    # delta_bar records the raw gap (METHOD_GAP_SCALE = "none").
+    np.testing.assert_allclose(out.delta_bar[:, :5].numpy(), delta, rtol=1e-9)
     assert (out.omega == 0).all() and (out.router == 0).all()
     wide = get_method("rlsd")(A, None, s, q, mask, beta=5.0, clip=0.5)
     assert wide.gate[0, 2].item() == pytest.approx(1.5) and wide.gate[1, 2] == 0.5
@@ -841,10 +866,16 @@ def test_sdpo_by_hand():
     q = torch.tensor([[-0.5, -0.5, -3.0, -0.4, float("inf")]], dtype=torch.float64)
     mask = torch.tensor([[True, True, True, True, False]])
     out = get_method("sdpo")(torch.tensor([1.5], dtype=torch.float64), None, s, q, mask,
-                             beta=0.5, eps=1e-12)
+                             beta=0.5, eps=1e-12, gap_scale="median")
     np.testing.assert_allclose(out.advantages.numpy(), [[2.125, 1.5, 0.25, 1.125, 0.0]],
                                rtol=1e-9)
     assert torch.equal(out.omega, mask.double())
+    # The default raw gap delta = [0.5, 0, -1, -0.3]: A_G + 0.5 delta.
+    raw = get_method("sdpo")(torch.tensor([1.5], dtype=torch.float64), None, s, q, mask,
+                             beta=0.5, eps=1e-12)
+    np.testing.assert_allclose(raw.advantages.numpy(), [[1.75, 1.5, 1.0, 1.35, 0.0]],
+                               rtol=1e-9)
+    np.testing.assert_allclose(raw.delta_bar.numpy(), [[0.5, 0.0, -1.0, -0.3, 0.0]], rtol=1e-9)
 
 
 def test_sdpo_equals_conformity_on_the_same_inputs():
@@ -866,7 +897,7 @@ def test_srpo_by_hand():
                      dtype=torch.float64)
     mask = torch.tensor([[True, True, True, True, False]] * 2)
     A = torch.tensor([1.5, -0.5], dtype=torch.float64)
-    out = get_method("srpo")(A, H, s, q, mask, beta=0.5, eps=1e-12,
+    out = get_method("srpo")(A, H, s, q, mask, beta=0.5, eps=1e-12, gap_scale="median",
                              correct=torch.tensor([True, False]))
     w = [1.0, 0.5, 0.25, math.exp(-1.0)]  # exp(-H): inverse perplexity
     delta_bar = [1.25, 0.0, -2.5, -0.75]
@@ -972,7 +1003,8 @@ def test_arm_flip_is_a_dasd_option_and_is_validated():
     group_adv, entropy, student, teacher, mask = random_batch(7, 3, 5)
     via_method = get_method("dasd")(group_adv, entropy, student, teacher, mask, beta=0.3,
                                     flip="high")
-    direct = dasd_advantages(group_adv, entropy, student, teacher, mask, beta=0.3, flip="high")
+    direct = dasd_advantages(group_adv, entropy, student, teacher, mask, beta=0.3, flip="high",
+                             gap_scale=METHOD_GAP_SCALE)
     torch.testing.assert_close(via_method.advantages, direct.advantages)
     with pytest.raises(ValueError, match="unknown arm flip 'sideways'; valid: high, low"):
         get_method("dasd")(group_adv, entropy, student, teacher, mask, beta=0.3, flip="sideways")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dasd.advantages import dasd_advantages
+from dasd.advantages import METHOD_GAP_SCALE, dasd_advantages
 from dasd.models import load_model
 from dasd.routing import (
     FREQUENCY_CORPUS_SIZE,
@@ -247,8 +247,8 @@ def test_the_trainer_routes_by_the_configured_signal(routing, model_dir, tmp_pat
     signals = {"entropy": entropy, "position": relative_position(mask)}
     if routing in signals:
         routed = dasd_advantages(torch.zeros(len(frame)), signals[routing], slp, tlp, mask,
-                                 beta=1.0, rho=0.2)
+                                 beta=1.0, rho=0.2, gap_scale=METHOD_GAP_SCALE)
         torch.testing.assert_close(omega, routed.omega, rtol=1e-4, atol=1e-5)
     by_entropy = dasd_advantages(torch.zeros(len(frame)), entropy, slp, tlp, mask, beta=1.0,
-                                 rho=0.2)
+                                 rho=0.2, gap_scale=METHOD_GAP_SCALE)
     assert torch.equal(omega, by_entropy.omega) == (routing == "entropy")

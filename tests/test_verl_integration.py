@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from dasd.advantages import dasd_advantages, group_advantages
+from dasd.advantages import METHOD_GAP_SCALE, dasd_advantages, group_advantages
 from dasd.integrations import DASDSettings
 from dasd.integrations.verl import (
     ENTROPY_KEY,
@@ -81,7 +81,8 @@ def test_batch_advantages_equal_dasd_advantages_on_the_same_tensors():
     mask = batch["response_mask"].bool()
     group_adv = group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]), 2)
     expected = dasd_advantages(group_adv, batch[ENTROPY_KEY], batch["old_log_probs"],
-                               batch[TEACHER_LOGP_KEY], mask, beta=0.3, direction="hard")
+                               batch[TEACHER_LOGP_KEY], mask, beta=0.3, direction="hard",
+                               gap_scale=METHOD_GAP_SCALE)
     torch.testing.assert_close(tensors["advantages"], expected.advantages, rtol=0, atol=1e-6)
     assert torch.equal(tensors["returns"], tensors["advantages"])
     torch.testing.assert_close(tensors[OMEGA_KEY], expected.omega)
