@@ -245,8 +245,8 @@ def token_entropy_and_logprob(
 # full-vocabulary reverse KL(p || sg q)
 
 
-def _reverse_kl_fwd(student: Tensor, teacher: Tensor, chunk_size: int) -> Tensor:
-    """Per-position KL(p || q), flattened ``(N,)``, in the compute dtype."""
+def _reverse_kl_fwd(student: Tensor, teacher: Tensor, chunk_size: int, temperature: float) -> Tensor:
+    """Per-position KL(p || q) of softmax(logits / T), flattened ``(N,)``, in the compute dtype."""
     v = student.shape[-1]
     n = student.numel() // v
     cd = _compute_dtype(student, teacher)
@@ -263,8 +263,8 @@ def _reverse_kl_fwd(student: Tensor, teacher: Tensor, chunk_size: int) -> Tensor
         e = min(s + c, n)
         logp, p, logq = buf_logp[: e - s], buf_p[: e - s], buf_logq[: e - s]
         # q's softmax goes into p's buffer first (discarded), then p overwrites it
-        lse_q[s:e] = _log_softmax_into(t_rows(s, e), logq, p, 1.0)
-        lse_p[s:e] = _log_softmax_into(s_rows(s, e), logp, p, 1.0)
+        lse_q[s:e] = _log_softmax_into(t_rows(s, e), logq, p, temperature)
+        lse_p[s:e] = _log_softmax_into(s_rows(s, e), logp, p, temperature)
         kl[s:e] = p.mul_(logp.sub_(logq)).sum(dim=-1)
     _check_finite("student/teacher logits", kl, lse_p, lse_q)
     return kl
@@ -274,16 +274,17 @@ class _ReverseKL(torch.autograd.Function):
     """Autograd wrapper for KL(p || sg q): gradient to the student only."""
 
     @staticmethod
-    def forward(ctx, student, teacher, chunk_size):
-        kl = _reverse_kl_fwd(student, teacher, chunk_size)
+    def forward(ctx, student, teacher, chunk_size, temperature):
+        kl = _reverse_kl_fwd(student, teacher, chunk_size, temperature)
         ctx.save_for_backward(student, teacher, kl)
-        ctx.chunk_size = chunk_size
+        ctx.chunk_size, ctx.temperature = chunk_size, temperature
         return kl.float()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_kl):
         student, teacher, kl = ctx.saved_tensors
+        t = ctx.temperature
         v = student.shape[-1]
         n = kl.numel()
         cd = kl.dtype
@@ -299,30 +300,42 @@ class _ReverseKL(torch.autograd.Function):
         for s in range(0, n, c):
             e = min(s + c, n)
             g, p, logq = buf_g[: e - s], buf_p[: e - s], buf_logq[: e - s]
-            _log_softmax_into(t_rows(s, e), logq, p, 1.0)
-            _log_softmax_into(s_rows(s, e), g, p, 1.0)
-            # dKL/dz_j = p_j (log p_j - log q_j - KL)
+            _log_softmax_into(t_rows(s, e), logq, p, t)
+            _log_softmax_into(s_rows(s, e), g, p, t)
+            # dKL/dz_j = p_j (log p_j - log q_j - KL);  z = x / T
             g.sub_(logq).sub_(kl[s:e, None]).mul_(p).mul_(g_kl[s:e, None])
+            if t != 1.0:
+                g.div_(t)
             grad_flat[s:e].copy_(g)
-        return grad, None, None  # teacher: stop-gradient, no gradient
+        return grad, None, None, None  # teacher: stop-gradient, no gradient
 
 
 def token_reverse_kl(
-    student_logits: Tensor, teacher_logits: Tensor, *, chunk_size: int = 1024
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    *,
+    chunk_size: int = 1024,
+    temperature: float = 1.0,
 ) -> Tensor:
-    """Full-vocabulary KL(softmax(student) || sg[softmax(teacher)]) per position, in chunks.
+    """Full-vocabulary KL(softmax(student / T) || sg[softmax(teacher / T)]) per position, in
+    chunks.
 
     Args:
         student_logits: ``(..., V)``, any float dtype; receives the gradient.
         teacher_logits: same shape; always treated as a constant (stop-gradient, eq. 2): it gets
             no gradient even when it requires grad.
         chunk_size: positions per chunk; peak extra memory about ``3 * chunk_size * V * 4`` bytes.
+        temperature: T > 0, applied one chunk at a time (so a caller never holds a divided
+            ``(..., V)`` copy of either tensor); the gradient is w.r.t. the undivided
+            ``student_logits``.
 
     Returns:
         float32 ``(...)`` tensor of KL values (>= 0 up to rounding).
     """
     _check_common(student_logits, chunk_size, "student_logits")
     _check_common(teacher_logits, chunk_size, "teacher_logits")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
             f"student_logits {tuple(student_logits.shape)} and teacher_logits "
@@ -331,7 +344,7 @@ def token_reverse_kl(
     lead = student_logits.shape[:-1]
     teacher = teacher_logits.detach()
     if torch.is_grad_enabled() and student_logits.requires_grad:
-        kl = _ReverseKL.apply(student_logits, teacher, chunk_size)
+        kl = _ReverseKL.apply(student_logits, teacher, chunk_size, float(temperature))
     else:
-        kl = _reverse_kl_fwd(student_logits, teacher, chunk_size).float()
+        kl = _reverse_kl_fwd(student_logits, teacher, chunk_size, float(temperature)).float()
     return kl.view(lead)

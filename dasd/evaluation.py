@@ -19,7 +19,7 @@ from analysis.health import health_metrics, pass_k_values
 from analysis.markers import count_markers
 from analysis.passk import pass_at_k, per_prompt_counts
 from dasd.records import rollout_frame
-from dasd.rollout import generate
+from dasd.rollout import Rollouts, generate
 from dasd.scoring import score_rollouts
 from dasd.tasks.base import Problem, Task
 
@@ -40,13 +40,17 @@ def sample_rollout_rows(
     teacher: bool = True,
     generator: torch.Generator | None = None,
     progress: Callable[[int], None] | None = None,
+    engine: Callable[..., Rollouts] = generate,
+    score_batch_size: int = 32,
 ) -> pd.DataFrame:
     """``k`` samples for each problem (grouped: rows ``[i k, (i + 1) k)`` answer problem i) as
     rollout rows of the run-directory schema, with ``entropy``, ``student_logp`` and, when
     ``teacher``, ``teacher_logp`` per token. Defaults are the paper's evaluation protocol
-    (temperature 1.0, top-p 0.9)."""
+    (temperature 1.0, top-p 0.9). ``engine`` samples (``dasd.rollout.generate`` or a
+    ``dasd.rollout.build_rollout_engine`` result); ``score_batch_size`` responses go through
+    each scoring forward pass (it bounds the ``(score_batch_size, T, V)`` logits)."""
     prompts = [task.student_prompt(p) for p in problems for _ in range(k)]
-    rollouts = generate(
+    rollouts = engine(
         model,
         tokenizer,
         prompts,
@@ -58,7 +62,8 @@ def sample_rollout_rows(
         progress=progress,
     )
     teacher_prompts = [task.teacher_prompt(p) for p in problems for _ in range(k)] if teacher else None
-    scores = score_rollouts(model, tokenizer, rollouts, teacher_prompts)
+    scores = score_rollouts(model, tokenizer, rollouts, teacher_prompts,
+                            batch_size=score_batch_size)
     return rollout_frame(task, problems, rollouts, step=step, split=split, scores=scores)
 
 

@@ -189,12 +189,13 @@ def reverse_kl_loss(
     *,
     agg: str = "seq_mean_token_mean",
     chunk_size: int = 1024,
+    temperature: float = 1.0,
     weight: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Full-vocabulary reverse KL to a stop-gradient teacher (eq. 2), optionally signed (eq. 3).
 
-    Per token: D_t = omega_t * KL(p_t || sg[q_t]), p = softmax(student_logits) with gradient,
-    q = softmax(teacher_logits) detached; omega_t = 1 without ``weight`` (plain OPSD). Computed
+    Per token: D_t = omega_t * KL(p_t || sg[q_t]), p = softmax(student_logits / T) with
+    gradient, q = softmax(teacher_logits / T) detached; omega_t = 1 without ``weight`` (plain OPSD). Computed
     in chunks of ``chunk_size`` positions (``dasd.entropy.token_reverse_kl``).
 
     Args:
@@ -204,6 +205,7 @@ def reverse_kl_loss(
             are computed and then discarded; non-finite logits raise ``ValueError``).
         agg: aggregation mode (``AGGREGATIONS``).
         chunk_size: positions per chunk (bounds the extra memory).
+        temperature: T > 0, applied chunk by chunk (no divided ``(B, T, V)`` copy is made).
         weight: optional ``(B, T)`` signed omega_t in [-1, 1] (constant, detached).
 
     Returns:
@@ -222,9 +224,9 @@ def reverse_kl_loss(
         _check_bt(mask, weight=weight)
     AGGREGATIONS.get(agg)  # fail before the expensive part on an unknown mode
     mask = mask.bool()
-    kl = torch.where(
-        mask, token_reverse_kl(student_logits, teacher_logits, chunk_size=chunk_size), 0
-    )
+    kl = token_reverse_kl(student_logits, teacher_logits, chunk_size=chunk_size,
+                          temperature=temperature)
+    kl = torch.where(mask, kl, 0)
     per_tok = kl if weight is None else kl * torch.where(mask, weight.detach(), 0).to(kl.dtype)
     loss = aggregate(per_tok, mask, agg)
 

@@ -25,6 +25,17 @@ Departures from the paper and choices it leaves open:
 5. The learning rate is a pure function of the update index (linear warmup, cosine decay to
    ``min_lr_ratio * lr``), so it needs no scheduler state.
 6. Step 0 is the base model's evaluation; a checkpoint "0" is the base model itself (not saved).
+7. Memory at long responses: every forward pass over whole responses, with gradient or without
+   (scoring, the PPO micro-batches, held-out scoring), takes ``micro_batch_size`` responses, so
+   one pass holds at most ``(micro_batch_size, T, V)`` logits in the model's dtype (the RQ3
+   routing signals that run passes of their own, ``dasd.routing``, use batches of
+   ``SIGNAL_BATCH_SIZE``); float32 softmax work is chunked (``dasd.entropy``);
+   ``gradient_checkpointing`` recomputes each decoder layer in the backward pass instead of
+   storing its activations (training passes only). The policy's parameters and AdamW state are
+   float32 by default (``param_dtype``), whatever the checkpoint's dtype: at the paper's
+   lr 3e-6 most updates of a bf16 weight (spacing ~1e-4 near 0.02) would round to nothing.
+8. ``rollout_engine="vllm"`` samples with vLLM on the GPU (``dasd.rollout.vllm``: the policy's
+   weights are copied into vLLM before each batch of rollouts); scoring stays with the HF model.
 """
 
 from __future__ import annotations
@@ -53,7 +64,7 @@ from dasd.losses import (
 )
 from dasd.models import load_model
 from dasd.records import rollout_frame
-from dasd.rollout import Rollouts, generate
+from dasd.rollout import Rollouts, build_rollout_engine, check_rollout_engine
 from dasd.rollout.hf import encode_prompts
 from dasd.routing import ROUTING_SIGNALS, RoutingBatch, build_routing_signal
 from dasd.runlog import RunWriter, create_run, open_run, read_manifest, read_metrics
@@ -64,6 +75,8 @@ from dasd.tasks.base import Problem, Task
 CHECKPOINTS = "checkpoints"
 TRAINER_STATE = "trainer_state.json"
 OPTIMIZER_STATE = "optimizer.pt"
+#: ``TrainConfig.param_dtype`` -> the dtype ``load_model`` gets (None: the checkpoint's).
+PARAM_DTYPES: dict[str, torch.dtype | None] = {"float32": torch.float32, "checkpoint": None}
 
 
 @dataclass(frozen=True)
@@ -137,6 +150,21 @@ class TrainConfig:
     keep_checkpoints: int = 2
     """How many of the newest checkpoints to keep."""
     generation_batch_size: int = 128
+    """Prompts per decoding batch of the ``hf`` rollout engine."""
+    rollout_engine: str = "hf"
+    """Sampler of training and held-out rollouts: ``hf`` (``transformers`` KV cache) or
+    ``vllm`` (needs a CUDA GPU and ``pip install 'dasd[vllm]'``; ``dasd.rollout.vllm``)."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """Share of the GPU's memory vLLM takes for its weights and KV cache (``vllm`` engine);
+    the rest is left to training."""
+    param_dtype: str = "float32"
+    """Dtype of the trained parameters (and so of AdamW's state): ``float32`` (default; master
+    weights that small updates do not round away) or ``checkpoint`` (keep the checkpoint's
+    dtype, e.g. bf16: half the memory, but updates below the dtype's spacing are lost)."""
+    gradient_checkpointing: bool = False
+    """Recompute each decoder layer's activations in the backward pass of the PPO forward
+    (``use_reentrant=False``) instead of storing them: less memory at long responses, about one
+    more forward pass of time. Scoring and rollouts are unaffected."""
     seed: int = 0
     device: str = "auto"
     """``auto`` (cuda when available), ``cpu`` or ``cuda``."""
@@ -180,6 +208,13 @@ class TrainConfig:
             raise ValueError("training rollouts need temperature > 0 and 0 < top_p <= 1")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if not 0 < self.vllm_gpu_memory_utilization < 1:
+            raise ValueError("vllm_gpu_memory_utilization must be in (0, 1), got "
+                             f"{self.vllm_gpu_memory_utilization}")
+        if self.param_dtype not in PARAM_DTYPES:
+            raise ValueError(f"param_dtype must be one of {', '.join(PARAM_DTYPES)}, got "
+                             f"{self.param_dtype!r}")
+        check_rollout_engine(self.rollout_engine, device=self.device)
         _dry_run(method, self)
 
     @classmethod
@@ -190,6 +225,21 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown TrainConfig fields {unknown}; valid: {sorted(known)}")
         return cls(**values)
+
+
+def _enable_checkpointing(model: Any) -> None:
+    """Turn on ``transformers``' activation checkpointing of every decoder layer with
+    ``use_reentrant=False``; it acts only in training mode with gradients enabled, so eval-mode
+    and no-grad passes run as before. ``activation_checkpointing_enable`` where the installed
+    ``transformers`` has it (>= 5.x), else ``gradient_checkpointing_enable``."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ValueError(f"gradient_checkpointing: {type(model).__name__} does not support "
+                         "activation checkpointing; set gradient_checkpointing=false")
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def _dry_run(method: Any, cfg: TrainConfig) -> None:
@@ -312,7 +362,14 @@ class Trainer:
         device = cfg.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model, self.tokenizer = load_model(model_source, device=device)
+        self.model, self.tokenizer = load_model(model_source, device=device,
+                                                dtype=PARAM_DTYPES[cfg.param_dtype])
+        if cfg.gradient_checkpointing:
+            _enable_checkpointing(self.model)
+        self.generate = build_rollout_engine(
+            cfg.rollout_engine, self.model,
+            gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, seed=cfg.seed,
+        )
         self.task = build_task(cfg.task, tokenizer=self.tokenizer, **cfg.task_options)
         self.method = get_method(cfg.method)
         self.routing = build_routing_signal(cfg.routing, task=self.task, tokenizer=self.tokenizer)
@@ -384,6 +441,7 @@ class Trainer:
             split="eval", max_new_tokens=cfg.max_new_tokens, temperature=cfg.eval_temperature,
             top_p=cfg.eval_top_p, batch_size=cfg.generation_batch_size,
             teacher=cfg.eval_teacher, generator=_generator(cfg.seed, 0, _EVAL),
+            engine=self.generate, score_batch_size=cfg.micro_batch_size,
         )
         self.run_writer.write_rollouts(step, "eval", frame)
         metrics = eval_metrics(frame)
@@ -396,7 +454,7 @@ class Trainer:
         t0 = time.perf_counter()
         problems = training_problems(self.task, cfg, step)
         prompts = [self.task.student_prompt(p) for p in problems for _ in range(cfg.group_size)]
-        rollouts = generate(
+        rollouts = self.generate(
             self.model, self.tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
             temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.generation_batch_size,
             generator=_generator(cfg.seed, step, _SAMPLING),
@@ -410,7 +468,7 @@ class Trainer:
         teacher_prompts = _teacher_prompts(self.task, self.method, problems, rollouts, correct,
                                            cfg.group_size)
         scores = score_rollouts(self.model, self.tokenizer, rollouts, teacher_prompts,
-                                temperature=cfg.temperature)
+                                batch_size=cfg.micro_batch_size, temperature=cfg.temperature)
         mask = rollouts.response_mask
         group_adv = group_advantages(rewards, cfg.group_size, eps=cfg.eps)
         options = dict(cfg.method_options)
@@ -514,8 +572,8 @@ class Trainer:
                 with torch.no_grad():
                     teacher_logits = response_logits(self.model, batch.teacher_ids[micro],
                                                      batch.teacher_mask[micro], ids)
-                kl, _ = reverse_kl_loss(logits / cfg.temperature, teacher_logits / cfg.temperature,
-                                        mask, agg=cfg.loss_agg)
+                kl, _ = reverse_kl_loss(logits, teacher_logits, mask, agg=cfg.loss_agg,
+                                        temperature=cfg.temperature)
                 loss = loss + cfg.beta * kl
                 stats["loss/kl"] += weight * float(kl.detach())
             (loss * weight).backward()

@@ -8,6 +8,8 @@ run directory (DESIGN.md section 4); the summary is computed from the logged row
 Departures from the paper:
 1. The default model and task are the built-in world (tiny model, Countdown), not Qwen3 on AIME.
 2. The generation limit defaults to what the task needs (``max_new_tokens``), not 8,192 tokens.
+3. ``rollout_engine="vllm"`` samples with vLLM (``dasd.rollout.vllm``; needs a CUDA GPU and the
+   ``dasd[vllm]`` extra); entropies and log-probs are always scored by the HF model.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 
 from dasd.evaluation import eval_metrics, sample_rollout_rows
 from dasd.models import load_model
+from dasd.rollout import build_rollout_engine, check_rollout_engine
 from dasd.runlog import create_run
 from dasd.tasks import build_task
 
@@ -47,6 +50,16 @@ class EvalConfig:
     """Prompts per generation micro-batch."""
     teacher: bool = True
     """Also score the privileged teacher's log-prob of every response token."""
+    score_batch_size: int = 32
+    """Responses per scoring forward pass; bounds its ``(score_batch_size, T, V)`` logits
+    (at 8,192 tokens and Qwen3's 151,936-token vocabulary, 2.5 GB per response in bf16)."""
+    rollout_engine: str = "hf"
+    """Sampler: ``hf`` (``transformers`` KV cache) or ``vllm`` (CUDA GPU and
+    ``pip install 'dasd[vllm]'``)."""
+    vllm_gpu_memory_utilization: float = 0.5
+    """Share of the GPU's memory vLLM takes (``vllm`` engine); the rest is left to scoring."""
+    device: str = "auto"
+    """``auto`` (cuda when available), ``cpu`` or ``cuda``."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -56,8 +69,14 @@ class EvalConfig:
             raise ValueError(
                 f"need temperature >= 0 and 0 < top_p <= 1, got {self.temperature}, {self.top_p}"
             )
-        if self.max_new_tokens < 1 or self.batch_size < 1:
-            raise ValueError("max_new_tokens and batch_size must be >= 1")
+        if self.max_new_tokens < 1 or self.batch_size < 1 or self.score_batch_size < 1:
+            raise ValueError("max_new_tokens, batch_size and score_batch_size must be >= 1")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if not 0 < self.vllm_gpu_memory_utilization < 1:
+            raise ValueError("vllm_gpu_memory_utilization must be in (0, 1), got "
+                             f"{self.vllm_gpu_memory_utilization}")
+        check_rollout_engine(self.rollout_engine, device=self.device)
 
 
 def run_eval(
@@ -68,7 +87,12 @@ def run_eval(
     ``progress`` is called with the number of responses sampled after each generation batch
     (``cfg.n_prompts * cfg.k`` in all).
     """
-    model, tokenizer = load_model(cfg.model)
+    device = cfg.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, tokenizer = load_model(cfg.model, device=device)
+    engine = build_rollout_engine(cfg.rollout_engine, model, seed=cfg.seed,
+                                  gpu_memory_utilization=cfg.vllm_gpu_memory_utilization)
     options = {"benchmark": cfg.benchmark} if cfg.benchmark else {}
     task = build_task(cfg.task, tokenizer=tokenizer, **options)
     problems = task.sample(cfg.n_prompts, split="eval", seed=cfg.seed)
@@ -92,6 +116,8 @@ def run_eval(
             teacher=cfg.teacher,
             generator=torch.Generator().manual_seed(cfg.seed),
             progress=progress,
+            engine=engine,
+            score_batch_size=cfg.score_batch_size,
         )
         run.write_rollouts(0, "eval", frame)
         summary = eval_metrics(frame)

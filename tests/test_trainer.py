@@ -147,11 +147,27 @@ def test_run_directory_contents(model_dir, tmp_path):
         ({"loss_agg": "mean"}, "unknown aggregation 'mean'"),
         ({"mini_batch_size": 3}, "mini_batch_size"),
         ({"method_options": {"directoin": "hard"}}, "unknown options"),
+        ({"param_dtype": "fp8"}, "param_dtype must be one of float32, checkpoint"),
     ],
 )
 def test_invalid_configs_fail_before_any_work(overrides, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         TrainConfig(model=str(tmp_path / "never-loaded"), **overrides)
+
+
+def test_parameters_train_in_float32_unless_the_checkpoint_dtype_is_asked_for(model_dir,
+                                                                           tmp_path):
+    """A bf16 checkpoint gets float32 master weights and AdamW state by default."""
+    from dasd.models import load_model
+
+    model, tokenizer = load_model(str(model_dir), dtype=torch.bfloat16)
+    model.save_pretrained(tmp_path / "bf16")
+    tokenizer.save_pretrained(tmp_path / "bf16")
+    master = Trainer.start(small_config(tmp_path / "bf16"), tmp_path / "a")
+    assert {p.dtype for p in master.model.parameters()} == {torch.float32}
+    kept = Trainer.start(small_config(tmp_path / "bf16", param_dtype="checkpoint"),
+                         tmp_path / "b")
+    assert {p.dtype for p in kept.model.parameters()} == {torch.bfloat16}
 
 
 def test_learning_rate_schedule():

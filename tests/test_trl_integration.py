@@ -94,7 +94,7 @@ def test_trl_step_matches_our_trainer_advantages(trl_step, model_dir, tmp_path, 
                       max_new_tokens=WIDTH, eval_prompts=1, eval_k=1, device="cpu")
     ours = Trainer.start(cfg, tmp_path / "run")
     rewards = itertools.cycle(batch.rewards.tolist())
-    monkeypatch.setattr(core, "generate", lambda *a, **k: rollouts)
+    monkeypatch.setattr(ours, "generate", lambda *a, **k: rollouts)
     monkeypatch.setattr(core, "score_rollouts", lambda *a, **k: scores)
     monkeypatch.setattr(ours.task, "reward", lambda problem, response: next(rewards))
     seen = {}

@@ -1,5 +1,50 @@
-"""Generation engines (DESIGN.md section 2): ``hf`` samples with a ``transformers`` KV cache."""
+"""Generation engines (DESIGN.md section 2): ``hf`` samples with a ``transformers`` KV cache;
+``vllm`` (optional extra) samples with vLLM on a GPU and returns the same ``Rollouts``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
 
 from dasd.rollout.hf import Rollouts, generate, sample_from_logits
 
-__all__ = ["Rollouts", "generate", "sample_from_logits"]
+__all__ = [
+    "ROLLOUT_ENGINES",
+    "Rollouts",
+    "build_rollout_engine",
+    "check_rollout_engine",
+    "generate",
+    "sample_from_logits",
+]
+
+#: Names a config's ``rollout_engine`` takes.
+ROLLOUT_ENGINES = ("hf", "vllm")
+
+
+def check_rollout_engine(name: str, *, device: str = "auto") -> None:
+    """Raise a one-line ``ValueError`` if engine ``name`` is unknown or cannot run here
+    (``vllm``: needs CUDA and the ``dasd[vllm]`` extra; checked without importing vLLM)."""
+    if name not in ROLLOUT_ENGINES:
+        raise ValueError(f"unknown rollout_engine {name!r}; valid: {', '.join(ROLLOUT_ENGINES)}")
+    if name == "vllm":
+        from dasd.rollout.vllm import check_vllm_available
+
+        check_vllm_available(device)
+
+
+def build_rollout_engine(
+    name: str, model: nn.Module, *, gpu_memory_utilization: float = 0.3, seed: int = 0
+) -> Callable[..., Rollouts]:
+    """A function called like ``generate(model, tokenizer, prompts, *, max_new_tokens, ...)``:
+    ``generate`` itself for ``hf``; for ``vllm`` a ``VLLMEngine`` built from ``model``'s
+    checkpoint (``name_or_path``) in ``model``'s dtype, which syncs ``model``'s weights at
+    every call."""
+    check_rollout_engine(name, device=next(model.parameters()).device.type)
+    if name == "hf":
+        return generate
+    from dasd.rollout.vllm import VLLMEngine
+
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    return VLLMEngine(model.name_or_path, gpu_memory_utilization=gpu_memory_utilization,
+                      seed=seed, dtype=dtype)

@@ -20,16 +20,17 @@ Departures and choices:
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 __all__ = [
     "Rollouts",
+    "assemble_rollouts",
     "encode_prompts",
     "eval_mode",
     "generate",
@@ -248,10 +249,28 @@ def generate(
     )
     response_mask = torch.cat([nn.functional.pad(m, (0, width - m.shape[1])) for _, m, _ in parts])
     logprobs = torch.cat([nn.functional.pad(lp, (0, width - lp.shape[1])) for _, _, lp in parts])
+    return assemble_rollouts(tokenizer, prompts, prompt_ids, prompt_mask, response_ids,
+                             response_mask, logprobs, eos)
+
+
+def assemble_rollouts(
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    response_ids: Tensor,
+    response_mask: Tensor,
+    logprobs: Tensor,
+    eos: Sequence[int],
+) -> Rollouts:
+    """``Rollouts`` from sampled ``(N, T)`` response tokens, mask and log-probs (any engine):
+    a row is finished when its last valid token is in ``eos``; its text is its valid tokens
+    other than ``eos``, decoded without skipping other special tokens."""
+    eos_t = torch.tensor(list(eos), dtype=torch.long)
     lengths = response_mask.sum(-1)
-    last = response_ids.gather(1, (lengths - 1)[:, None]).squeeze(1)
-    finished = torch.isin(last, torch.tensor(eos))
-    keep = response_mask & ~torch.isin(response_ids, torch.tensor(eos))
+    last = response_ids.gather(1, (lengths - 1).clamp(min=0)[:, None]).squeeze(1)
+    finished = (lengths > 0) & torch.isin(last, eos_t)
+    keep = response_mask & ~torch.isin(response_ids, eos_t)
     responses = tokenizer.batch_decode(
         [row[k].tolist() for row, k in zip(response_ids, keep)], skip_special_tokens=False
     )

@@ -1,0 +1,259 @@
+"""vLLM rollout engine (optional extra ``dasd[vllm]``): the HF engine's ``Rollouts`` from vLLM.
+
+Implements the same rollout step as ``dasd.rollout.hf`` (paper section 2, GRPO: sample G
+trajectories from π_θold(·|x); appendix C, Algorithm 1 line 3; appendix F: evaluation at
+temperature 1.0, top-p 0.9, 8,192 tokens) with vLLM's offline ``LLM.generate``, colocated with
+the training policy on one GPU. Entropies and teacher log-probs still come from the HF scorer
+(``dasd.scoring``), as with the HF engine.
+
+How it works:
+
+1. ``VLLMEngine`` builds one ``vllm.LLM`` in this process: it sets
+   ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` (unless already set), so vLLM's engine core and its
+   single worker live in the training process and the policy's weights pass by reference.
+2. Weight sync, before every call: the policy's ``state_dict()`` goes to the vLLM model's own
+   ``load_weights`` (which takes Hugging Face parameter names and fuses q/k/v and gate/up
+   itself) on the worker, through the public ``LLM.collective_rpc`` of vLLM >= 0.8, instead of
+   ``llm.llm_engine.model_executor.driver_worker.model_runner.model.load_weights(...)``, whose
+   attribute path differs between vLLM versions. The prefix cache is then reset, so no KV
+   computed with the old weights is reused.
+3. Prompts are sent as token ids from ``encode_prompts``, so both engines and the scorer see
+   the same prompt tokens. Each run of consecutive equal prompts (the G rollouts of a group) is
+   one request with ``n`` = the run's length; ``SamplingParams(n, temperature, top_p,
+   max_tokens, seed, logprobs=0, stop_token_ids)`` with the HF engine's EOS ids.
+4. Seeds: one base seed is drawn from ``generator``; the request starting at row i gets seed
+   base + i, and vLLM gives the k-th sample of a request seed + k, so row i samples with seed
+   base + i.
+5. The conversion of vLLM's outputs into ``Rollouts`` is the pure ``rollouts_from_outputs``.
+
+Departures from the HF engine:
+
+1. ``Rollouts.logprobs`` are vLLM's sampled-token log-probs in its default ``raw_logprobs``
+   mode: log softmax(logits) at temperature 1, before top-p. They equal the HF engine's at
+   temperature 1 (the paper's training and evaluation temperature); at other temperatures
+   they are not softmax(logits / T). The trainer and the evaluation do not read them (π_old is
+   rescored, ``dasd.trainer`` departure 3).
+2. Samples come from vLLM's kernels and random streams: for one seed they differ from the HF
+   engine's, and they repeat across runs only as far as vLLM's batching is deterministic.
+3. ``batch_size`` is ignored (vLLM schedules requests by its KV-cache space); ``progress`` is
+   called once, when all responses are done.
+4. The KV cache (``gpu_memory_utilization`` of the GPU's memory) stays reserved during the PPO
+   update; vLLM's sleep mode is not used.
+
+Not run by us: no GPU was available, so ``VLLMEngine`` has never run; only the configuration
+check, the lazy import and ``rollouts_from_outputs`` are tested (on CPU, with stand-in outputs).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from dasd.rollout.hf import Rollouts, assemble_rollouts, encode_prompts, stop_token_ids
+
+__all__ = [
+    "VLLM_NEEDS",
+    "VLLMEngine",
+    "check_vllm_available",
+    "import_vllm",
+    "request_runs",
+    "rollouts_from_outputs",
+]
+
+#: The one-line requirement of the vLLM engine, the start of every error it raises.
+VLLM_NEEDS = "rollout_engine='vllm' needs a CUDA GPU and `pip install 'dasd[vllm]'`"
+
+
+def check_vllm_available(device: str = "auto") -> None:
+    """Raise a one-line ``ValueError`` unless the vLLM engine can run: ``device`` is not
+    ``cpu``, CUDA is available and the ``vllm`` package is installed (found, not imported)."""
+    if device == "cpu":
+        raise ValueError(f"{VLLM_NEEDS}; got device='cpu'")
+    if not torch.cuda.is_available():
+        raise ValueError(f"{VLLM_NEEDS}; no CUDA device is available here")
+    if importlib.util.find_spec("vllm") is None:
+        raise ValueError(f"{VLLM_NEEDS}; the vllm package is not installed")
+
+
+def import_vllm() -> ModuleType:
+    """The ``vllm`` module, imported on first use; a one-line ``ImportError`` naming the extra
+    when it is missing."""
+    try:
+        import vllm
+    except ImportError as err:
+        raise ImportError(
+            f"the vLLM rollout engine needs vllm: pip install 'dasd[vllm]' ({err})"
+        ) from None
+    return vllm
+
+
+def request_runs(prompts: Sequence[str]) -> list[tuple[int, int]]:
+    """``(start, n)`` of each run of consecutive equal prompts, in order: one vLLM request
+    each. ``["a", "a", "b", "a"]`` gives ``[(0, 2), (2, 1), (3, 1)]``."""
+    runs: list[tuple[int, int]] = []
+    for i, prompt in enumerate(prompts):
+        if runs and prompts[runs[-1][0]] == prompt:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((i, 1))
+    return runs
+
+
+def _token_logprob(step: Any, token: int, row: int, t: int) -> float:
+    """Log-prob of ``token`` in one position's ``{token_id: Logprob}`` mapping."""
+    if step is None or token not in step:
+        raise ValueError(
+            f"vLLM returned no log-prob for token {token} of response {row} at position {t}; "
+            "request logprobs=0"
+        )
+    entry = step[token]
+    return float(getattr(entry, "logprob", entry))
+
+
+def rollouts_from_outputs(
+    outputs: Sequence[Any],
+    prompts: Sequence[str],
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    *,
+    tokenizer: PreTrainedTokenizerBase,
+    eos: Sequence[int],
+) -> Rollouts:
+    """``Rollouts`` from vLLM's request outputs, exactly as ``dasd.rollout.hf.generate`` lays
+    them out.
+
+    Args:
+        outputs: one request output per run of ``request_runs(prompts)``, in order; each has
+            ``.outputs``, its n samples, each with ``.token_ids`` (the emitted tokens, EOS
+            included) and ``.logprobs`` (per position a mapping from token id to an object with
+            ``.logprob``, or to a float), and optionally ``.index`` (the sample's rank in the
+            request; list order otherwise).
+        prompts: the N prompt strings (G consecutive copies per group).
+        prompt_ids, prompt_mask: ``(N, P)`` left-padded prompt tokens (``encode_prompts``).
+        tokenizer: decodes the responses (pad id for the padding).
+        eos: the ids that end a response.
+
+    Returns:
+        ``Rollouts`` on CPU: ``response_ids (N, T)`` right-padded with the pad id,
+        ``response_mask (N, T)``, ``logprobs (N, T)`` float32 (0 on padding), ``finished (N,)``
+        (last token in ``eos``) and the decoded responses without EOS, as the HF engine
+        decodes them.
+    """
+    runs = request_runs(prompts)
+    if len(outputs) != len(runs):
+        raise ValueError(
+            f"got {len(outputs)} vLLM request outputs for {len(runs)} requests "
+            f"({len(prompts)} prompts); pass one output per run of equal prompts, in order"
+        )
+    samples: list[Any] = []
+    for (start, n), request in zip(runs, outputs):
+        completions = list(request.outputs)
+        if len(completions) != n:
+            raise ValueError(
+                f"the request for prompts {start}..{start + n - 1} returned {len(completions)} "
+                f"samples, expected n={n}"
+            )
+        order = [getattr(c, "index", k) for k, c in enumerate(completions)]
+        samples.extend(c for _, c in sorted(zip(order, completions), key=lambda pair: pair[0]))
+    pad_id = tokenizer.pad_token_id
+    lengths = [len(c.token_ids) for c in samples]
+    width = max([*lengths, 1])
+    n_rows = len(samples)
+    response_ids = torch.full((n_rows, width), pad_id, dtype=torch.long)
+    logprobs = torch.zeros(n_rows, width, dtype=torch.float32)
+    for row, completion in enumerate(samples):
+        tokens = [int(t) for t in completion.token_ids]
+        if not tokens:
+            continue
+        if completion.logprobs is None or len(completion.logprobs) < len(tokens):
+            raise ValueError(f"vLLM returned no log-probs for response {row}; request logprobs=0")
+        response_ids[row, : len(tokens)] = torch.tensor(tokens)
+        logprobs[row, : len(tokens)] = torch.tensor(
+            [_token_logprob(step, tok, row, t)
+             for t, (step, tok) in enumerate(zip(completion.logprobs, tokens))]
+        )
+    response_mask = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
+    return assemble_rollouts(tokenizer, prompts, prompt_ids, prompt_mask, response_ids,
+                             response_mask, logprobs, eos)
+
+
+def _load_weights(worker: Any, weights: list[tuple[str, torch.Tensor]]) -> None:
+    """Run on vLLM's worker by ``collective_rpc``: copy Hugging Face-named weights into its
+    model."""
+    worker.get_model().load_weights(weights)
+
+
+class VLLMEngine:
+    """A vLLM engine colocated with the training policy; called like
+    ``dasd.rollout.hf.generate`` (the policy is its first argument, its weights are synced
+    into vLLM before sampling).
+
+    Args:
+        model_source: the checkpoint directory or hub id vLLM loads the architecture and
+            tokenizer from (the policy's ``name_or_path``); its weights are overwritten by the
+            policy's at every call.
+        gpu_memory_utilization: share of the GPU's memory vLLM may take (weights and KV cache);
+            the rest is left to the policy's training.
+        seed: vLLM's engine seed.
+        dtype: vLLM's weight and activation dtype (the policy's, e.g. ``"bfloat16"``).
+    """
+
+    def __init__(self, model_source: str, *, gpu_memory_utilization: float, seed: int,
+                 dtype: str = "auto") -> None:
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        vllm = import_vllm()
+        self._sampling_params = vllm.SamplingParams
+        self.llm = vllm.LLM(model=model_source, gpu_memory_utilization=gpu_memory_utilization,
+                            seed=seed, dtype=dtype)
+
+    def sync_weights(self, model: nn.Module) -> None:
+        """Copy ``model``'s weights into vLLM and drop the prefix cache computed with the old
+        ones."""
+        weights = list(model.state_dict().items())
+        self.llm.collective_rpc(_load_weights, args=(weights,))
+        self.llm.reset_prefix_cache()
+
+    def __call__(
+        self,
+        model: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        prompts: list[str],
+        *,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        batch_size: int = 64,
+        generator: torch.Generator | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> Rollouts:
+        """Sample one response per prompt with vLLM from ``model``'s current weights; the
+        arguments and the result are those of ``dasd.rollout.hf.generate`` (``batch_size`` is
+        ignored, departure 3)."""
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if temperature < 0 or not 0 < top_p <= 1:
+            raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+        prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts)
+        eos = stop_token_ids(model, tokenizer)
+        self.sync_weights(model)
+        device = generator.device if generator is not None else "cpu"
+        base = int(torch.randint(0, 2**31 - len(prompts), (1,), generator=generator, device=device))
+        requests, params = [], []
+        for start, n in request_runs(prompts):
+            requests.append({"prompt_token_ids": prompt_ids[start][prompt_mask[start]].tolist()})
+            params.append(self._sampling_params(
+                n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
+                seed=base + start, logprobs=0, stop_token_ids=eos,
+            ))
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        if progress is not None:
+            progress(len(prompts))
+        return rollouts_from_outputs(outputs, prompts, prompt_ids, prompt_mask,
+                                     tokenizer=tokenizer, eos=eos)
