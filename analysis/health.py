@@ -72,7 +72,7 @@ import math
 import os
 import re
 from bisect import bisect_right
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -89,29 +89,31 @@ from dasd.registry import Registry
 
 __all__ = [
     "DEFAULT_MARKERS",
-    "REV_WINDOW",
-    "REV_MAX_OVERLAP",
-    "METRIC_COLUMNS",
     "HEALTH_COLUMNS",
+    "METRIC_COLUMNS",
     "PROBLEM_REBUILDERS",
+    "REV_MAX_OVERLAP",
+    "REV_WINDOW",
+    "VARIANT_DEFAULTS",
+    "HealthReport",
     "Issue",
     "RunInfo",
-    "HealthReport",
-    "words",
-    "trigrams",
-    "ey_density",
-    "revises",
-    "distinct_3",
-    "first_error_step",
-    "pass_k_values",
-    "response_health",
-    "health_metrics",
-    "resolve_step_correct",
-    "run_info",
-    "run_health",
-    "discover_runs",
     "analyze_runs",
+    "discover_runs",
+    "distinct_3",
+    "ey_density",
+    "first_error_step",
+    "health_metrics",
+    "pass_k_values",
     "passk_report",
+    "resolve_step_correct",
+    "response_health",
+    "revises",
+    "run_health",
+    "run_info",
+    "run_variant",
+    "trigrams",
+    "words",
 ]
 
 #: Words on each side of a marker that the revision test compares (appendix F: 30).
@@ -768,6 +770,29 @@ class Issue:
     message: str
 
 
+#: Run settings that make a method variant when they leave the paper's default (section 5:
+#: entropy routing, router quantile rho = 0.20); ``method_options`` always do.
+VARIANT_DEFAULTS: dict[str, Any] = {"routing": "entropy", "rho": 0.2}
+
+
+def run_variant(config: Mapping[str, Any]) -> str:
+    """What sets a run apart from its method's defaults, from its manifest config:
+    ``key=value`` for each ``method_options`` entry (sorted), then ``routing=...`` and
+    ``rho=...`` where they differ from :data:`VARIANT_DEFAULTS`; "" for none. Runs of one
+    method with different variants are different rows and curves (Table 3, the ablations'
+    flipped arms and panels); runs differing only in seed share a variant and pool."""
+    options = config.get("method_options")
+    parts = [f"{k}={v}" for k, v in sorted((options if isinstance(options, dict) else {}
+                                             ).items())]
+    for key, default in VARIANT_DEFAULTS.items():
+        value = config.get(key)
+        numeric = isinstance(value, (int, float)) and isinstance(default, float)
+        if value is None or value == default or (numeric and math.isclose(value, default)):
+            continue
+        parts.append(f"{key}={value}")
+    return ", ".join(parts)
+
+
 @dataclass(frozen=True)
 class RunInfo:
     """What the tables need to know about a run, from its manifest."""
@@ -780,11 +805,15 @@ class RunInfo:
     method: str | None
     task: str | None
     config: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    variant: str = ""
+    """:func:`run_variant` of the run's config (of the train run's, for an eval of one of
+    its checkpoints)."""
 
 
-def _trained_from(model: str) -> tuple[str | None, str | None] | None:
-    """(model, method) of the train run whose directory holds the checkpoint ``model``
-    (e.g. ``runs/train-dasd/checkpoints/step-200``); None if it is not such a path."""
+def _trained_from(model: str) -> tuple[str | None, str | None, str] | None:
+    """(model, method, variant) of the train run whose directory holds the checkpoint
+    ``model`` (e.g. ``runs/train-dasd/checkpoints/step-200``); None if it is not such a
+    path."""
     from dasd.runlog import RunLogError, read_manifest
 
     path = Path(model)
@@ -798,25 +827,28 @@ def _trained_from(model: str) -> tuple[str | None, str | None] | None:
                 return None
             if manifest.get("method") is None:
                 return None
-            return manifest.get("model"), str(manifest["method"])
+            config = manifest.get("config")
+            return (manifest.get("model"), str(manifest["method"]),
+                    run_variant(config if isinstance(config, dict) else {}))
     return None
 
 
 def run_info(path: Path, manifest: dict[str, Any], label: str | None = None) -> RunInfo:
     """A :class:`RunInfo` from a manifest; the task is the config's ``benchmark`` when present,
     else the manifest's ``task``. A run without a method whose model is a checkpoint inside a
-    train run directory takes that run's model and method."""
+    train run directory takes that run's model, method and variant."""
     config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
     task = config.get("benchmark") or manifest.get("task")
     model = manifest.get("model")
     method = manifest.get("method")
+    variant = run_variant(config)
     if method is None and isinstance(model, str) and (lineage := _trained_from(model)):
-        model, method = lineage
+        model, method, variant = lineage
     return RunInfo(
         path=Path(path), label=label or Path(path).name, kind=str(manifest.get("kind")),
         status=str(manifest.get("status")), model=None if model is None else str(model),
         method=None if method is None else str(method),
-        task=None if task is None else str(task), config=config,
+        task=None if task is None else str(task), config=config, variant=variant,
     )
 
 

@@ -17,11 +17,12 @@ from typing import Any
 
 import pandas as pd
 
+from analysis.health import run_variant
 from dasd.runlog import find_runs, read_manifest, read_metrics, read_rollouts
 
 from .style import METHOD_ORDER, method_label
 
-__all__ = ["Run", "Group", "load_runs", "group_runs", "model_size"]
+__all__ = ["Group", "Run", "group_runs", "load_runs", "model_size"]
 
 _SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMBT])(?![A-Za-z])", re.IGNORECASE)
 _SCALE = {"K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}
@@ -152,20 +153,12 @@ def _method_rank(method: str | None) -> tuple[int, str]:
     return (len(METHOD_ORDER), method)
 
 
-def _variant(run: Run) -> str:
-    """What sets a run apart from its method's defaults (``method_options``, a non-default
-    ``routing``), so that ablation rows and flipped arms are not pooled into the method's curve."""
-    parts = [f"{k}={v}" for k, v in sorted((run.config.get("method_options") or {}).items())]
-    routing = run.config.get("routing")
-    if routing not in (None, "entropy"):
-        parts.append(f"routing={routing}")
-    return ", ".join(parts)
-
-
 def group_runs(runs: Sequence[Run], *, by_model: bool | None = None,
                by_task: bool | None = None) -> list[Group]:
-    """Runs grouped into curves by method, in the paper's method order. The model (task) name
-    is added to the key and label when ``by_model`` (``by_task``) is True, or, when left
+    """Runs grouped into curves by method and variant (:func:`analysis.health.run_variant`:
+    ``method_options``, a non-default ``routing`` or ``rho``, so that ablation rows and flipped
+    arms are not pooled into the method's curve), in the paper's method order. The model (task)
+    name is added to the key and label when ``by_model`` (``by_task``) is True, or, when left
     ``None``, when the runs span more than one model (task)."""
     if by_model is None:
         by_model = len({r.model for r in runs}) > 1
@@ -175,7 +168,7 @@ def group_runs(runs: Sequence[Run], *, by_model: bool | None = None,
     for run in runs:
         key = (_method_rank(run.method), run.method,
                run.model_name if by_model else "", run.task if by_task else "",
-               _variant(run))
+               run_variant(run.config))
         groups.setdefault(key, []).append(run)
     settings = sorted({(k[2], k[3]) for k in groups})
     out = []

@@ -57,6 +57,7 @@ from typing import Any
 import pandas as pd
 
 from analysis.intervals import t_interval
+from analysis.paper import ABLATION_ROWS, paper_value
 from dasd.registry import Registry
 from dasd.runlog import read_metrics
 from dasd.trainer import TrainConfig
@@ -104,7 +105,7 @@ QUICK_SEEDS = 2
 class Variant:
     """One row of a panel: its ``name`` (CLI and sub-run name), the paper's row ``label``,
     the ``TrainConfig`` fields it sets (``method_options`` are merged into the shared ones)
-    and the paper's numbers for the row (``Panel.paper_columns``)."""
+    and the paper's numbers for the row (``Panel.paper_columns``, from ``analysis.paper``)."""
 
     name: str
     label: str
@@ -141,63 +142,66 @@ class Panel:
 PANELS: Registry[Panel] = Registry("ablation panel")
 
 _AIME_EY = ("AIME24", "AIME25", "E(y)")
+_QUANTILE_COLUMNS = ("MATH500 Avg@16", "MATH500 Pass@16", "AIME24 Avg@16", "AIME24 Pass@16",
+                     "AIME25 Avg@16", "AIME25 Pass@16")
 
 
 def _options(key: str, value: str) -> dict[str, Any]:
     return {"method_options": {key: value}}
 
 
-PANELS.register("routing")(Panel(
-    name="routing", table="12", sets="routing", default="entropy", paper_columns=_AIME_EY,
-    variants=(
-        Variant("position", "Position proxy", {"routing": "position"}, (17.8, 15.9, 1.6)),
-        Variant("frequency", "Token frequency", {"routing": "frequency"}, (20.4, 17.7, 2.1)),
-        Variant("grad_norm", "Gradient norm", {"routing": "grad_norm"}, (25.1, 22.8, 2.8)),
-        Variant("attention", "Attention entropy", {"routing": "attention"}, (30.9, 27.9, 3.9)),
-        Variant("entropy", "Student entropy H_t (default)", {"routing": "entropy"},
-                (35.0, 32.1, 4.3)),
+def _panel(name: str, table: str, sets: str, default: str, columns: tuple[str, ...],
+           variants: Sequence[tuple[str, str, Mapping[str, Any]]], finding: str) -> Panel:
+    """A panel whose variants (name, label, train fields) take the paper's numbers of their
+    row of Table ``table`` (``analysis.paper.ABLATION_ROWS``)."""
+    rows = ABLATION_ROWS[name][f"Table {table}"]
+    return Panel(
+        name=name, table=table, sets=sets, default=default, paper_columns=columns,
+        variants=tuple(Variant(v, label, train, tuple(
+            paper_value(f"Table {table}", rows[v], column) for column in columns))
+            for v, label, train in variants),
+        finding=finding,
+    )
+
+
+PANELS.register("routing")(_panel(
+    "routing", "12", "routing", "entropy", _AIME_EY, (
+        ("position", "Position proxy", {"routing": "position"}),
+        ("frequency", "Token frequency", {"routing": "frequency"}),
+        ("grad_norm", "Gradient norm", {"routing": "grad_norm"}),
+        ("attention", "Attention entropy", {"routing": "attention"}),
+        ("entropy", "Student entropy H_t (default)", {"routing": "entropy"}),
     ),
     finding="paper (Table 12): entropy > attention entropy > gradient norm > frequency > "
             "position, in accuracy and E(y)",
 ))
-PANELS.register("direction")(Panel(
-    name="direction", table="13", sets="direction", default="tanh", paper_columns=_AIME_EY,
-    variants=(
-        Variant("plus", "OPSD: const. +1", _options("direction", "plus"), (15.0, 9.2, 0.7)),
-        Variant("minus", "Novelty: const. -1", _options("direction", "minus"),
-                (12.0, 10.6, 5.6)),
-        Variant("hard", "Hard threshold", _options("direction", "hard"), (31.5, 28.4, 4.0)),
-        Variant("linear", "Linear ramp", _options("direction", "linear"), (33.6, 30.6, 4.1)),
-        Variant("tanh", "tanh direction (default)", _options("direction", "tanh"),
-                (35.0, 32.1, 4.3)),
+PANELS.register("direction")(_panel(
+    "direction", "13", "direction", "tanh", _AIME_EY, (
+        ("plus", "OPSD: const. +1", _options("direction", "plus")),
+        ("minus", "Novelty: const. -1", _options("direction", "minus")),
+        ("hard", "Hard threshold", _options("direction", "hard")),
+        ("linear", "Linear ramp", _options("direction", "linear")),
+        ("tanh", "tanh direction (default)", _options("direction", "tanh")),
     ),
     finding="paper (Table 13): tanh > linear > hard >> const. +1 / -1; const. +1 collapses "
             "E(y), const. -1 keeps the most E(y) at low accuracy",
 ))
-PANELS.register("gate")(Panel(
-    name="gate", table="14", sets="gate", default="sigmoid", paper_columns=_AIME_EY,
-    variants=(
-        Variant("none", "No gate", _options("gate", "none"), (29.4, 26.3, 3.8)),
-        Variant("fixed", "Fixed threshold", _options("gate", "fixed"), (28.6, 25.6, 3.7)),
-        Variant("magnitude", "Magnitude-only", _options("gate", "magnitude"),
-                (30.8, 27.7, 4.0)),
-        Variant("sigmoid", "Gap-reliability gate (default)", _options("gate", "sigmoid"),
-                (35.0, 32.1, 4.3)),
+PANELS.register("gate")(_panel(
+    "gate", "14", "gate", "sigmoid", _AIME_EY, (
+        ("none", "No gate", _options("gate", "none")),
+        ("fixed", "Fixed threshold", _options("gate", "fixed")),
+        ("magnitude", "Magnitude-only", _options("gate", "magnitude")),
+        ("sigmoid", "Gap-reliability gate (default)", _options("gate", "sigmoid")),
     ),
     finding="paper (Table 14): sigmoid gate > magnitude > none > fixed threshold",
 ))
-PANELS.register("quantile")(Panel(
-    name="quantile", table="11", sets="rho", default="0.2",
-    paper_columns=("MATH500 Avg", "MATH500 Pass", "AIME24 Avg", "AIME24 Pass", "AIME25 Avg",
-                   "AIME25 Pass"),
-    variants=(
-        Variant("0.05", "0.05 (Novelty-biased)", {"rho": 0.05},
-                (67.9, 75.7, 26.1, 58.4, 22.8, 54.7)),
-        Variant("0.2", "0.20 (default)", {"rho": 0.2}, (70.4, 77.8, 35.0, 66.7, 32.1, 63.3)),
-        Variant("0.5", "0.50", {"rho": 0.5}, (69.9, 77.4, 33.5, 65.0, 30.4, 61.2)),
-        Variant("0.75", "0.75", {"rho": 0.75}, (69.1, 76.7, 29.8, 61.9, 26.7, 57.9)),
-        Variant("0.95", "0.95 (Conformity-biased)", {"rho": 0.95},
-                (67.7, 75.3, 21.5, 54.5, 18.9, 50.1)),
+PANELS.register("quantile")(_panel(
+    "quantile", "11", "rho", "0.2", _QUANTILE_COLUMNS, (
+        ("0.05", "0.05 (Novelty-biased)", {"rho": 0.05}),
+        ("0.2", "0.20 (default)", {"rho": 0.2}),
+        ("0.5", "0.50", {"rho": 0.5}),
+        ("0.75", "0.75", {"rho": 0.75}),
+        ("0.95", "0.95 (Conformity-biased)", {"rho": 0.95}),
     ),
     finding="paper (Table 11): rho = 0.2 is best; accuracy falls gradually toward both ends",
 ))
@@ -269,11 +273,12 @@ class AblateConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The config as stored in the parent's manifest (plain JSON data); ``panel``,
-        ``variants`` (row order), ``labels`` and ``runs`` (sub-run -> variant) are what
-        ``analysis.tables`` reads."""
+        ``variants`` (row order), ``default`` (the paper's default row), ``labels`` and
+        ``runs`` (sub-run -> variant) are what ``analysis.tables`` and ``analysis.findings``
+        read."""
         panel = PANELS.get(self.panel)
         return json.loads(json.dumps({
-            "panel": self.panel, "variants": list(self.variants),
+            "panel": self.panel, "variants": list(self.variants), "default": panel.default,
             "labels": {v: panel.variant(v).label for v in self.variants},
             "seeds": list(self.seed_list),
             "runs": {name: variant for name, (variant, _) in self.runs().items()},

@@ -29,6 +29,7 @@ from analysis.health import (
     resolve_step_correct,
     response_health,
     revises,
+    run_variant,
     trigrams,
     words,
 )
@@ -431,3 +432,12 @@ def test_passk_report_defaults_to_powers_of_two_up_to_n(tmp_path):
     frame_, _ = passk_report([tmp_path], ks=[3, 8])
     assert frame_.iloc[0]["pass@3"] == pytest.approx(0.5) and math.isnan(
         frame_.iloc[0]["pass@8"])
+
+
+def test_run_variant_names_what_sets_a_run_apart():
+    assert run_variant({}) == "" and run_variant({"method_options": {}}) == ""
+    # Defaults (the paper's entropy routing, rho = 0.2, up to float noise) are no variant.
+    assert run_variant({"routing": "entropy", "rho": 0.2000000001, "seed": 3}) == ""
+    assert run_variant({"method_options": {"gate": "none", "direction": "hard"},
+                        "routing": "position", "rho": 0.05}) == \
+        "direction=hard, gate=none, routing=position, rho=0.05"

@@ -265,6 +265,7 @@ def test_tables_command_prints_markdown_with_bold_best(runs, tmp_path):
     assert result.exit_code == 0, result.output
     assert "### Tables 2 and 6: Avg@4" in result.output
     assert "| &nbsp;&nbsp;+DASD | **50.0** | **37.5** | **43.8** |" in result.output
+    assert (out / "table2-vs-paper.md").read_text() in result.output
     assert "no data for Table 1 (needs probe:prefix-intervene runs" in result.output
     assert (out / "table2.md").read_text() in result.output
     before = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -282,3 +283,131 @@ def test_passk_command_defaults_to_powers_of_two_up_to_n(runs):
                            env={"COLUMNS": "200"})
     assert "Pass@8" in result.output and "–" in result.output
     assert runner.invoke(analyze_app, ["passk", str(runs), "--k", "x"]).exit_code == 2
+
+
+# ---------------------------------------------------------------- variants, paper vs ours
+
+
+def test_table3_keeps_method_variants_apart_and_pools_seeds(tmp_path):
+    """Issue #7: two dasd runs with different method_options are two columns; two seeds of
+    one config pool into one column with a Student-t interval."""
+    make_eval(tmp_path, "dasd-s0", kind="train", method="dasd", n_correct=2,
+              config={"method": "dasd", "seed": 0})
+    make_eval(tmp_path, "dasd-s1", kind="train", method="dasd", n_correct=4,
+              config={"method": "dasd", "seed": 1})
+    make_eval(tmp_path, "dasd-flip", kind="train", method="dasd", n_correct=1,
+              config={"method": "dasd", "method_options": {"flip": "low"}})
+    make_eval(tmp_path, "dasd-pos", kind="train", method="dasd", n_correct=3,
+              config={"method": "dasd", "routing": "position", "rho": 0.2})
+    tables, _ = build_tables(analyze_runs([tmp_path], last=True))
+    t3 = table_named(tables, "table3")
+    assert t3.columns == ("DASD", "DASD (flip=low)", "DASD (routing=position)")
+    avg = t3.rows[-1]
+    assert avg.values == pytest.approx((37.5, 12.5, 37.5))  # (2 + 4) / 16; 1 / 8; 3 / 8
+    half = 100 * 12.706204736174698 * 0.125  # t(0.975, 1) * |a - b| / 2
+    assert avg.spread[0] == pytest.approx(half) and avg.spread[1:] == (None, None)
+    md = t3.to_markdown()
+    assert f"**37.5** ± {half:.1f}" in md and "dasd-flip" not in md.split("Runs:")[0]
+    assert "countdown / tiny / dasd: mean of 2 runs (dasd-s0, dasd-s1)." in md
+
+
+def test_an_eval_of_a_checkpoint_takes_the_train_runs_variant(tmp_path):
+    train = create_run(tmp_path / "train-flip", kind="train", seed=0, model="tiny",
+                       method="dasd", task="countdown",
+                       config={"method_options": {"flip": "high"}})
+    ckpt = tmp_path / "train-flip" / "checkpoints" / "step-2"
+    ckpt.mkdir(parents=True)
+    train.finish()
+    make_eval(tmp_path, "ev-flip", model=str(ckpt), n_correct=2)
+    make_eval(tmp_path, "ev-dasd", method="dasd", n_correct=3)
+    tables, _ = build_tables(analyze_runs([tmp_path / "ev-flip", tmp_path / "ev-dasd"],
+                                          last=True))
+    assert [r.label for r in table_named(tables, "table2").rows] == [
+        "tiny", "+DASD", "+DASD (flip=high)"]
+
+
+def test_table2_vs_paper_puts_the_papers_numbers_beside_ours(runs):
+    tables, _ = build_tables(analyze_runs([runs], last=True))
+    versus = table_named(tables, "table2").versus
+    assert versus.name == "table2-vs-paper"
+    assert versus.columns == ("AIME24", "AIME24: paper", "Countdown", "Countdown: paper",
+                              "Avg", "Avg: paper")
+    md = versus.to_markdown()
+    # Countdown is no paper benchmark: compared with the paper's Avg of Qwen3-1.7B.
+    assert "| &nbsp;&nbsp;+GRPO | – | 32.5 | 25.0 | 33.8 | – | 33.8 |" in md
+    assert "| &nbsp;&nbsp;+DASD | 50.0 | 35.0 | 37.5 | 37.7 | 43.8 | 37.7 |" in md
+    # One run per cell: no interval, so every pair is undecided; the best row is DASD.
+    assert "ordering (agree/disagree/undecided pairs) | undecided (0/0/1) |  | " \
+        "undecided (0/0/6) |" in md
+    assert "best row: ours is the paper's? | yes: +DASD |" in md
+    assert "Countdown: the paper's Avg." in md
+    rows = list(csv.reader(io.StringIO(versus.to_csv())))
+    assert rows[0][:3] == ["section", "Model / method", "AIME24"]
+    assert rows[2] == ["tiny vs the paper's Qwen3-1.7B", "+GRPO", "", "32.5", "25.0", "33.8",
+                       "", "33.8"]
+
+
+def test_ordering_marks_with_seeds(tmp_path):
+    """Two identical seeds per method: zero-width intervals, so every pair is decided.
+    Paper (Qwen3-1.7B Avg): DASD 37.7 > GRPO 33.8 > OPSD 23.6; ours: DASD 37.5 > OPSD 25.0 >
+    GRPO 12.5: DASD's two pairs agree, GRPO-OPSD disagrees."""
+    for method, n in (("grpo", 1), ("opsd", 2), ("dasd", 3)):
+        for seed in (0, 1):
+            make_eval(tmp_path, f"ev-{method}-{seed}", method=method, n_correct=n,
+                      config={"seed": seed})
+    tables, _ = build_tables(analyze_runs([tmp_path], last=True))
+    md = table_named(tables, "table2").versus.to_markdown()
+    assert "| &nbsp;&nbsp;+OPSD | 25.0 [25.0, 25.0] | 23.6 |" in md
+    assert "| mixed (2/1/0) |" in md and "yes: +DASD" in md
+
+
+def make_prefix_run(root, cells):
+    writer = create_run(root / "pi", kind="probe:prefix-intervene", config={}, seed=0,
+                        model="tiny", task="countdown")
+    writer.write_rollouts(0, "eval", rows_for({"cd-3-7-8-29": 1}))
+    writer.write_json("summary", {"n_prompts": 1, "k": 4, "ci": {"level": 0.95},
+                                  "cells": cells})
+    writer.finish()
+
+
+def test_table1_from_a_prefix_intervene_run_with_sign_marks(tmp_path):
+    def cell(bucket, metric, mode, delta, low, high):
+        return {"bucket": bucket, "metric": metric, "mode": mode, "delta_pct": delta,
+                "ci_low": low, "ci_high": high}
+
+    make_prefix_run(tmp_path, [
+        cell("low", "step_acc", "conformity", 12.0, 4.0, 20.0),    # paper +18.3: agrees
+        cell("low", "step_acc", "novelty", 5.0, 1.0, 9.0),         # paper -79.4: disagrees
+        cell("low", "ey_density", "conformity", -1.0, -3.0, 2.0),  # paper -4.21: inconclusive
+        cell("low", "ey_density", "novelty", None, None, None),    # NaN: not measured
+    ])
+    tables, missing = build_tables(analyze_runs([tmp_path], last=True))
+    assert not any(m.startswith("no data for Table 1 ") for m in missing)
+    t1 = table_named(tables, "table1")
+    assert t1.columns == ("Conformity", "Novelty")
+    assert [(r.section, r.label) for r in t1.rows] == [
+        ("Low-H_t scaffolding", "ΔStepAcc"), ("Low-H_t scaffolding", "ΔE(y)")]
+    assert t1.cells() == [["+12.0", "+5.0"], ["-1.0", "–"]]
+    md = t1.versus.to_markdown()
+    assert ("| &nbsp;&nbsp;ΔStepAcc | +12.0 [+4.0, +20.0] | +18.3 | agrees | "
+            "+5.0 [+1.0, +9.0] | -79.4 | disagrees |") in md
+    assert "| &nbsp;&nbsp;ΔE(y) | -1.0 [-3.0, +2.0] | -4.21 | inconclusive | – | +5.03 | " \
+        "not measured |" in md
+    assert "Sign agreement: 1 agrees, 1 disagrees, 1 inconclusive, 1 not measured." in md
+    tex = t1.versus.to_latex()
+    assert "\\multicolumn{7}{l}{\\textit{Low-H\\_t scaffolding}} \\\\\n" in tex
+    assert "\\quad $\\Delta$StepAcc & +12.0 [+4.0, +20.0] & +18.3 & agrees &" in tex
+
+
+def test_vs_paper_files_are_written_and_byte_identical(runs, tmp_path):
+    first, second = tmp_path / "one", tmp_path / "two"
+    write_tables(*build_tables(analyze_runs([runs], last=True)), first)
+    write_tables(*build_tables(analyze_runs([runs], last=True)), second)
+    names = sorted(p.name for p in first.iterdir())
+    assert {"table2-vs-paper.md", "table2-vs-paper.tex", "table2-vs-paper.csv",
+            "table7-vs-paper.md", "table3-countdown-vs-paper.csv"} <= set(names)
+    for name in names:
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    index = (first / "tables.md").read_text()
+    assert index.index("### Tables 2 and 6: Avg@4") < index.index("### Tables 2 and 6 vs") < \
+        index.index("### Table 3:")
