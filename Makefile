@@ -3,13 +3,17 @@
 PY := .venv/bin/python
 STAMP := .venv/.dasd-installed
 
-.PHONY: setup demo test test-slow bench
+.PHONY: setup reproduce demo test test-slow bench
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml scripts/setup.sh
 	@bash scripts/setup.sh
 	@touch $@
+
+# The paper's probes on the built-in world, the paper's numbers beside ours (runs/reproduce-quick).
+reproduce: $(STAMP)
+	.venv/bin/dasd-probe reproduce --budget quick
 
 demo: $(STAMP)
 	.venv/bin/dasd-probe eval

@@ -10,12 +10,23 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from probes.reproduce import ReproduceConfig, Stage
 
 probe_app = typer.Typer(
     add_completion=False,
@@ -80,6 +91,79 @@ def _print_metrics(title: str, metrics: dict[str, float]) -> None:
     console.print(table)
 
 
+@probe_app.command("reproduce")
+def reproduce_cmd(
+    budget: str = typer.Option("quick", help="quick (about 10 minutes on a 2-core CPU), default "
+                               "(every probe's default size, about 2 hours there) or full "
+                               "(larger, 3 seeds; for a GPU)."),
+    seeds: int = typer.Option(None, help="Seeds of the training stages (default: the "
+                              "budget's, 1 for quick and default, 3 for full)."),
+    seed: int = typer.Option(0, help="First seed."),
+    model: str = typer.Option("tiny", help="'tiny' (built-in), a local checkpoint dir, or a "
+                              "hub name."),
+    task: str = typer.Option("countdown", help="Registered task name."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Parent directory of run directories."),
+    name: str = typer.Option("", help="Parent run directory name (default: "
+                             "reproduce-<budget>); rerunning with the same settings resumes "
+                             "it."),
+) -> None:
+    """The paper on one model and task, in one command: base evaluation, GRPO / OPSD / DASD
+    training and their evaluations, the three probes and RQ1-RQ3, under one parent directory;
+    then the tables (paper beside ours), figures, findings (reproduced / not reproduced, by a
+    stated rule) and the HTML report. Interrupted, it resumes where it stopped."""
+    from probes.reproduce import ReproduceConfig, plan, run_reproduce
+
+    run_dir = runs_dir / (name or f"reproduce-{budget}")
+    with _one_line_errors():
+        cfg = ReproduceConfig(budget=budget, seeds=seeds, seed=seed, model=model, task=task)
+        stages = plan(cfg)
+        console.print(f"parent directory: {escape(str(run_dir))} ({len(stages)} stages, "
+                      f"budget {cfg.budget}, {cfg.seeds} seed(s))", highlight=False,
+                      soft_wrap=True)
+        try:
+            with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                          TextColumn("left"), TimeRemainingColumn(),
+                          TextColumn("{task.fields[run]}"), console=console) as bar:
+                result = run_reproduce(cfg, run_dir, stages=stages,
+                                       display=_ReproduceDisplay(bar, stages, cfg))
+        except KeyboardInterrupt:
+            Console(stderr=True, soft_wrap=True).print(
+                f"interrupted; the same command resumes it ({escape(str(run_dir))})",
+                highlight=False)
+            raise typer.Exit(130) from None
+    from analysis.findings import findings
+
+    for finding in findings([run_dir]):
+        console.print(f"- {finding.line()}", highlight=False, soft_wrap=True, markup=False)
+    for key, path in result.outputs.items():
+        console.print(f"{key}: {escape(str(path))}", highlight=False, soft_wrap=True)
+
+
+class _ReproduceDisplay:
+    """``probes.reproduce.Display`` on a rich progress bar: the stage, the run at work and the
+    time left from the budget's per-stage estimates."""
+
+    def __init__(self, bar: Progress, stages: list[Stage], cfg: ReproduceConfig) -> None:
+        self.bar, self.stages = bar, stages
+        self.seconds = [cfg.sizes.seconds.get(s.kind, 60.0) for s in stages]
+        self.task = bar.add_task("starting", total=sum(self.seconds), run="")
+        self.index = 0
+
+    def stage(self, index: int, stage: Stage, action: str) -> None:
+        self.index = index
+        self.bar.update(self.task, completed=sum(self.seconds[:index]),
+                        description=f"stage {index + 1}/{len(self.stages)} {stage.name} "
+                                    f"({action})", run="")
+
+    def progress(self, run: str, done: float, total: float) -> None:
+        share = min(done / total, 1.0) if total else 0.0
+        self.bar.update(self.task, run=run, completed=sum(self.seconds[:self.index])
+                        + share * self.seconds[self.index])
+
+    def finished(self, index: int, stage: Stage) -> None:
+        self.bar.update(self.task, completed=sum(self.seconds[:index + 1]))
+
+
 @probe_app.command("eval")
 def eval_cmd(
     model: str = typer.Option("tiny", help="'tiny' (built-in), a local checkpoint dir, or a hub name."),
@@ -95,6 +179,11 @@ def eval_cmd(
     max_new_tokens: int = typer.Option(160, help="Generation limit per response."),
     batch_size: int = typer.Option(128, help="Prompts per generation micro-batch."),
     teacher: bool = typer.Option(True, help="Also score the privileged teacher's log-probs."),
+    score_batch_size: int = typer.Option(32, help="Responses per scoring forward pass (lower "
+                                         "it for long responses: 4 at 8,192 tokens)."),
+    rollout_engine: str = typer.Option("hf", help="Sampler: hf, or vllm (needs a CUDA GPU and "
+                                       "the vllm extra of dasd)."),
+    device: str = typer.Option("auto", help="auto (CUDA when available), cpu or cuda."),
     seed: int = typer.Option(0, help="Seed for problem sampling and generation."),
     runs_dir: Path = typer.Option(Path("runs"), help="Parent directory of run directories."),
     name: str = typer.Option("", help="Run directory name (default: eval-<model>-<time>)."),
@@ -108,7 +197,8 @@ def eval_cmd(
             model=model, task=task, benchmark=benchmark, n_prompts=n_prompts, k=k,
             temperature=temperature,
             top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size,
-            teacher=teacher, seed=seed,
+            teacher=teacher, score_batch_size=score_batch_size, rollout_engine=rollout_engine,
+            device=device, seed=seed,
         )
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
@@ -583,6 +673,7 @@ def prefix_intervene_cmd(
     teacher are decoded in lockstep; in the chosen entropy bucket the token comes from the
     teacher (Conformity) or from p / q^alpha (Novelty), elsewhere from the student. Reports
     the % change of StepAcc and E(y) vs unmodified rollouts of the same prompts and seeds."""
+    from analysis.paper import TABLE1_BUCKETS, TABLE1_METRICS
     from probes.prefix_intervene import PrefixInterveneConfig, run_prefix_intervene
 
     run_dir = runs_dir / (name or _run_name("prefix-intervene", model))
@@ -596,8 +687,7 @@ def prefix_intervene_cmd(
         total = n_prompts * k * (1 + 2 * len(cfg.buckets))
         with _progress_bar(f"sampling {total} responses", total) as step:
             summary = run_prefix_intervene(cfg, run_dir, progress=step)
-    labels = {"low": "Low-H_t scaffolding", "high": "High-H_t forks",
-              "random": "Random-H_t control", "step_acc": "ΔStepAcc", "ey_density": "ΔE(y)"}
+    labels = {**TABLE1_BUCKETS, **TABLE1_METRICS}
     table = Table(title=f"Table 1: prefix interventions, % change vs unmodified rollouts "
                         f"[{summary['ci']['level']:.0%} CI], {n_prompts} prompts x {k}")
     for col in ("bucket / metric", "Conformity", "Novelty", "paper C", "paper N"):
@@ -830,18 +920,21 @@ def tables_cmd(
         Path("paper-tables"), "--out", help="Folder for the Markdown, LaTeX and CSV files."
     ),
 ) -> None:
-    """The paper's tables that the runs support (Tables 2/6 and 7 from eval runs, Table 3 from
-    reasoning health, Tables 5 and 11-14 from `dasd-probe ablate` directories, with mean ±
-    95% half-width across seeds), as Markdown on the terminal and Markdown, LaTeX and CSV files
-    (byte-identical on a rerun); names the tables without data and the runs they need."""
+    """The paper's tables that the runs support (Table 1 from `dasd-probe prefix-intervene`
+    runs, Tables 2/6 and 7 from eval runs, Table 3 from reasoning health, Tables 5 and 11-14
+    from `dasd-probe ablate` directories; runs differing only in seed pooled as mean ± 95%
+    half-width), each followed by a "vs paper" table (the paper's numbers beside ours with our
+    intervals, and agreement marks: sign for Table 1, ordering of methods or variants for the
+    others), as Markdown on the terminal and Markdown, LaTeX and CSV files (byte-identical on
+    a rerun); names the tables without data and the runs they need."""
     from analysis.health import analyze_runs
     from analysis.tables import build_tables, write_tables
 
     report = analyze_runs(runs, last=True, split="eval")
     if report.analysed:
         tables, missing = build_tables(report)
-        for table in tables:
-            console.print(table.to_markdown(), markup=False, highlight=False, emoji=False,
+        for part in (p for table in tables for p in (table, table.versus) if p is not None):
+            console.print(part.to_markdown(), markup=False, highlight=False, emoji=False,
                           soft_wrap=True)
         for line in missing:
             console.print(line, markup=False, highlight=False, emoji=False, soft_wrap=True)

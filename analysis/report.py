@@ -2,6 +2,8 @@
 
 The page holds, from run directories only (DESIGN.md section 4):
 
+0. when the runs measure any of them, the paper's findings, one line each, reproduced / not
+   reproduced / not measurable here by the rule of :mod:`analysis.findings`, with the claims;
 1. the runs: manifest fields and the resolved config of each;
 2. the reasoning-health table (Table 3's metrics, :func:`analysis.health.analyze_runs` on
    each run's last eval rollouts) with the issues it met;
@@ -10,8 +12,8 @@ The page holds, from run directories only (DESIGN.md section 4):
 4. a rollout audit in the spirit of the paper's Fig. 9: responses token by token, colored by
    omega (attraction omega > 0 blue, repulsion omega < 0 red, the Conformity / Novelty colors
    of the figures) or, with the switch, by the student's entropy H_t; hovering a token shows
-   H_t, the raw gap delta_t = teacher_logp - student_logp, the normalized gap
-   delta_bar_t = delta_t / (median_t |delta_t| + 1e-6) of eq. (8), and omega_t.
+   H_t, the raw gap delta_t = teacher_logp - student_logp, the gap delta_bar_t as the ``dasd``
+   method scales it (``dasd.advantages.METHOD_GAP_SCALE``), and omega_t.
 
 Self-contained: inline CSS, images as data URIs, no script, no font or other external
 resource; every logged string is escaped. The color switch is two radio buttons and CSS.
@@ -24,7 +26,7 @@ Decisions and departures:
    omits); otherwise the tokens are shown as their ids (``token_ids``) or positions.
 2. omega is the logged ``omega`` column. Where a rollout has none (eval rollouts) but has
    ``entropy``, ``student_logp`` and ``teacher_logp``, omega is derived with DASD's defaults
-   (``dasd.advantages.dasd_advantages``: rho = 0.2, tanh direction, sigmoid gate) and the page
+   (the ``dasd`` method: rho = 0.2, tanh direction, sigmoid gate) and the page
    says so: it shows where DASD would attract and repel on that rollout, not what trained it.
 3. Audited rollouts: per run, the last logged rollout file (train split first, whose rows
    carry the trainer's omega, else eval), up to ``audit_rollouts`` rows, half correct and half
@@ -47,6 +49,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from analysis.findings import findings
 from analysis.health import HEALTH_COLUMNS, analyze_runs
 from figures import FIGURES, Missing, make_figure, png_bytes
 from figures.runs import Run, load_runs
@@ -113,13 +116,14 @@ def _dasd_terms(entropy: np.ndarray, student: np.ndarray, teacher: np.ndarray
     """(delta_bar, omega) of one response with DASD's defaults (one source of the formula)."""
     import torch
 
-    from dasd.advantages import dasd_advantages
+    from dasd.advantages import get_method
 
     def row(x: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(x, dtype=torch.float64)[None, :]
 
-    out = dasd_advantages(torch.zeros(1, dtype=torch.float64), row(entropy), row(student),
-                          row(teacher), torch.ones(1, entropy.size, dtype=torch.bool), beta=0.0)
+    out = get_method("dasd")(torch.zeros(1, dtype=torch.float64), row(entropy), row(student),
+                             row(teacher), torch.ones(1, entropy.size, dtype=torch.bool),
+                             beta=0.0)
     return out.delta_bar[0].numpy(), out.omega[0].numpy()
 
 
@@ -187,7 +191,7 @@ def _token_html(tokens: AuditTokens, h_max: float) -> str:
         h_color = _rgba(_ENTROPY, h / h_max)
         title = (f"#{i} {piece!r}\nH = {_fmt(h, '.3f')} nats\n"
                  f"δ = {_fmt(d, '+.3f')} (raw: teacher_logp − student_logp)\n"
-                 f"δ̄ = {_fmt(db, '+.2f')} (normalized: δ / median|δ| of this response)\n"
+                 f"δ̄ = {_fmt(db, '+.2f')} (as the dasd method scales δ)\n"
                  f"ω = {_fmt(w, '+.3f')} ({tokens.omega_from})")
         shown = "↵\n" if piece == "\n" else piece
         cls = "t eos" if piece == EOS_PIECE and tokens.pieces_from == "characters + EOS" else "t"
@@ -296,6 +300,24 @@ def _tables_section(runs: Sequence[Run]) -> str:
     return "".join(parts)
 
 
+def _findings_section(runs: Sequence[Run]) -> str:
+    """One line per paper finding (``analysis.findings``) and its claims; empty when no finding
+    is measurable from these runs."""
+    found = findings([run.path for run in runs])
+    if all(f.verdict == "not measurable here" for f in found):
+        return ""
+    lines = "".join(f"<li>{_e(f.line())}</li>" for f in found)
+    claims = pd.DataFrame([
+        {"finding": f.name, "claim": c.text, "paper": c.paper, "ours": c.ours,
+         "low": c.low, "high": c.high, "agreement": c.agreement}
+        for f in found for c in f.claims])
+    return ('<h2 id="findings">Findings of the paper, measured here</h2>'
+            '<p class="muted">A finding is reproduced when every claim\'s 95% interval excludes '
+            "0 on the paper's side, not measurable here when no claim has data, else not "
+            f"reproduced.</p><ul>{lines}</ul>"
+            + _table(claims, left=["finding", "claim", "agreement"]))
+
+
 def _figures_section(runs: Sequence[Run]) -> str:
     shown, missing = [], []
     for name, spec in FIGURES.items():
@@ -374,9 +396,11 @@ def build_report(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]
     if audit_rollouts < 0:
         raise ValueError(f"audit_rollouts must be >= 0, got {audit_rollouts}")
     runs = load_runs(paths)
-    sections = [_runs_section(runs), _tables_section(runs), _figures_section(runs),
+    summary = _findings_section(runs)
+    sections = [summary, _runs_section(runs), _tables_section(runs), _figures_section(runs),
                 _audit_section(runs, audit_rollouts)]
-    nav = ('<nav><a href="#runs">Runs</a><a href="#tables">Health</a>'
+    nav = ('<nav>' + ('<a href="#findings">Findings</a>' if summary else "")
+           + '<a href="#runs">Runs</a><a href="#tables">Health</a>'
            '<a href="#figures">Figures</a><a href="#audit">Rollout audit</a></nav>')
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

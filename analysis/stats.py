@@ -9,6 +9,10 @@ Pure functions: arrays or tensors in, numbers, arrays or tensors out; no I/O, no
   ``spearman`` (the latter for several variables against one, on common resamples).
 - ``quantile_bins``, ``binned_means``: equal-count bins of a variable (entropy deciles in Fig. 3)
   and per-bin means of other columns.
+- ``per_prompt_sums``, ``paired_difference``, ``paired_relative_change``: a ratio-of-sums rate
+  (accuracy, step accuracy, marker density) per prompt, and the difference (or % change) of two
+  conditions' rates on the same prompts with a paired percentile bootstrap over prompts
+  (Table 1, Fig. 7, the findings summary).
 - ``tv_from_logits``: total-variation distance ½ Σ_v |p(v) − p'(v)| between the softmax
   distributions of two logits tensors, per position (eq. 7), in chunks.
 
@@ -24,7 +28,7 @@ Departures and choices (the paper gives none of these details):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +40,9 @@ from torch import Tensor
 __all__ = [
     "BootstrapCI",
     "binned_means",
+    "paired_difference",
+    "paired_relative_change",
+    "per_prompt_sums",
     "quantile_bins",
     "spearman",
     "spearman_ci",
@@ -304,3 +311,115 @@ def tv_from_logits(logits_a: Tensor, logits_b: Tensor, *, chunk_size: int = 1024
     if not bool(torch.isfinite(out).all()):
         raise ValueError("tv_from_logits: non-finite logits (NaN or inf); check the model outputs")
     return out.clamp_(0.0, 1.0).reshape(logits_a.shape[:-1]).float()
+
+
+# --------------------------------------------------------------------------- paired rates
+
+
+def per_prompt_sums(prompt_ids: Sequence[str], values: np.ndarray, order: Sequence[str]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Per prompt of ``order``: the sum of the finite ``values`` of its rows and their count.
+
+    Args:
+        prompt_ids: ``(N,)`` the prompt of each row.
+        values: ``(N,)`` float, NaN where a row has no value (e.g. no step to judge).
+        order: the P prompt ids, in output order.
+
+    Returns:
+        ``sums (P,)`` float64 and ``counts (P,)`` float64.
+    """
+    index = {pid: i for i, pid in enumerate(order)}
+    groups = np.array([index[pid] for pid in prompt_ids], dtype=np.int64)
+    finite = np.isfinite(values)
+    sums = np.bincount(groups[finite], weights=values[finite], minlength=len(order))
+    counts = np.bincount(groups[finite], minlength=len(order)).astype(np.float64)
+    return sums, counts
+
+
+def _paired_bootstrap(base: tuple[np.ndarray, np.ndarray], new: tuple[np.ndarray, np.ndarray],
+                      contrast: Callable[[np.ndarray, np.ndarray], np.ndarray], *, n_boot: int,
+                      level: float, seed: int) -> dict[str, float]:
+    """``contrast(rate_base, rate_new)`` of two ratio-of-sums rates over the same P prompts,
+    at the point and over ``n_boot`` paired resamples of the prompts (each resample weights
+    both conditions by the same multinomial draw); the percentile interval leaves out
+    resamples whose contrast is undefined (NaN) and counts them."""
+    (b_sum, b_cnt), (n_sum, n_cnt) = base, new
+    weights = np.random.default_rng(seed).multinomial(
+        len(b_sum), np.full(len(b_sum), 1.0 / len(b_sum)), size=n_boot).astype(np.float64)
+
+    def rate(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+    b_point, v_point = rate(b_sum.sum(), b_cnt.sum()), rate(n_sum.sum(), n_cnt.sum())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        boot = contrast(rate(weights @ b_sum, weights @ b_cnt),
+                        rate(weights @ n_sum, weights @ n_cnt))
+        point = contrast(b_point, v_point)
+    defined = boot[np.isfinite(boot)]
+    tail = 50.0 * (1.0 - level)
+    low, high = np.percentile(defined, [tail, 100.0 - tail]) if defined.size else (np.nan, np.nan)
+    return {"base": float(b_point), "value": float(v_point), "contrast": float(point),
+            "ci_low": float(low), "ci_high": float(high),
+            "n_boot_undefined": int(boot.size - defined.size)}
+
+
+def paired_difference(base: tuple[np.ndarray, np.ndarray], new: tuple[np.ndarray, np.ndarray],
+                      *, n_boot: int, level: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """Difference of two ratio-of-sums rates with a paired percentile bootstrap over prompts.
+
+    A condition's rate is sum_p sums_p / sum_p counts_p; the difference is new - base. Each
+    resample draws the P prompts with replacement and weights both conditions by the same
+    draw.
+
+    Args:
+        base: ``(sums (P,), counts (P,))`` of the reference condition.
+        new: ``(sums (P,), counts (P,))`` of the intervened condition, same prompt order.
+        n_boot: resamples.
+        level: confidence level of the interval.
+        seed: seed of the resampling.
+
+    Returns:
+        ``base``, ``value`` (the two rates), ``diff``, ``ci_low``, ``ci_high``; NaN where a
+        condition has no counts (the interval leaves out resamples without counts).
+    """
+    out = _paired_bootstrap(base, new, lambda b, v: v - b, n_boot=n_boot, level=level,
+                            seed=seed)
+    return {"base": out["base"], "value": out["value"], "diff": out["contrast"],
+            "ci_low": out["ci_low"], "ci_high": out["ci_high"]}
+
+
+def paired_relative_change(
+    base: tuple[np.ndarray, np.ndarray],
+    new: tuple[np.ndarray, np.ndarray],
+    *,
+    n_boot: int,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float]:
+    """% change of a ratio-of-sums metric, with a paired percentile bootstrap over prompts.
+
+    The metric of a condition is Σ_p sums_p / Σ_p counts_p; Δ = 100 (metric_new / metric_base
+    − 1). Each resample draws P prompts with replacement and weights both conditions by the
+    same draw.
+
+    Args:
+        base: ``(sums (P,), counts (P,))`` of the unmodified condition.
+        new: ``(sums (P,), counts (P,))`` of the intervened condition, same prompt order.
+        n_boot: resamples.
+        level: confidence level of the interval.
+        seed: seed of the resampling.
+
+    Returns:
+        ``base``, ``value`` (the two metrics), ``delta_pct``, ``ci_low``, ``ci_high`` (NaN
+        where undefined: no counts, or a base metric of 0) and ``n_boot_undefined``, the
+        resamples left out of the interval because their Δ was undefined.
+    """
+
+    def relative(b: np.ndarray, v: np.ndarray) -> np.ndarray:
+        return np.where(b != 0, 100.0 * (v / np.where(b != 0, b, 1.0) - 1.0), np.nan)
+
+    out = _paired_bootstrap(base, new, relative, n_boot=n_boot, level=level, seed=seed)
+    return {"base": out["base"], "value": out["value"], "delta_pct": out["contrast"],
+            "ci_low": out["ci_low"], "ci_high": out["ci_high"],
+            "n_boot_undefined": out["n_boot_undefined"]}

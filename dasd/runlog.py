@@ -66,26 +66,27 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 __all__ = [
+    "REQUIRED_ROLLOUT_COLUMNS",
+    "ROLLOUT_SCHEMA",
     "SCHEMA_VERSION",
     "SPLITS",
     "STATUSES",
-    "ROLLOUT_SCHEMA",
-    "REQUIRED_ROLLOUT_COLUMNS",
     "TOKEN_COLUMNS",
     "RunLogError",
     "RunLogWarning",
     "RunWriter",
+    "conform_rollouts",
     "create_run",
+    "find_runs",
     "open_run",
+    "read_json",
     "read_manifest",
     "read_metrics",
     "read_rollouts",
     "read_table",
-    "read_json",
-    "find_runs",
-    "validate_run",
     "rollout_filename",
-    "conform_rollouts",
+    "validate_run",
+    "write_text",
 ]
 
 #: Version of this on-disk layout; bumped on any incompatible change.
@@ -176,6 +177,12 @@ def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically (a reader sees the old file or the new one,
+    never a part); creates the parent folder."""
+    return _atomic_write(Path(path), lambda f: f.write(text.encode("utf-8")))
 
 
 def _is_temp(name: str) -> bool:

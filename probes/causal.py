@@ -75,6 +75,7 @@ from analysis.health import (
     words,
 )
 from analysis.markers import DEFAULT_MARKERS, find_markers
+from analysis.stats import paired_difference, per_prompt_sums
 from dasd.evaluation import sample_rollout_rows
 from dasd.models import load_model
 from dasd.registry import Registry
@@ -90,7 +91,6 @@ from dasd.rollout.hf import (
 from dasd.runlog import create_run, read_json, read_manifest
 from dasd.tasks import build_task
 from dasd.tasks.base import Problem, Task
-from probes.prefix_intervene import per_prompt_sums
 
 __all__ = [
     "CONDITIONS",
@@ -106,7 +106,6 @@ __all__ = [
     "ProbeContext",
     "marker_start_tokens",
     "next_token_logits",
-    "paired_difference",
     "probe_rollouts",
     "resolve_checkpoint",
     "revising_markers",
@@ -251,42 +250,6 @@ def marker_start_tokens(tokenizer: PreTrainedTokenizerBase,
     if not found:
         raise ValueError("the tokenizer spells none of the markers; give markers it can encode")
     return sorted(found)
-
-
-def paired_difference(base: tuple[np.ndarray, np.ndarray], new: tuple[np.ndarray, np.ndarray],
-                      *, n_boot: int, level: float = 0.95, seed: int = 0) -> dict[str, float]:
-    """Difference of two ratio-of-sums rates with a paired percentile bootstrap over prompts.
-
-    A condition's rate is sum_p sums_p / sum_p counts_p; the difference is new - base. Each
-    resample draws the P prompts with replacement and weights both conditions by the same
-    draw.
-
-    Args:
-        base: ``(sums (P,), counts (P,))`` of the reference condition.
-        new: ``(sums (P,), counts (P,))`` of the intervened condition, same prompt order.
-        n_boot: resamples.
-        level: confidence level of the interval.
-        seed: seed of the resampling.
-
-    Returns:
-        ``base``, ``value`` (the two rates), ``diff``, ``ci_low``, ``ci_high``; NaN where a
-        condition has no counts (the interval leaves out resamples without counts).
-    """
-    (b_sum, b_cnt), (n_sum, n_cnt) = base, new
-    weights = np.random.default_rng(seed).multinomial(
-        len(b_sum), np.full(len(b_sum), 1.0 / len(b_sum)), size=n_boot).astype(np.float64)
-
-    def rate(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
-
-    b_point, v_point = rate(b_sum.sum(), b_cnt.sum()), rate(n_sum.sum(), n_cnt.sum())
-    boot = rate(weights @ n_sum, weights @ n_cnt) - rate(weights @ b_sum, weights @ b_cnt)
-    defined = boot[np.isfinite(boot)]
-    tail = 50.0 * (1.0 - level)
-    low, high = np.percentile(defined, [tail, 100.0 - tail]) if defined.size else (np.nan, np.nan)
-    return {"base": float(b_point), "value": float(v_point), "diff": float(v_point - b_point),
-            "ci_low": float(low), "ci_high": float(high)}
 
 
 def next_token_logits(model: nn.Module, tokenizer: PreTrainedTokenizerBase,

@@ -51,6 +51,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.health import response_health
+from analysis.paper import TABLE1_BUCKETS, TABLE1_METRICS, TABLE1_MODES, paper_value
+from analysis.stats import paired_relative_change, per_prompt_sums
 from dasd.models import load_model
 from dasd.records import rollout_frame
 from dasd.rollout.lockstep import (
@@ -70,8 +72,6 @@ __all__ = [
     "PAPER_TABLE1",
     "PrefixInterveneConfig",
     "eligible_positions",
-    "paired_relative_change",
-    "per_prompt_sums",
     "response_scores",
     "run_prefix_intervene",
 ]
@@ -81,14 +81,12 @@ BUCKET_ORDER = ("low", "high", "random")
 MODES = ("conformity", "novelty")
 METRICS = ("step_acc", "ey_density")
 
-#: The paper's Table 1 (% change vs unmodified rollouts; Qwen3-1.7B, AIME24).
+#: The paper's Table 1 (% change vs unmodified rollouts; Qwen3-1.7B, AIME24), keyed
+#: (bucket, metric, mode), from ``analysis.paper``.
 PAPER_TABLE1: dict[tuple[str, str, str], float] = {
-    ("low", "step_acc", "conformity"): 18.3, ("low", "step_acc", "novelty"): -79.4,
-    ("low", "ey_density", "conformity"): -4.21, ("low", "ey_density", "novelty"): 5.03,
-    ("high", "step_acc", "conformity"): -2.17, ("high", "step_acc", "novelty"): -6.18,
-    ("high", "ey_density", "conformity"): -86.2, ("high", "ey_density", "novelty"): 61.3,
-    ("random", "step_acc", "conformity"): 1.84, ("random", "step_acc", "novelty"): -2.09,
-    ("random", "ey_density", "conformity"): -3.56, ("random", "ey_density", "novelty"): 4.47,
+    (bucket, metric, mode): paper_value("Table 1", TABLE1_METRICS[metric], TABLE1_MODES[mode],
+                                        section=TABLE1_BUCKETS[bucket])
+    for bucket in BUCKET_ORDER for metric in METRICS for mode in MODES
 }
 
 
@@ -170,80 +168,6 @@ def response_scores(rows: pd.DataFrame) -> pd.DataFrame:
         "step_acc": step_acc,
         "ey_density": response_health(rows["response"].tolist())["ey_density"].to_numpy(),
     })
-
-
-def per_prompt_sums(prompt_ids: Sequence[str], values: np.ndarray, order: Sequence[str]
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Per prompt of ``order``: the sum of the finite ``values`` of its rows and their count.
-
-    Args:
-        prompt_ids: ``(N,)`` the prompt of each row.
-        values: ``(N,)`` float, NaN where a row has no value (e.g. no step to judge).
-        order: the P prompt ids, in output order.
-
-    Returns:
-        ``sums (P,)`` float64 and ``counts (P,)`` float64.
-    """
-    index = {pid: i for i, pid in enumerate(order)}
-    groups = np.array([index[pid] for pid in prompt_ids], dtype=np.int64)
-    finite = np.isfinite(values)
-    sums = np.bincount(groups[finite], weights=values[finite], minlength=len(order))
-    counts = np.bincount(groups[finite], minlength=len(order)).astype(np.float64)
-    return sums, counts
-
-
-def paired_relative_change(
-    base: tuple[np.ndarray, np.ndarray],
-    new: tuple[np.ndarray, np.ndarray],
-    *,
-    n_boot: int,
-    level: float = 0.95,
-    seed: int = 0,
-) -> dict[str, float]:
-    """% change of a ratio-of-sums metric, with a paired percentile bootstrap over prompts.
-
-    The metric of a condition is Σ_p sums_p / Σ_p counts_p; Δ = 100 (metric_new / metric_base
-    − 1). Each resample draws P prompts with replacement and weights both conditions by the
-    same draw.
-
-    Args:
-        base: ``(sums (P,), counts (P,))`` of the unmodified condition.
-        new: ``(sums (P,), counts (P,))`` of the intervened condition, same prompt order.
-        n_boot: resamples.
-        level: confidence level of the interval.
-        seed: seed of the resampling.
-
-    Returns:
-        ``base``, ``value`` (the two metrics), ``delta_pct``, ``ci_low``, ``ci_high`` (NaN
-        where undefined: no counts, or a base metric of 0) and ``n_boot_undefined``, the
-        resamples left out of the interval because their Δ was undefined.
-    """
-    (b_sum, b_cnt), (n_sum, n_cnt) = base, new
-    weights = np.random.default_rng(seed).multinomial(
-        len(b_sum), np.full(len(b_sum), 1.0 / len(b_sum)), size=n_boot
-    ).astype(np.float64)
-
-    def ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
-
-    def delta(b: np.ndarray, v: np.ndarray) -> np.ndarray:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(b != 0, 100.0 * (v / np.where(b != 0, b, 1.0) - 1.0), np.nan)
-
-    b_point, v_point = ratio(b_sum.sum(), b_cnt.sum()), ratio(n_sum.sum(), n_cnt.sum())
-    boot = delta(ratio(weights @ b_sum, weights @ b_cnt), ratio(weights @ n_sum, weights @ n_cnt))
-    defined = boot[np.isfinite(boot)]
-    tail = 50.0 * (1.0 - level)
-    low, high = np.percentile(defined, [tail, 100.0 - tail]) if defined.size else (np.nan, np.nan)
-    return {
-        "base": float(b_point),
-        "value": float(v_point),
-        "delta_pct": float(delta(b_point, v_point)),
-        "ci_low": float(low),
-        "ci_high": float(high),
-        "n_boot_undefined": int(boot.size - defined.size),
-    }
 
 
 def eligible_positions(n_tokens: np.ndarray, burn_in: int) -> np.ndarray:

@@ -16,6 +16,7 @@ import torch
 from typer.testing import CliRunner
 
 from analysis.health import revises
+from analysis.stats import paired_difference
 from cli import probe_app
 from dasd.rollout import generate
 from dasd.runlog import create_run, read_json, read_manifest, read_table
@@ -30,7 +31,6 @@ from probes.causal import (
     _unique,
     marker_start_tokens,
     next_token_logits,
-    paired_difference,
     probe_rollouts,
     resolve_checkpoint,
     revising_markers,

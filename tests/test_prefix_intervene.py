@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from analysis.health import health_metrics
+from analysis.stats import paired_relative_change, per_prompt_sums
 from cli import probe_app
 from dasd.runlog import (
     read_json,
@@ -25,8 +26,6 @@ from dasd.runlog import (
 )
 from probes.prefix_intervene import (
     PrefixInterveneConfig,
-    paired_relative_change,
-    per_prompt_sums,
     response_scores,
     run_prefix_intervene,
 )

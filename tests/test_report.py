@@ -46,15 +46,15 @@ def test_token_pieces(response, n_tokens, ids, pieces, how):
     assert token_pieces(response, n_tokens, ids) == (pieces, how)
 
 
-def test_audit_tokens_logged_omega_and_normalized_gap_by_hand():
+def test_audit_tokens_logged_omega_and_method_gap_by_hand():
     row = {"response": "a+b", "n_tokens": 3, "token_ids": np.array([5, 6, 7]),
            "entropy": np.array([0.1, 0.2, 0.3]), "student_logp": np.array([-1.0, -2.0, -0.5]),
            "teacher_logp": np.array([-0.5, -2.5, -0.5]), "omega": np.array([0.5, -1.0, 0.0])}
     tokens = audit_tokens(row)
     assert tokens.pieces == ["a", "+", "b"] and tokens.omega_from == "logged"
     np.testing.assert_allclose(tokens.delta, [0.5, -0.5, 0.0])
-    # median |delta| = 0.5, so delta_bar = delta / 0.5.
-    np.testing.assert_allclose(tokens.delta_bar, np.array([0.5, -0.5, 0.0]) / (0.5 + EPS))
+    # The dasd method's raw gap (METHOD_GAP_SCALE = "none"): delta_bar = delta.
+    np.testing.assert_allclose(tokens.delta_bar, [0.5, -0.5, 0.0])
     np.testing.assert_allclose(tokens.omega, [0.5, -1.0, 0.0])
 
 
@@ -64,9 +64,9 @@ def test_audit_tokens_derives_omega_with_dasd_defaults_by_hand():
            "teacher_logp": np.zeros(5), "omega": None, "token_ids": None}
     tokens = audit_tokens(row)
     assert tokens.omega_from == "derived" and tokens.pieces[-1] == EOS_PIECE
-    # tau = Quantile_0.2(H) = 0.8; sigma = mean |H - 2| = 1.2; delta = 1 everywhere, so
-    # delta_bar = 1 / (1 + eps) and the gate is sigmoid(delta_bar - 1).
-    gate = 1.0 / (1.0 + np.exp(-(1.0 / (1.0 + EPS) - 1.0)))
+    # tau = Quantile_0.2(H) = 0.8; sigma = mean |H - 2| = 1.2; delta = 1 everywhere, the raw
+    # gap of the dasd method, so the gate is sigmoid(1 - 1) = 0.5.
+    gate = 0.5
     expected = np.tanh((0.8 - h) / (1.2 + EPS)) * gate
     np.testing.assert_allclose(tokens.omega, expected, rtol=1e-9)
     assert tokens.omega[0] > 0 and (tokens.omega[1:] < 0).all()  # attract low H, repel high
@@ -171,7 +171,7 @@ def test_audit_tokens_show_values_on_hover_and_colors(page):
     assert h0 == "rgba(117,107,177,0.050)" and h1 == "rgba(117,107,177,0.800)"
     assert "H = 0.125 nats" in t0 and "ω = +1.000 (logged)" in t0
     # delta = 0.5 everywhere: median 0.5, delta_bar = 1.
-    assert "δ = +0.500 (raw" in t0 and "δ̄ = +1.00 (normalized" in t0
+    assert "δ = +0.500 (raw" in t0 and "δ̄ = +0.50 (as the dasd method" in t0
     assert "H = 2.000 nats" in t1 and "ω = -1.000 (logged)" in t1
 
 

@@ -1,0 +1,426 @@
+"""``dasd-probe reproduce``: the paper's probes on one model and task, under one parent run.
+
+Runs, in order (each a stage with its own run directory under the parent):
+
+* ``eval-base``: the base model's held-out Avg@k / Pass@k (Table 2's "base" row);
+* ``train-<method>-s<seed>`` for GRPO, OPSD and DASD (section 5, Table 2), then
+  ``eval-<method>-s<seed>``: each trained run's final checkpoint on the same held-out prompts;
+* ``sign-flip-s<seed>`` (Probe 1, Fig. 2), ``entropy-tv`` (Probe 2, Fig. 3),
+  ``prefix-intervene`` (Probe 3, Table 1);
+* ``arm-flip-s<seed>`` (RQ1, Fig. 6b/6c), ``causal`` (RQ2, Fig. 7, on the base model and the
+  three trained checkpoints), ``ablate-<panel>`` for the four panels (RQ3, Tables 5, 11-14);
+
+then writes, from the logged runs only, ``tables/`` (``dasd-analyze tables``), ``figures/``
+(``dasd-analyze figures``), ``findings.json`` / ``findings.md`` (``analysis.findings``: one
+verdict per paper finding by a stated rule) and ``report.html`` (``dasd-analyze report``).
+
+Budgets (``BUDGETS``) set the sizes. ``quick`` is a smoke version sized to finish in about ten
+minutes on a 2-core CPU with the built-in tiny model; ``default`` uses every probe's default
+size (about two hours there); ``full`` is larger, for a GPU. ``seeds`` repeats the training
+stages (train, sign-flip, arm-flip) at consecutive seeds and sets the ablations' seeds.
+
+Resume: the parent's manifest holds the budget, seeds, seed, model and task; re-running with the
+same settings skips every stage whose run is ``complete``, continues the training stages from
+their newest checkpoints (each probe resumes its own arms), and restarts an interrupted
+inference stage (eval, entropy-tv, prefix-intervene, causal: a few minutes at most) after
+removing its partial directory. Other settings on an existing parent are refused.
+
+Departures: none from the paper's protocols (each probe module states its own); the sizes are
+ours, and the paper trains no tiny model.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from analysis.findings import write_findings
+from dasd.runlog import read_manifest
+from dasd.trainer import TrainConfig
+from probes.parent_run import open_parent, run_child
+
+__all__ = [
+    "BUDGETS",
+    "KIND",
+    "METHODS",
+    "PANELS",
+    "Budget",
+    "Display",
+    "ReproduceConfig",
+    "Stage",
+    "plan",
+    "run_reproduce",
+    "run_stages",
+    "stage_done",
+]
+
+KIND = "probe:reproduce"
+#: The trained methods (Table 2's rows that the built-in world can train).
+METHODS = ("grpo", "opsd", "dasd")
+#: The ablation panels of RQ3, in the paper's table order.
+PANELS = ("quantile", "routing", "direction", "gate")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Sizes of every stage. Each mapping holds the keyword arguments of that probe's config
+    (``TrainConfig`` fields for the training stages); empty mappings take the probe's defaults.
+    ``seconds`` estimates each stage kind's wall time on a 2-core CPU (the progress display's
+    time left; measured for ``quick``, rough for the others)."""
+
+    name: str
+    seeds: int
+    eval: Mapping[str, Any]
+    train: Mapping[str, Any]
+    sign_flip: Mapping[str, Any]
+    entropy_tv: Mapping[str, Any]
+    prefix: Mapping[str, Any]
+    arm_flip: Mapping[str, Any]
+    causal: Mapping[str, Any]
+    ablate: Mapping[str, Any]
+    seconds: Mapping[str, float] = field(default_factory=dict)
+    quick_probes: bool = False
+    """Use the training probes' own ``--quick`` sizes (sign-flip, arm-flip, ablate)."""
+
+
+_QUICK_TRAIN = {"steps": 6, "prompts_per_step": 8, "group_size": 8, "mini_batch_size": 32,
+                "eval_every": 3, "eval_prompts": 16, "eval_k": 8, "checkpoint_every": 3}
+
+#: ``quick``: about ten minutes on a 2-core CPU; ``default``: every probe's default size;
+#: ``full``: larger held-out sets, longer training and three seeds, for a GPU.
+BUDGETS: dict[str, Budget] = {
+    "quick": Budget(
+        name="quick", seeds=1, quick_probes=True,
+        eval={"n_prompts": 16, "k": 8},
+        train=_QUICK_TRAIN,
+        sign_flip={}, arm_flip={}, ablate={},
+        entropy_tv={"n_prompts": 16, "k": 4, "bootstrap": 200},
+        prefix={"n_prompts": 16, "k": 4, "n_boot": 200},
+        causal={"n_prompts": 8, "k": 2, "continuations": 2, "n_boot": 200},
+        seconds={"eval": 5, "train": 40, "sign-flip": 55, "entropy-tv": 10,
+                 "prefix-intervene": 15, "arm-flip": 50, "causal": 40, "ablate": 45},
+    ),
+    "default": Budget(
+        name="default", seeds=1,
+        eval={}, train={}, sign_flip={}, arm_flip={}, ablate={},
+        entropy_tv={}, prefix={}, causal={},
+        seconds={"eval": 25, "train": 420, "sign-flip": 1200, "entropy-tv": 25,
+                 "prefix-intervene": 45, "arm-flip": 900, "causal": 120, "ablate": 600},
+    ),
+    "full": Budget(
+        name="full", seeds=3,
+        eval={"n_prompts": 256},
+        train={"steps": 200, "eval_every": 20, "eval_prompts": 256},
+        sign_flip={"steps": 100, "eval_prompts": 128},
+        arm_flip={"steps": 100, "eval_prompts": 128},
+        ablate={"steps": 60, "eval_prompts": 128, "eval_k": 16},
+        entropy_tv={"n_prompts": 256}, prefix={"n_prompts": 256},
+        causal={"n_prompts": 128},
+        seconds={"eval": 60, "train": 1800, "sign-flip": 3600, "entropy-tv": 90,
+                 "prefix-intervene": 180, "arm-flip": 3600, "causal": 600, "ablate": 3600},
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ReproduceConfig:
+    """Settings of one reproduction; written into the parent's manifest."""
+
+    budget: str = "quick"
+    """A name in ``BUDGETS``."""
+    seeds: int | None = None
+    """Seeds of the training stages; None: the budget's."""
+    seed: int = 0
+    """First seed; the training stages use seed, seed + 1, ..."""
+    model: str = "tiny"
+    task: str = "countdown"
+
+    def __post_init__(self) -> None:
+        if self.budget not in BUDGETS:
+            raise ValueError(f"unknown budget {self.budget!r}; valid: {', '.join(BUDGETS)}")
+        if self.seeds is None:
+            object.__setattr__(self, "seeds", BUDGETS[self.budget].seeds)
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
+
+    @property
+    def sizes(self) -> Budget:
+        return BUDGETS[self.budget]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The parent manifest's config (``train`` names model, task and seed for
+        ``open_parent``)."""
+        return {"budget": self.budget, "seeds": self.seeds,
+                "train": {"model": self.model, "task": self.task, "seed": self.seed}}
+
+
+#: ``report(run, done, total)``: progress within a stage; ``run`` names the run at work.
+Report = Callable[[str, float, float], None]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the reproduction: its run directory ``name`` under the parent, its ``kind``
+    (a key of ``Budget.seconds``), whether it resumes in place, and the work."""
+
+    name: str
+    kind: str
+    resumable: bool
+    work: Callable[[Path, Report], None]
+
+
+def stage_done(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a finished run (manifest status ``complete``)."""
+    return (run_dir / "manifest.json").is_file() and read_manifest(run_dir)["status"] == "complete"
+
+
+def _last_checkpoint(train_dir: Path) -> Path:
+    return train_dir / "checkpoints" / f"step-{read_manifest(train_dir)['config']['steps']}"
+
+
+def _train_stage(cfg: ReproduceConfig, method: str, seed: int) -> Stage:
+    config = TrainConfig(method=method, model=cfg.model, task=cfg.task, seed=seed,
+                         **cfg.sizes.train)
+
+    def work(run_dir: Path, report: Report) -> None:
+        run_child(config, run_dir, lambda step, _: report(run_dir.name, step, config.steps),
+                  label=method)
+
+    return Stage(f"train-{method}-s{seed}", "train", True, work)
+
+
+def _eval_stage(name: str, cfg: ReproduceConfig, model: Callable[[Path], str]) -> Stage:
+    from probes.evaluate import EvalConfig, run_eval
+
+    def work(run_dir: Path, report: Report) -> None:
+        config = EvalConfig(model=model(run_dir.parent), task=cfg.task, seed=cfg.seed,
+                            **cfg.sizes.eval)
+        total, done = config.n_prompts * config.k, [0]
+
+        def advance(n: int) -> None:
+            done[0] += n
+            report(name, done[0], total)
+
+        run_eval(config, run_dir, progress=advance)
+
+    return Stage(name, "eval", False, work)
+
+
+def _arms_report(report: Report, label: str, total: int) -> Callable[[str, int, Mapping], None]:
+    """A training probe's ``progress(arm, step, metrics)`` as overall progress over ``total``
+    updates of all its runs."""
+    steps: dict[str, int] = {}
+
+    def show(arm: str, step: int, metrics: Mapping[str, float]) -> None:
+        steps[arm] = step
+        report(f"{label}/{arm}", sum(steps.values()), total)
+
+    return show
+
+
+def _sign_flip_stage(cfg: ReproduceConfig, seed: int) -> Stage:
+    from probes.sign_flip import run_sign_flip, sign_flip_config
+
+    config = sign_flip_config(quick=cfg.sizes.quick_probes, model=cfg.model, task=cfg.task,
+                              seed=seed, **cfg.sizes.sign_flip)
+
+    def work(run_dir: Path, report: Report) -> None:
+        total = len(config.arms) * config.train["steps"]
+        run_sign_flip(config, run_dir, progress=_arms_report(report, run_dir.name, total))
+
+    return Stage(f"sign-flip-s{seed}", "sign-flip", True, work)
+
+
+def _arm_flip_stage(cfg: ReproduceConfig, seed: int) -> Stage:
+    from probes.arm_flip import arm_flip_config, run_arm_flip
+
+    config = arm_flip_config(quick=cfg.sizes.quick_probes, model=cfg.model, task=cfg.task,
+                             seed=seed, **cfg.sizes.arm_flip)
+
+    def work(run_dir: Path, report: Report) -> None:
+        total = config.flip_at + len(config.arms) * config.steps
+        run_arm_flip(config, run_dir, progress=_arms_report(report, run_dir.name, total))
+
+    return Stage(f"arm-flip-s{seed}", "arm-flip", True, work)
+
+
+def _ablate_stage(cfg: ReproduceConfig, panel: str) -> Stage:
+    from probes.ablate import ablate_config, run_ablate
+
+    config = ablate_config(panel, seeds=cfg.seeds, quick=cfg.sizes.quick_probes,
+                           model=cfg.model, task=cfg.task, seed=cfg.seed, **cfg.sizes.ablate)
+
+    def work(run_dir: Path, report: Report) -> None:
+        total = len(config.runs()) * config.train["steps"]
+        run_ablate(config, run_dir, progress=_arms_report(report, run_dir.name, total))
+
+    return Stage(f"ablate-{panel}", "ablate", True, work)
+
+
+def _entropy_tv_stage(cfg: ReproduceConfig) -> Stage:
+    from probes.entropy_tv import EntropyTVConfig, run_entropy_tv
+
+    config = EntropyTVConfig(model=cfg.model, task=cfg.task, seed=cfg.seed,
+                             **cfg.sizes.entropy_tv)
+
+    def work(run_dir: Path, report: Report) -> None:
+        total, done = 3 * config.n_prompts * config.k, [0]
+
+        def advance(n: int) -> None:
+            done[0] += n
+            report(run_dir.name, done[0], total)
+
+        run_entropy_tv(config, run_dir, progress=advance)
+
+    return Stage("entropy-tv", "entropy-tv", False, work)
+
+
+def _prefix_stage(cfg: ReproduceConfig) -> Stage:
+    from probes.prefix_intervene import PrefixInterveneConfig, run_prefix_intervene
+
+    config = PrefixInterveneConfig(model=cfg.model, task=cfg.task, seed=cfg.seed,
+                                   **cfg.sizes.prefix)
+
+    def work(run_dir: Path, report: Report) -> None:
+        total, done = config.n_prompts * config.k * (1 + 2 * len(config.buckets)), [0]
+
+        def advance(n: int) -> None:
+            done[0] += n
+            report(run_dir.name, done[0], total)
+
+        run_prefix_intervene(config, run_dir, progress=advance)
+
+    return Stage("prefix-intervene", "prefix-intervene", False, work)
+
+
+def _causal_stage(cfg: ReproduceConfig) -> Stage:
+    from probes.causal import CausalConfig, run_causal
+
+    def work(run_dir: Path, report: Report) -> None:
+        trained = tuple(str(run_dir.parent / f"train-{m}-s{cfg.seed}") for m in METHODS)
+        config = CausalConfig(checkpoints=(cfg.model, *trained), task=cfg.task, seed=cfg.seed,
+                              **cfg.sizes.causal)
+        done = [0]
+
+        def advance(line: str) -> None:
+            done[0] += 1
+            report(f"{run_dir.name}: {line}", done[0], len(config.checkpoints))
+
+        run_causal(config, run_dir, progress=advance)
+
+    return Stage("causal", "causal", False, work)
+
+
+def plan(cfg: ReproduceConfig) -> list[Stage]:
+    """Every stage of ``cfg`` in run order (trained checkpoints before the stages that read
+    them)."""
+    seeds = [cfg.seed + i for i in range(cfg.seeds)]
+    stages = [_eval_stage("eval-base", cfg, lambda parent: cfg.model)]
+    for seed in seeds:
+        for method in METHODS:
+            stages.append(_train_stage(cfg, method, seed))
+            name = f"train-{method}-s{seed}"
+            stages.append(_eval_stage(f"eval-{method}-s{seed}", cfg,
+                                      lambda parent, name=name: str(
+                                          _last_checkpoint(parent / name))))
+    stages += [_sign_flip_stage(cfg, seed) for seed in seeds]
+    stages += [_entropy_tv_stage(cfg), _prefix_stage(cfg)]
+    stages += [_arm_flip_stage(cfg, seed) for seed in seeds]
+    stages.append(_causal_stage(cfg))
+    stages += [_ablate_stage(cfg, panel) for panel in PANELS]
+    return stages
+
+
+class Display(Protocol):
+    """What ``run_reproduce`` tells its caller; the CLI draws it, tests record it."""
+
+    def stage(self, index: int, stage: Stage, action: str) -> None:
+        """Stage ``index`` (0-based) starts (``action``: run, resumed, restarted) or is
+        ``skipped``."""
+
+    def progress(self, run: str, done: float, total: float) -> None:
+        """Progress within the current stage: ``done`` of ``total`` units of ``run``."""
+
+    def finished(self, index: int, stage: Stage) -> None:
+        """Stage ``index`` is complete."""
+
+
+class _Quiet:
+    """A ``Display`` that shows nothing."""
+
+    def stage(self, index: int, stage: Stage, action: str) -> None:
+        return None
+
+    def progress(self, run: str, done: float, total: float) -> None:
+        return None
+
+    def finished(self, index: int, stage: Stage) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class ReproduceResult:
+    """What ``run_reproduce`` did: per stage ``run``, ``resumed``, ``restarted`` or
+    ``skipped``; and the analysis outputs written."""
+
+    run_dir: Path
+    actions: dict[str, str]
+    outputs: dict[str, Path]
+
+
+def run_stages(cfg: ReproduceConfig, run_dir: Path, stages: list[Stage], *,
+               display: Display | None = None) -> dict[str, str]:
+    """Run (or resume) ``stages`` under the open parent ``run_dir`` (module docstring's resume
+    rules); returns per stage ``run``, ``resumed``, ``restarted`` or ``skipped``."""
+    display = display or _Quiet()
+    actions: dict[str, str] = {}
+    for index, stage in enumerate(stages):
+        path = Path(run_dir) / stage.name
+        if stage_done(path):
+            actions[stage.name] = "skipped"
+            display.stage(index, stage, "skipped")
+            display.finished(index, stage)
+            continue
+        action = "run"
+        if (path / "manifest.json").is_file():
+            action = "resumed" if stage.resumable else "restarted"
+            if not stage.resumable:
+                shutil.rmtree(path)
+        display.stage(index, stage, action)
+        stage.work(path, display.progress)
+        actions[stage.name] = action
+        display.finished(index, stage)
+    return actions
+
+
+def run_reproduce(cfg: ReproduceConfig, run_dir: Path, *, display: Display | None = None,
+                  stages: list[Stage] | None = None) -> ReproduceResult:
+    """Run (or resume) every stage of ``plan(cfg)`` (or the given ``stages``) under the parent
+    ``run_dir``, then write the tables, figures, findings and report there."""
+    run_dir = Path(run_dir)
+    stages = plan(cfg) if stages is None else stages
+    with open_parent(run_dir, kind=KIND, config=cfg.to_dict()) as parent:
+        actions = run_stages(cfg, run_dir, stages, display=display)
+        outputs = write_findings(run_dir)
+        outputs.update(_analyse(run_dir))
+        parent.write_json("stages", {"budget": cfg.budget, "seeds": cfg.seeds,
+                                     "stages": [s.name for s in stages], "actions": actions})
+    return ReproduceResult(run_dir=run_dir, actions=actions, outputs=outputs)
+
+
+def _analyse(run_dir: Path) -> dict[str, Path]:
+    """Tables, figures and the HTML report of every run under ``run_dir``."""
+    from analysis.health import analyze_runs
+    from analysis.report import write_report
+    from analysis.tables import build_tables, write_tables
+    from figures import write_figures
+
+    report = analyze_runs([run_dir], last=True, split="eval")
+    tables, missing = build_tables(report)
+    write_tables(tables, missing, run_dir / "tables")
+    write_figures([run_dir], run_dir / "figures")
+    return {"tables": run_dir / "tables", "figures": run_dir / "figures",
+            "report": write_report([run_dir], run_dir / "report.html")}
