@@ -44,6 +44,7 @@ from probes.parent_run import open_parent, run_child
 
 __all__ = [
     "BUDGETS",
+    "FIGURE_STAGES",
     "KIND",
     "METHODS",
     "PANELS",
@@ -411,16 +412,38 @@ def run_reproduce(cfg: ReproduceConfig, run_dir: Path, *, display: Display | Non
     return ReproduceResult(run_dir=run_dir, actions=actions, outputs=outputs)
 
 
+#: Which stages feed each figure (stage-name prefixes): the paper draws Fig. 5, 6a and 10b from
+#: its main GRPO / OPSD / DASD runs, Fig. 2 from the sign-flip probe alone, and so on, so that
+#: ablation rows and probe arms do not crowd the main comparison.
+FIGURE_STAGES: dict[str, tuple[str, ...]] = {
+    "fig2_sign_flip": ("sign-flip-",),
+    "fig3_entropy_pressure": ("entropy-tv",),
+    "fig4_pass_at_k": ("eval-",),
+    "fig5_training_dynamics": ("train-",),
+    "fig6a_entropy_distribution": ("train-",),
+    "fig6bc_arm_flip": ("arm-flip-",),
+    "fig7_causal": ("causal",),
+    "fig8_scale": ("eval-",),
+    "fig10b_validation": ("train-",),
+}
+
+
 def _analyse(run_dir: Path) -> dict[str, Path]:
-    """Tables, figures and the HTML report of every run under ``run_dir``."""
+    """Tables, figures (each from the stages ``FIGURE_STAGES`` names) and the HTML report of
+    the runs under ``run_dir``."""
     from analysis.health import analyze_runs
     from analysis.report import write_report
     from analysis.tables import build_tables, write_tables
-    from figures import write_figures
+    from figures import FIGURES, write_figures
 
     report = analyze_runs([run_dir], last=True, split="eval")
     tables, missing = build_tables(report)
     write_tables(tables, missing, run_dir / "tables")
-    write_figures([run_dir], run_dir / "figures")
+    stages = sorted(p for p in run_dir.iterdir() if (p / "manifest.json").is_file())
+    for name in FIGURES:
+        prefixes = FIGURE_STAGES.get(name)
+        sources = [p for p in stages if prefixes is None or p.name.startswith(prefixes)]
+        if sources:
+            write_figures(sources, run_dir / "figures", names=[name])
     return {"tables": run_dir / "tables", "figures": run_dir / "figures",
             "report": write_report([run_dir], run_dir / "report.html")}
