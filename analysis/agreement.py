@@ -15,6 +15,13 @@ Sign agreement (a signed change the paper reports, e.g. Table 1's % changes):
   we have an estimate but no interval (a single run);
 * ``not measured``: our estimate is NaN.
 
+Bound agreement (the paper states a bound on an effect's size, e.g. Table 1's Random-H_t
+control, "|Δ| ≤ 5%"):
+
+* ``agrees``: our interval lies inside [-bound, bound];
+* ``disagrees``: our interval lies wholly outside it (low > bound or high < -bound);
+* ``inconclusive``: otherwise, or no interval; ``not measured``: a NaN estimate.
+
 Ordering agreement (the paper's values of a set of rows: methods or variants, one column):
 
 * Best row: the paper's best rows (ties share it) and ours by point estimate; it agrees when
@@ -45,6 +52,7 @@ __all__ = [
     "ORDERING_VERDICTS",
     "SIGN_VERDICTS",
     "OrderingAgreement",
+    "bound_agreement",
     "ordering_agreement",
     "sign_agreement",
 ]
@@ -72,6 +80,25 @@ def sign_agreement(paper: float, estimate: float, low: float, high: float) -> st
         raise ValueError(f"interval low {low} > high {high}")
     if low > 0 or high < 0:
         return "agrees" if (low > 0) == (paper > 0) else "disagrees"
+    return "inconclusive"
+
+
+def bound_agreement(bound: float, estimate: float, low: float, high: float) -> str:
+    """Whether our effect (``estimate`` in [``low``, ``high``]) keeps the paper's bound
+    |effect| <= ``bound`` (module docstring): ``agrees``, ``disagrees``, ``inconclusive`` or
+    ``not measured``. A bound that is not a finite number > 0 raises a ``ValueError``."""
+    if _nan(bound) or not 0 < bound < math.inf:
+        raise ValueError(f"the paper's bound {bound!r} must be a finite number > 0")
+    if _nan(estimate):
+        return "not measured"
+    if _nan(low) or _nan(high):
+        return "inconclusive"
+    if low > high:
+        raise ValueError(f"interval low {low} > high {high}")
+    if -bound <= low and high <= bound:
+        return "agrees"
+    if low > bound or high < -bound:
+        return "disagrees"
     return "inconclusive"
 
 

@@ -49,6 +49,7 @@ __all__ = [
     "PAPER_MODELS",
     "PAPER_VALUES",
     "TABLE1_BUCKETS",
+    "TABLE1_CONTROL_BOUND",
     "TABLE1_METRICS",
     "TABLE1_MODES",
     "TABLE3_METHODS",
@@ -82,6 +83,9 @@ class PaperValue:
 #: (``probes.prefix_intervene``: buckets, metrics, modes), in the paper's order.
 TABLE1_BUCKETS: dict[str, str] = {"low": "Low-H_t scaffolding", "high": "High-H_t forks",
                                   "random": "Random-H_t control"}
+#: Section 3 (Finding 3): "The Random-H_t control keeps all effects near zero (|Δ| ≤ 5%)", a
+#: bound on every cell of Table 1's control rows, in %.
+TABLE1_CONTROL_BOUND = 5.0
 TABLE1_METRICS: dict[str, str] = {"step_acc": "ΔStepAcc", "ey_density": "ΔE(y)"}
 TABLE1_MODES: dict[str, str] = {"conformity": "Conformity", "novelty": "Novelty"}
 #: Table 3's rows by health column (``analysis.health``) and its columns by method name.

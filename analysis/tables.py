@@ -76,7 +76,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.agreement import OrderingAgreement, ordering_agreement, sign_agreement
+from analysis.agreement import (
+    OrderingAgreement,
+    bound_agreement,
+    ordering_agreement,
+    sign_agreement,
+)
 from analysis.health import HealthReport, RunInfo
 from analysis.intervals import t_interval
 from analysis.paper import (
@@ -84,6 +89,7 @@ from analysis.paper import (
     BENCHMARK_COLUMNS,
     PAPER_MODELS,
     TABLE1_BUCKETS,
+    TABLE1_CONTROL_BOUND,
     TABLE1_METRICS,
     TABLE1_MODES,
     TABLE3_METHODS,
@@ -873,7 +879,8 @@ def prefix_table(report: HealthReport) -> list[PaperTable]:
                     value, low, high = (math.nan, math.nan, math.nan) if cell is None else (
                         _float(cell["delta_pct"]), _float(cell["ci_low"]),
                         _float(cell["ci_high"]))
-                    verdict = sign_agreement(paper, value, low, high)
+                    verdict = (bound_agreement(TABLE1_CONTROL_BOUND, value, low, high)
+                               if bucket == "random" else sign_agreement(paper, value, low, high))
                     verdicts.append(verdict)
                     texts += [_estimate(value, low, high, "+.1f"), f"{paper:+g}", verdict]
                 text_rows.append(TextRow(metric_name, tuple(texts), section, indent=True))
@@ -890,8 +897,10 @@ def prefix_table(report: HealthReport) -> list[PaperTable]:
             corner="Bucket / metric", columns=tuple(columns), rows=tuple(text_rows),
             notes=((f"Ours: % change [{level:.0%} paired bootstrap interval over prompts]. "
                    "Sign: agrees when our interval excludes 0 on the paper's side, disagrees "
-                   "when it excludes 0 on the other, inconclusive when it contains 0 "
-                   "(analysis.agreement)."), f"Sign agreement: {counts}.", run_note))
+                   "when it excludes 0 on the other, inconclusive when it contains 0; for the "
+                   f"Random-H_t control, whose effects the paper bounds by |Δ| ≤ "
+                   f"{TABLE1_CONTROL_BOUND:g}%, agrees when our interval lies inside that band, "
+                   "disagrees when wholly outside (analysis.agreement)."), f"Sign agreement: {counts}.", run_note))
         tables.append(PaperTable(
             name=f"table1{suffix}", title=title, corner="Bucket / metric",
             columns=tuple(TABLE1_MODES.values()), rows=tuple(rows),

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from analysis.agreement import ordering_agreement, sign_agreement
+from analysis.agreement import bound_agreement, ordering_agreement, sign_agreement
 
 NAN = math.nan
 
@@ -101,3 +101,23 @@ def test_lower_is_better_picks_the_lowest_rows_as_best():
     swapped = {"A": (9.0, 8.0, 10.0), "B": (5.0, 4.0, 6.0)}
     assert ordering_agreement(paper, swapped, higher_is_better=False).verdict == "disagrees"
     assert ordering_agreement(paper, swapped).verdict == "disagrees"
+
+
+@pytest.mark.parametrize(
+    ("ours", "expected"),
+    [((1.0, -4.0, 4.9), "agrees"), ((-3.0, -5.0, 5.0), "agrees"),
+     ((8.0, 6.0, 10.0), "disagrees"), ((-20.0, -30.0, -8.2), "disagrees"),
+     ((3.0, -1.0, 7.0), "inconclusive"), ((0.0, -9.0, 9.0), "inconclusive"),
+     ((2.0, math.nan, math.nan), "inconclusive"), ((math.nan, 1.0, 2.0), "not measured")],
+)
+def test_bound_agreement(ours, expected):
+    """Table 1's control: the paper bounds |Δ| by 5%."""
+    assert bound_agreement(5.0, *ours) == expected
+
+
+def test_bound_agreement_rejects_a_bad_bound_and_a_reversed_interval():
+    for bound in (0.0, -1.0, math.nan, math.inf):
+        with pytest.raises(ValueError, match="must be a finite number > 0"):
+            bound_agreement(bound, 1.0, 0.0, 2.0)
+    with pytest.raises(ValueError, match="low 2.0 > high 1.0"):
+        bound_agreement(5.0, 1.5, 2.0, 1.0)

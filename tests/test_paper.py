@@ -114,6 +114,10 @@ def test_figure_numbers_are_quoted_in_the_text():
     assert "plateaus near 44%44\\% after k=16k=16" in text
     assert "(+3.9+3.7+6.0+3.9\\to+3.7\\to+6.0)" in text
     assert "(a +14.8+14.8-point absolute gain)" in text and "(+12.7+12.7)" in text
+    from analysis.paper import TABLE1_CONTROL_BOUND
+
+    b = f"{TABLE1_CONTROL_BOUND:g}"
+    assert f"keeps all effects near zero (|Δ|{b}%|\\Delta|\\leq {b}\\%)" in text
 
 
 def test_tables_2_and_6_agree_and_rows_are_complete():
