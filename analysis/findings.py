@@ -101,11 +101,14 @@ class Finding:
         return verdict(self.claims)
 
     def line(self) -> str:
-        """``name: verdict (k/n claims agree) — statement``."""
-        measured = [c for c in self.claims if c.agreement != "not measured"]
-        agree = sum(c.agreement == "agrees" for c in measured)
-        counts = f"{agree}/{len(self.claims)} claims agree" if self.claims else "no claims"
-        return f"{self.name}: {self.verdict} ({counts}) — {self.statement}"
+        """``name: verdict (k/n claims agree; counts of the others) — statement``."""
+        states = [c.agreement for c in self.claims]
+        others = ", ".join(f"{states.count(s)} {s}" for s in
+                           ("disagrees", "inconclusive", "not measured") if states.count(s))
+        counts = f"{states.count('agrees')}/{len(states)} claims agree" if states else \
+            "no claims"
+        return f"{self.name}: {self.verdict} ({counts}{'; ' + others if others else ''}) " \
+            f"— {self.statement}"
 
 
 def verdict(claims: Sequence[Claim]) -> str:

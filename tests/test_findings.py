@@ -29,7 +29,8 @@ def test_verdict_rule_on_hand_made_claims():
     assert verdict([missing, missing]) == "not measurable here"
     assert verdict([]) == "not measurable here"
     line = Finding("RQ9", "a statement", (agree, unclear)).line()
-    assert line == "RQ9: not reproduced (1/2 claims agree) — a statement"
+    assert line == "RQ9: not reproduced (1/2 claims agree; 1 inconclusive) — a statement"
+    assert Finding("RQ8", "s", (agree,)).line() == "RQ8: reproduced (1/1 claims agree) — s"
 
 
 def test_rollout_sums_by_hand():
@@ -80,6 +81,7 @@ def test_findings_from_hand_written_probe_outputs(tmp_path):
     for name in ("Finding 1", "Table 2", "Table 3", "RQ1", "RQ2", "RQ3"):
         assert found[name].verdict == "not measurable here", name
     text = to_markdown(list(found.values()))
-    assert "- Finding 3: reproduced (4/4 claims agree)" in text
+    assert "- Finding 3: reproduced (4/4 claims agree) — routing helps" in text
+    assert "- Table 2: not measurable here (0/2 claims agree; 2 not measured)" in text
     assert "| rho_s(A_t, H_t) > 0 | +0.52 | +0.4 [+0.3, +0.5] | agrees |" in text
     json.dumps([c.agreement for f in found.values() for c in f.claims])
