@@ -14,10 +14,11 @@ then writes, from the logged runs only, ``tables/`` (``dasd-analyze tables``), `
 (``dasd-analyze figures``), ``findings.json`` / ``findings.md`` (``analysis.findings``: one
 verdict per paper finding by a stated rule) and ``report.html`` (``dasd-analyze report``).
 
-Budgets (``BUDGETS``) set the sizes. ``quick`` is a smoke version sized to finish in about ten
-minutes on a 2-core CPU with the built-in tiny model; ``default`` uses every probe's default
-size (about two hours there); ``full`` is larger, for a GPU. ``seeds`` repeats the training
-stages (train, sign-flip, arm-flip) at consecutive seeds and sets the ablations' seeds.
+Budgets (``BUDGETS``) set the sizes. ``quick`` is a smoke version that must finish within ten
+minutes on a 2-core CPU with the built-in tiny model (measured: under four); ``default`` uses
+every probe's default size (about 50 minutes there, summed from its stages run one by one);
+``full`` is larger, for a GPU. ``seeds`` repeats the training stages (train, sign-flip,
+arm-flip) at consecutive seeds and sets the ablations' seeds.
 
 Resume: the parent's manifest holds the budget, seeds, seed, model and task; re-running with the
 same settings skips every stage whose run is ``complete``, continues the training stages from
@@ -70,7 +71,7 @@ class Budget:
     """Sizes of every stage. Each mapping holds the keyword arguments of that probe's config
     (``TrainConfig`` fields for the training stages); empty mappings take the probe's defaults.
     ``seconds`` estimates each stage kind's wall time on a 2-core CPU (the progress display's
-    time left; measured for ``quick``, rough for the others)."""
+    time left; measured for ``quick`` and ``default``, rough for ``full``)."""
 
     name: str
     seeds: int
@@ -108,8 +109,8 @@ BUDGETS: dict[str, Budget] = {
         name="default", seeds=1,
         eval={}, train={}, sign_flip={}, arm_flip={}, ablate={},
         entropy_tv={}, prefix={}, causal={},
-        seconds={"eval": 25, "train": 420, "sign-flip": 1200, "entropy-tv": 25,
-                 "prefix-intervene": 45, "arm-flip": 900, "causal": 120, "ablate": 600},
+        seconds={"eval": 25, "train": 210, "sign-flip": 470, "entropy-tv": 25,
+                 "prefix-intervene": 45, "arm-flip": 290, "causal": 300, "ablate": 260},
     ),
     "full": Budget(
         name="full", seeds=3,
