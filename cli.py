@@ -94,7 +94,7 @@ def _print_metrics(title: str, metrics: dict[str, float]) -> None:
 @probe_app.command("reproduce")
 def reproduce_cmd(
     budget: str = typer.Option("quick", help="quick (about 10 minutes on a 2-core CPU), default "
-                               "(every probe's default size, about 50 minutes there) or full "
+                               "(every probe's default size, about 45 minutes there) or full "
                                "(larger, 3 seeds; for a GPU)."),
     seeds: int = typer.Option(None, help="Seeds of the training stages (default: the "
                               "budget's, 1 for quick and default, 3 for full)."),

@@ -16,7 +16,7 @@ verdict per paper finding by a stated rule) and ``report.html`` (``dasd-analyze 
 
 Budgets (``BUDGETS``) set the sizes. ``quick`` is a smoke version that must finish within ten
 minutes on a 2-core CPU with the built-in tiny model (measured: under four); ``default`` uses
-every probe's default size (about 50 minutes there, summed from its stages run one by one);
+every probe's default size (measured: 44 minutes there);
 ``full`` is larger, for a GPU. ``seeds`` repeats the training stages (train, sign-flip,
 arm-flip) at consecutive seeds and sets the ablations' seeds.
 
