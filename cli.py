@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -73,6 +73,38 @@ def _one_line_errors() -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
+def _print_arms(title: str, caption: str, labels: dict[str, str], result: Any,
+                run_dir: Path) -> None:
+    """A training probe's result: one table row per (arm, evaluation step) with the ``labels``
+    columns of ``result.summary``, then what was done to each arm and the probe directory."""
+    formats = {"eval/ey_density": ".2f", "eval/length_tokens": ".1f"}
+    table = Table(title=title, caption=caption)
+    table.add_column("arm")
+    table.add_column("step", justify="right")
+    for label in labels.values():
+        table.add_column(label, justify="right")
+    for arm, rows in result.summary.groupby("arm", sort=False):
+        for row in rows.to_dict("records"):
+            table.add_row(arm, str(row["step"]),
+                          *(_cell(float(row.get(key, float("nan"))), formats.get(key, ".3f"))
+                            for key in labels))
+        table.add_section()
+    console.print(table)
+    for arm, action in result.actions.items():
+        console.print(f"{arm}: {action}", highlight=False)
+    console.print(f"probe directory: {escape(str(run_dir))}", highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def _resumable(hint: str) -> Iterator[None]:
+    """Ctrl-C -> one line on stderr saying how to resume (``hint``), exit 130."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        Console(stderr=True, soft_wrap=True).print(f"interrupted; {hint}", highlight=False)
+        raise typer.Exit(130) from None
+
+
 @contextmanager
 def _progress_bar(description: str, total: int) -> Iterator[Callable[[int], None]]:
     """A rich progress bar (with time left); yields ``advance(n)``."""
@@ -120,17 +152,12 @@ def reproduce_cmd(
         console.print(f"parent directory: {escape(str(run_dir))} ({len(stages)} stages, "
                       f"budget {cfg.budget}, {cfg.seeds} seed(s))", highlight=False,
                       soft_wrap=True)
-        try:
+        with _resumable(f"the same command resumes it ({escape(str(run_dir))})"):
             with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                           TextColumn("left"), TimeRemainingColumn(),
                           TextColumn("{task.fields[run]}"), console=console) as bar:
                 result = run_reproduce(cfg, run_dir, stages=stages,
                                        display=_ReproduceDisplay(bar, stages, cfg))
-        except KeyboardInterrupt:
-            Console(stderr=True, soft_wrap=True).print(
-                f"interrupted; the same command resumes it ({escape(str(run_dir))})",
-                highlight=False)
-            raise typer.Exit(130) from None
     from analysis.findings import findings
 
     for finding in findings([run_dir]):
@@ -335,7 +362,7 @@ def sign_flip_cmd(
         console.print(f"probe directory: {escape(str(run_dir))}", highlight=False, soft_wrap=True)
         columns = (*Progress.get_default_columns(), TimeElapsedColumn(),
                    TextColumn("{task.fields[info]}"))
-        try:
+        with _resumable(f"resume with the same options and --name {escape(run_dir.name)}"):
             with Progress(*columns, console=console) as bar:
                 bars: dict[str, TaskID] = {}
 
@@ -349,29 +376,8 @@ def sign_flip_cmd(
                     bar.update(bars[arm], completed=step, **info)
 
                 result = run_sign_flip(cfg, run_dir, progress=show)
-        except KeyboardInterrupt:
-            Console(stderr=True, soft_wrap=True).print(
-                f"interrupted; resume with the same options and --name {escape(run_dir.name)}",
-                highlight=False)
-            raise typer.Exit(130) from None
-    labels = headline_columns(eval_k)
-    formats = {"eval/ey_density": ".2f", "eval/length_tokens": ".1f"}
-    table = Table(title=f"Sign-flip probe (Fig. 2): {cfg.train['eval_prompts']} held-out "
-                        f"prompts x {eval_k} samples", caption=PAPER_FINDING)
-    table.add_column("arm")
-    table.add_column("step", justify="right")
-    for label in labels.values():
-        table.add_column(label, justify="right")
-    for arm, rows in result.summary.groupby("arm", sort=False):
-        for row in rows.to_dict("records"):
-            table.add_row(arm, str(row["step"]),
-                          *(_cell(float(row.get(key, float("nan"))), formats.get(key, ".3f"))
-                            for key in labels))
-        table.add_section()
-    console.print(table)
-    for arm, action in result.actions.items():
-        console.print(f"{arm}: {action}", highlight=False)
-    console.print(f"probe directory: {escape(str(run_dir))}", highlight=False, soft_wrap=True)
+    _print_arms(f"Sign-flip probe (Fig. 2): {cfg.train['eval_prompts']} held-out prompts x "
+                f"{eval_k} samples", PAPER_FINDING, headline_columns(eval_k), result, run_dir)
 
 
 @probe_app.command("arm-flip")
@@ -428,7 +434,7 @@ def arm_flip_cmd(
         console.print(f"probe directory: {escape(str(run_dir))}", highlight=False, soft_wrap=True)
         columns = (*Progress.get_default_columns(), TimeElapsedColumn(),
                    TextColumn("{task.fields[info]}"))
-        try:
+        with _resumable(f"resume with the same options and --name {escape(run_dir.name)}"):
             with Progress(*columns, console=console) as bar:
                 bars: dict[str, TaskID] = {}
 
@@ -442,30 +448,9 @@ def arm_flip_cmd(
                     bar.update(bars[arm], completed=step, **info)
 
                 result = run_arm_flip(cfg, run_dir, progress=show)
-        except KeyboardInterrupt:
-            Console(stderr=True, soft_wrap=True).print(
-                f"interrupted; resume with the same options and --name {escape(run_dir.name)}",
-                highlight=False)
-            raise typer.Exit(130) from None
-    labels = headline_columns(eval_k)
-    formats = {"eval/ey_density": ".2f", "eval/length_tokens": ".1f"}
-    table = Table(title=f"Arm-flip probe (Fig. 6b/6c): flip at update {cfg.flip_at} of "
-                        f"{cfg.steps}, {cfg.train['eval_prompts']} held-out prompts x {eval_k}",
-                  caption=PAPER_FINDING)
-    table.add_column("arm")
-    table.add_column("step", justify="right")
-    for label in labels.values():
-        table.add_column(label, justify="right")
-    for arm, rows in result.summary.groupby("arm", sort=False):
-        for row in rows.to_dict("records"):
-            table.add_row(arm, str(row["step"]),
-                          *(_cell(float(row.get(key, float("nan"))), formats.get(key, ".3f"))
-                            for key in labels))
-        table.add_section()
-    console.print(table)
-    for arm, action in result.actions.items():
-        console.print(f"{arm}: {action}", highlight=False)
-    console.print(f"probe directory: {escape(str(run_dir))}", highlight=False, soft_wrap=True)
+    _print_arms(f"Arm-flip probe (Fig. 6b/6c): flip at update {cfg.flip_at} of {cfg.steps}, "
+                f"{cfg.train['eval_prompts']} held-out prompts x {eval_k}", PAPER_FINDING,
+                headline_columns(eval_k), result, run_dir)
 
 
 @probe_app.command("ablate")
@@ -515,7 +500,7 @@ def ablate_cmd(
         spec = PANELS.get(panel)
         eval_k = cfg.train["eval_k"]
         console.print(f"probe directory: {escape(str(run_dir))}", highlight=False, soft_wrap=True)
-        try:
+        with _resumable(f"resume with the same options and --name {escape(run_dir.name)}"):
             with Progress(*Progress.get_default_columns(), TimeElapsedColumn(),
                           console=console) as bar:
                 bars: dict[str, TaskID] = {}
@@ -526,11 +511,6 @@ def ablate_cmd(
                     bar.update(bars[run], completed=step)
 
                 result = run_ablate(cfg, run_dir, progress=show)
-        except KeyboardInterrupt:
-            Console(stderr=True, soft_wrap=True).print(
-                f"interrupted; resume with the same options and --name {escape(run_dir.name)}",
-                highlight=False)
-            raise typer.Exit(130) from None
     metrics = headline_metrics(eval_k)
     scale = {key: 100.0 for key in metrics if "_at_" in key or key == "eval/step_acc"}
     summary = result.summary.set_index(["variant", "metric"])

@@ -65,6 +65,18 @@ def _nan(x: float | None) -> bool:
     return x is None or math.isnan(x)
 
 
+def _unjudged(estimate: float, low: float, high: float) -> str | None:
+    """``not measured`` (NaN estimate) or ``inconclusive`` (no interval) before any rule
+    applies, else None; an interval with low > high raises a ``ValueError``."""
+    if _nan(estimate):
+        return "not measured"
+    if _nan(low) or _nan(high):
+        return "inconclusive"
+    if low > high:
+        raise ValueError(f"interval low {low} > high {high}")
+    return None
+
+
 def sign_agreement(paper: float, estimate: float, low: float, high: float) -> str:
     """Whether our signed effect (``estimate`` with interval [``low``, ``high``]) agrees in
     sign with the paper's ``paper`` (module docstring): ``agrees``, ``disagrees``,
@@ -72,12 +84,8 @@ def sign_agreement(paper: float, estimate: float, low: float, high: float) -> st
     ``ValueError``, as does an interval with low > high."""
     if _nan(paper) or paper == 0:
         raise ValueError(f"the paper's effect {paper!r} has no sign to agree with")
-    if _nan(estimate):
-        return "not measured"
-    if _nan(low) or _nan(high):
-        return "inconclusive"
-    if low > high:
-        raise ValueError(f"interval low {low} > high {high}")
+    if (unjudged := _unjudged(estimate, low, high)) is not None:
+        return unjudged
     if low > 0 or high < 0:
         return "agrees" if (low > 0) == (paper > 0) else "disagrees"
     return "inconclusive"
@@ -89,12 +97,8 @@ def bound_agreement(bound: float, estimate: float, low: float, high: float) -> s
     ``not measured``. A bound that is not a finite number > 0 raises a ``ValueError``."""
     if _nan(bound) or not 0 < bound < math.inf:
         raise ValueError(f"the paper's bound {bound!r} must be a finite number > 0")
-    if _nan(estimate):
-        return "not measured"
-    if _nan(low) or _nan(high):
-        return "inconclusive"
-    if low > high:
-        raise ValueError(f"interval low {low} > high {high}")
+    if (unjudged := _unjudged(estimate, low, high)) is not None:
+        return unjudged
     if -bound <= low and high <= bound:
         return "agrees"
     if low > bound or high < -bound:
