@@ -862,13 +862,14 @@ def health_cmd(
     split: str = typer.Option("eval", help="Rollout split to read."),
     out: Path = typer.Option(None, "--out", help="Also write the rows to this CSV file."),
     markers: str = typer.Option(
-        "", help="Comma-separated epistemic markers (default: analysis.markers' list)."
+        "", help="Comma-separated epistemic markers (default: dasd.markers' list)."
     ),
 ) -> None:
     """Reasoning health (paper Table 3 metrics, appendix F) per run and logged step: Avg@k,
     Pass@k, StepAcc, FES, CSR, E(y) density, revision rate, Dist-3, length. Bad runs are
     reported one line each; exit 2 only when nothing could be analysed."""
-    from analysis.health import DEFAULT_MARKERS, HEALTH_COLUMNS, analyze_runs
+    from analysis.health import analyze_runs
+    from dasd.health import DEFAULT_MARKERS, HEALTH_COLUMNS
 
     if step is not None and last:
         raise typer.BadParameter("give --step S or --last, not both")
@@ -963,7 +964,7 @@ def report_cmd(
 ) -> None:
     """One self-contained HTML audit page: runs and configs, tables, figures, and rollouts token by
     token colored by omega (attraction / repulsion) or entropy."""
-    from analysis.report import write_report
+    from figures.report import write_report
 
     with _one_line_errors():
         path = write_report(runs, out, audit_rollouts=audit_rollouts)

@@ -17,7 +17,7 @@ in a verdict is written by hand.
 Rollout metrics (``rollout_sums``): ``avg`` (share of correct responses, Avg@k), ``pass``
 (prompts with at least one correct response, Pass@k at k = the samples per prompt),
 ``step_acc`` (correct steps / judged steps, pooled per prompt) and ``ey_density`` (mean
-epistemic-marker density per response, ``analysis.health.response_health``). The unit of
+epistemic-marker density per response, ``dasd.health.response_health``). The unit of
 resampling is the prompt (within a seed: (seed, prompt) when runs of several seeds are
 pooled, e.g. RQ3's rows).
 
@@ -38,7 +38,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.agreement import sign_agreement
-from analysis.health import response_health, run_info
+from analysis.health import run_info
+from dasd.health import response_health
 from analysis.paper import (
     TABLE1_BUCKETS,
     TABLE1_METRICS,

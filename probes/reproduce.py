@@ -433,7 +433,7 @@ def _analyse(run_dir: Path) -> dict[str, Path]:
     """Tables, figures (each from the stages ``FIGURE_STAGES`` names) and the HTML report of
     the runs under ``run_dir``."""
     from analysis.health import analyze_runs
-    from analysis.report import write_report
+    from figures.report import write_report
     from analysis.tables import build_tables, write_tables
     from figures import FIGURES, write_figures
 

@@ -50,7 +50,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.findings import findings
-from analysis.health import HEALTH_COLUMNS, analyze_runs
+from analysis.health import analyze_runs
+from dasd.health import HEALTH_COLUMNS
 from figures import FIGURES, Missing, make_figure, png_bytes
 from figures.runs import Run, load_runs
 
