@@ -157,12 +157,8 @@ def reproduce_cmd(
         console.print(f"parent directory: {escape(str(run_dir))} ({len(stages)} stages, "
                       f"budget {cfg.budget}, {cfg.seeds} seed(s))", highlight=False,
                       soft_wrap=True)
-        with _resumable(f"the same command resumes it ({escape(str(run_dir))})"):
-            with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                          TextColumn("left"), TimeRemainingColumn(),
-                          TextColumn("{task.fields[run]}"), console=console) as bar:
-                result = run_reproduce(cfg, run_dir, stages=stages, calibration=calibration,
-                                       display=_ReproduceDisplay(bar, stages, cfg))
+        result = _run_shown(run_dir, stages, cfg, lambda display: run_reproduce(
+            cfg, run_dir, stages=stages, calibration=calibration, display=display))
     from analysis.findings import findings
 
     for finding in findings([run_dir]):
@@ -197,6 +193,16 @@ class _ReproduceDisplay:
         self.bar.update(self.task, completed=sum(self.seconds[:index + 1]))
 
 
+def _run_shown(run_dir: Path, stages: list[Stage], cfg: ReproduceConfig | ValidateConfig,
+               run: Callable[[_ReproduceDisplay], Any]) -> Any:
+    """``run(display)`` under a progress bar of ``stages``; Ctrl-C says how to resume."""
+    with _resumable(f"the same command resumes it ({escape(str(run_dir))})"):
+        with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                      TextColumn("left"), TimeRemainingColumn(),
+                      TextColumn("{task.fields[run]}"), console=console) as bar:
+            return run(_ReproduceDisplay(bar, stages, cfg))
+
+
 @probe_app.command("validate")
 def validate_cmd(
     budget: str = typer.Option("quick", help="quick (smoke sizes, within 10 minutes on a "
@@ -229,12 +235,8 @@ def validate_cmd(
                       f"budget {cfg.budget}, {cfg.seeds} seed(s)); positive control "
                       f"{escape(cfg.worlds[0])}, negative control {escape(cfg.worlds[1])}",
                       highlight=False, soft_wrap=True)
-        with _resumable(f"the same command resumes it ({escape(str(run_dir))})"):
-            with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                          TextColumn("left"), TimeRemainingColumn(),
-                          TextColumn("{task.fields[run]}"), console=console) as bar:
-                result = run_validate(cfg, run_dir, stages=stages,
-                                      display=_ReproduceDisplay(bar, stages, cfg))
+        result = _run_shown(run_dir, stages, cfg, lambda display: run_validate(
+            cfg, run_dir, stages=stages, display=display))
     from analysis.calibration import to_markdown
 
     for line in to_markdown(result.rows).splitlines():

@@ -145,10 +145,8 @@ class ValidateConfig:
             if world not in WORLDS and world not in STAND_INS and not Path(world).is_dir():
                 raise ValueError(f"unknown world {world!r}; valid: {', '.join(WORLDS)}, a "
                                  f"stand-in ({', '.join(STAND_INS)}) or a checkpoint directory")
-        if self.seeds is None:
-            object.__setattr__(self, "seeds", BUDGETS[self.budget].seeds)
-        if self.seeds < 1:
-            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
+        # The budget's seeds by default, checked as a reproduction checks them.
+        object.__setattr__(self, "seeds", ReproduceConfig(self.budget, self.seeds).seeds)
 
     @property
     def sizes(self) -> Budget:
