@@ -237,11 +237,10 @@ def validate_cmd(
                       highlight=False, soft_wrap=True)
         result = _run_shown(run_dir, stages, cfg, lambda display: run_validate(
             cfg, run_dir, stages=stages, display=display))
-    from analysis.calibration import to_markdown
+    from analysis.calibration import summary_lines
 
-    for line in to_markdown(result.rows).splitlines():
-        if line.startswith("- "):
-            console.print(line, highlight=False, soft_wrap=True, markup=False)
+    for line in summary_lines(result.rows):
+        console.print(f"- {line}", highlight=False, soft_wrap=True, markup=False)
     for key, path in result.outputs.items():
         console.print(f"{key}: {escape(str(path))}", highlight=False, soft_wrap=True)
 

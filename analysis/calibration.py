@@ -47,6 +47,7 @@ __all__ = [
     "estimate_text",
     "label",
     "read_calibration",
+    "summary_lines",
     "to_markdown",
     "write_calibration",
 ]
@@ -138,10 +139,21 @@ def _counts(rows: Sequence[Row]) -> str:
     return f"{verdicts.count(wanted)}/{len(rows)} {wanted}" + (f" ({others})" if others else "")
 
 
-def to_markdown(rows: Sequence[Row]) -> str:
-    """A summary line per probe (counts per world), then one table per world."""
+def summary_lines(rows: Sequence[Row]) -> list[str]:
+    """One line per probe: its verdict counts on each world, e.g. ``entropy-tv: 1/3 detected
+    (2 missed) on tiny-planted (positive control); 3/3 clean on tiny-null (negative
+    control)``."""
     worlds = list(dict.fromkeys(r.label for r in rows))
-    probes = list(dict.fromkeys(r.probe for r in rows))
+    lines = []
+    for probe in dict.fromkeys(r.probe for r in rows):
+        parts = [f"{_counts(sel)} on {world}" for world in worlds
+                 if (sel := [r for r in rows if r.probe == probe and r.label == world])]
+        lines.append(f"{probe}: " + "; ".join(parts))
+    return lines
+
+
+def to_markdown(rows: Sequence[Row]) -> str:
+    """The summary lines (``summary_lines``), then one table per world."""
     lines = ["# Calibration of the probes on control worlds", "",
              "These worlds are controls, not reproductions of the paper: each has its claims' "
              "signs fixed by construction, and the rows measure whether each probe sees a "
@@ -152,11 +164,8 @@ def to_markdown(rows: Sequence[Row]) -> str:
              "wherever 0 is predicted) it is *clean* unless the interval excludes 0 on a side "
              "the prediction does not name (*false positive*); *not measured* without data.",
              ""]
-    for probe in probes:
-        parts = [f"{_counts(sel)} on {world}" for world in worlds
-                 if (sel := [r for r in rows if r.probe == probe and r.label == world])]
-        lines.append(f"- {probe}: " + "; ".join(parts))
-    for world in worlds:
+    lines += [f"- {line}" for line in summary_lines(rows)]
+    for world in dict.fromkeys(r.label for r in rows):
         lines += ["", f"## {world}", "", "| probe | claim | predicted | ours [95% CI] | "
                   "verdict |", "| --- | --- | --- | --- | --- |"]
         lines += [f"| {r.probe} | {r.claim} | {r.predicted_sign:+d} | "
