@@ -1,8 +1,9 @@
 """The mechanism statistics an eval run logged (``mechanism/`` keys of ``dasd.evaluation.
 mechanism_metrics``), as two tables for `dasd-analyze health` and the HTML report.
 
-1. ``summary``: one row per run: the teacher/student tail-mass ratio on low-entropy tokens with
-   its two means, the share of wrong steps whose first wrong token is below its trajectory's
+1. ``summary``: one row per run: the teacher/student tail-mass ratio on low-entropy tokens (a
+   ratio of means; the median per-token ratio; the share where the teacher is sharper) with
+   the two means, the share of wrong steps whose first wrong token is below its trajectory's
    median entropy, and the entropy profile (share below 0.01 nats, median, 80th percentile)
    beside the published Qwen3-8B chain-of-thought statistics (``dasd.mechanism.REFERENCE_*``).
 2. ``deciles``: one row per (run, student-entropy decile): its upper edge, median and mean
@@ -35,8 +36,9 @@ __all__ = ["DECILE_COLUMNS", "LOW_SHARE", "SUMMARY_COLUMNS", "latest_mechanism",
 
 #: The summary's column of the share of tokens below the reference's low-entropy threshold.
 LOW_SHARE = f"share_h_below_{REFERENCE_LOW_ENTROPY_NATS:g}"
-SUMMARY_COLUMNS = ("run", "tail_ratio_low", "tail_student_low", "tail_teacher_low",
-                   "wrong_step_low_share", "wrong_steps", LOW_SHARE, "h_q50", "h_q80")
+SUMMARY_COLUMNS = ("run", "tail_ratio_low", "tail_ratio_median_low", "tail_sharper_share_low",
+                   "tail_student_low", "tail_teacher_low", "wrong_step_low_share",
+                   "wrong_steps", LOW_SHARE, "h_q50", "h_q80")
 DECILE_COLUMNS = ("run", "decile", "h_upper", "delta_abs_median", "floor_abs_median",
                   "shift_abs_median", "delta_abs_mean", "floor_abs_mean", "shift_abs_mean")
 
@@ -77,7 +79,7 @@ def mechanism_tables(runs: Mapping[str, Path]) -> tuple[pd.DataFrame, pd.DataFra
             continue
         summary.append({
             "run": label,
-            **{c: _get(values, f"mechanism/{c}") for c in SUMMARY_COLUMNS[1:5]},
+            **{c: _get(values, f"mechanism/{c}") for c in SUMMARY_COLUMNS[1:7]},
             "wrong_steps": int(_get(values, "mechanism/wrong_steps")),
             LOW_SHARE: _get(values, "mechanism/entropy_share_below_"
                                     f"{REFERENCE_LOW_ENTROPY_NATS:g}"),

@@ -177,8 +177,8 @@ def mechanism_metrics(rows: pd.DataFrame, *, floor_rows: Sequence[int] = (),
 
     Keys: ``entropy_edge_d1..9`` (inner decile edges, nats); ``{delta,floor,shift}_abs_
     {median,mean}_d1..10`` (|delta_t| and the two floors' |Delta log p| per decile, NaN where
-    not measured); ``floor_tokens``; ``tail_ratio_low``, ``tail_student_low``,
-    ``tail_teacher_low``; ``wrong_step_low_share`` and ``wrong_steps``;
+    not measured); ``floor_tokens``; ``tail_{ratio,ratio_median,sharper_share,student,
+    teacher}_low`` (``dasd.mechanism.TailStats``); ``wrong_step_low_share`` and ``wrong_steps``;
     ``entropy_share_below_0.01``.
     """
     lengths = np.array(rows["n_tokens"], dtype=np.int64)
@@ -212,12 +212,13 @@ def mechanism_metrics(rows: pd.DataFrame, *, floor_rows: Sequence[int] = (),
         for k in range(10):
             out[f"mechanism/{name}_abs_median_d{k + 1}"] = float(median[k])
             out[f"mechanism/{name}_abs_mean_d{k + 1}"] = float(mean[k])
-    tails = (np.nan,) * 3
+    tails = mechanism.TailStats(*(np.nan,) * 5)
     if {"student_tail", "teacher_tail"} <= set(rows.columns):
         tails = mechanism.tail_mass_ratio(_padded(list(rows["student_tail"]), width),
                                           _padded(list(rows["teacher_tail"]), width),
                                           entropy, mask)
-    for key, value in zip(("ratio", "student", "teacher"), tails):
+    for key, value in zip(("ratio", "ratio_median", "sharper_share", "student", "teacher"),
+                          tails):
         out[f"mechanism/tail_{key}_low"] = float(value)
     share, n_wrong = np.nan, 0
     if wrong is not None:

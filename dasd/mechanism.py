@@ -25,10 +25,16 @@ Choices (none is fixed by the paper):
 3. The tail-mass ratio is a ratio of means, sum of teacher tails / sum of student tails over
    the low-entropy tokens: per-token ratios are undefined where the student's tail is 0 and a
    mean of them is dominated by the few tokens with the smallest student tail. It is NaN (not
-   inf) when the student's summed tail is 0 (a deterministic student) or no token is low.
+   inf) when the student's summed tail is 0 (a deterministic student) or no token is low. A
+   ratio of means is itself dominated by the largest tails (on the built-in world the top 1% of
+   the teacher's low-token tails hold most of its sum), so two robust companions go with it:
+   the median of the per-token ratios q/p (tokens with p > 0) and the share of low tokens on
+   which the teacher is strictly sharper (q < p).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 
@@ -37,6 +43,7 @@ __all__ = [
     "REFERENCE_LOW_ENTROPY_NATS",
     "REFERENCE_LOW_ENTROPY_SHARE",
     "REFERENCE_Q80_NATS",
+    "TailStats",
     "below_trajectory_median",
     "by_entropy_decile",
     "decile_edges",
@@ -121,8 +128,21 @@ def below_trajectory_median(entropy: np.ndarray, mask: np.ndarray) -> np.ndarray
     return low
 
 
+class TailStats(NamedTuple):
+    """Teacher/student tail masses on the low-entropy tokens (:func:`tail_mass_ratio`)."""
+
+    ratio: float
+    """Ratio of means: summed teacher tails / summed student tails (choice 3)."""
+    median_ratio: float
+    """Median of the per-token ratios q/p over the low tokens with p > 0."""
+    sharper_share: float
+    """Share of the low tokens where the teacher's tail is strictly smaller."""
+    student_mean: float
+    teacher_mean: float
+
+
 def tail_mass_ratio(student_tail: np.ndarray, teacher_tail: np.ndarray, entropy: np.ndarray,
-                    mask: np.ndarray) -> tuple[float, float, float]:
+                    mask: np.ndarray) -> TailStats:
     """Teacher/student tail-mass ratio on low-entropy tokens (choices 2 and 3).
 
     Args:
@@ -132,10 +152,10 @@ def tail_mass_ratio(student_tail: np.ndarray, teacher_tail: np.ndarray, entropy:
         mask: ``(B, T)`` bool valid tokens.
 
     Returns:
-        ``(ratio, student_mean, teacher_mean)``: the mean tails over the tokens below their
-        trajectory's median entropy and their ratio teacher / student. A ratio below 1: the
-        teacher is sharper there. ratio is NaN where the student's tails sum to 0 or no
-        token is low; the means are NaN where no token is low.
+        :class:`TailStats` over the tokens below their trajectory's median entropy. A ratio
+        below 1, a sharper share above 0.5: the teacher is sharper there. ``ratio`` is NaN
+        where the student's tails sum to 0, ``median_ratio`` where no low token has p > 0;
+        everything is NaN where no token is low.
     """
     p = _valid(student_tail, mask, "student_tail")
     q = _valid(teacher_tail, mask, "teacher_tail")
@@ -144,10 +164,16 @@ def tail_mass_ratio(student_tail: np.ndarray, teacher_tail: np.ndarray, entropy:
             raise ValueError(f"{name} must lie in [0, 1] (a probability mass)")
     low = below_trajectory_median(entropy, mask)[np.asarray(mask)]
     if not low.any():
-        return np.nan, np.nan, np.nan
-    sp, sq = p[low].sum(), q[low].sum()
-    ratio = sq / sp if sp > 0 else np.nan
-    return float(ratio), float(sp / low.sum()), float(sq / low.sum())
+        return TailStats(*(np.nan,) * 5)
+    p, q = p[low], q[low]
+    positive = p > 0
+    return TailStats(
+        ratio=float(q.sum() / p.sum()) if p.sum() > 0 else np.nan,
+        median_ratio=float(np.median(q[positive] / p[positive])) if positive.any() else np.nan,
+        sharper_share=float((q < p).mean()),
+        student_mean=float(p.mean()),
+        teacher_mean=float(q.mean()),
+    )
 
 
 def low_entropy_error_share(entropy: np.ndarray, mask: np.ndarray, rows: np.ndarray,

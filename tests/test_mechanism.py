@@ -149,12 +149,16 @@ def test_below_trajectory_median_is_per_row_and_strict():
 def test_tail_ratio_by_hand_is_a_ratio_of_means_with_per_row_medians():
     h = np.array([[0.1, 0.2, 0.3, 0.4], [1.0, 2.0, 3.0, 4.0]])
     student = np.array([[0.01, 0.03, 0.5, 0.5], [0.02, 0.04, 0.5, 0.5]])
-    teacher = np.array([[0.002, 0.002, 0.9, 0.9], [0.004, 0.012, 0.9, 0.9]])
+    teacher = np.array([[0.002, 0.06, 0.9, 0.9], [0.004, 0.02, 0.9, 0.9]])
     mask = np.ones_like(h, dtype=bool)
-    ratio, mean_p, mean_q = mechanism.tail_mass_ratio(student, teacher, h, mask)
-    # low tokens: the first two of each row (a global median of 0.7 would drop row 1)
-    assert mean_p == pytest.approx(0.1 / 4) and mean_q == pytest.approx(0.02 / 4)
-    assert ratio == pytest.approx(0.2)  # a mean of per-token ratios would give 0.19
+    stats = mechanism.tail_mass_ratio(student, teacher, h, mask)
+    # low tokens: the first two of each row (a global median of 0.7 would drop row 1);
+    # per-token ratios 0.2, 2, 0.2, 0.5 (their mean, 0.725, is not the estimator)
+    assert stats.student_mean == pytest.approx(0.1 / 4)
+    assert stats.teacher_mean == pytest.approx(0.086 / 4)
+    assert stats.ratio == pytest.approx(0.86)
+    assert stats.median_ratio == pytest.approx(0.35)
+    assert stats.sharper_share == 0.75
 
 
 def test_tail_ratio_limiting_cases():
@@ -162,11 +166,15 @@ def test_tail_ratio_limiting_cases():
     h = rng.random((3, 7))
     tail = rng.random((3, 7)) * 0.1
     mask = np.ones_like(h, dtype=bool)
-    assert mechanism.tail_mass_ratio(tail, tail, h, mask)[0] == pytest.approx(1.0)
-    # a deterministic student: tail 0 -> documented NaN ratio, finite means
-    ratio, mean_p, mean_q = mechanism.tail_mass_ratio(np.zeros_like(h), tail, h, mask)
-    assert math.isnan(ratio) and mean_p == 0.0 and mean_q > 0
-    assert mechanism.tail_mass_ratio(tail, np.zeros_like(h), h, mask)[0] == 0.0
+    same = mechanism.tail_mass_ratio(tail, tail, h, mask)
+    assert same.ratio == pytest.approx(1.0) and same.median_ratio == 1.0
+    assert same.sharper_share == 0.0
+    # a deterministic student: tail 0 -> documented NaN ratios, finite means and share
+    det = mechanism.tail_mass_ratio(np.zeros_like(h), tail, h, mask)
+    assert math.isnan(det.ratio) and math.isnan(det.median_ratio)
+    assert det.student_mean == 0.0 and det.teacher_mean > 0 and det.sharper_share == 0.0
+    sharp = mechanism.tail_mass_ratio(tail, np.zeros_like(h), h, mask)
+    assert sharp.ratio == 0.0 and sharp.median_ratio == 0.0 and sharp.sharper_share == 1.0
     assert all(math.isnan(x) for x in mechanism.tail_mass_ratio(tail, tail, h, ~mask))
     with pytest.raises(ValueError, match=r"in \[0, 1\]"):
         mechanism.tail_mass_ratio(tail + 1, tail, h, mask)
@@ -177,19 +185,25 @@ def test_tail_ratio_matches_a_naive_loop_and_ignores_padding(seed):
     rng = np.random.default_rng(seed)
     b, t = rng.integers(1, 5), rng.integers(2, 20)
     h, p, q = rng.random((b, t)), rng.random((b, t)) * 0.2, rng.random((b, t)) * 0.2
+    p[rng.random((b, t)) < 0.2] = 0.0
     mask = rng.random((b, t)) < 0.7
     mask[:, 0] = mask[:, 1] = True
-    sp = sq = n = 0.0
+    ps, qs = [], []
     for i in range(b):
         med = np.median([h[i, j] for j in range(t) if mask[i, j]])
         for j in range(t):
             if mask[i, j] and h[i, j] < med:
-                sp, sq, n = sp + p[i, j], sq + q[i, j], n + 1
+                ps.append(p[i, j])
+                qs.append(q[i, j])
+    ratios = [y / x for x, y in zip(ps, qs) if x > 0]
+    want = (sum(qs) / sum(ps) if sum(ps) else np.nan, np.median(ratios) if ratios else np.nan,
+            np.mean([y < x for x, y in zip(ps, qs)]), np.mean(ps), np.mean(qs))
     got = mechanism.tail_mass_ratio(p, q, h, mask)
-    assert got == pytest.approx((sq / sp, sp / n, sq / n))
+    np.testing.assert_allclose(got, want, equal_nan=True)
     junk = np.where(mask, 1.0, 0.0)
-    assert mechanism.tail_mass_ratio(np.where(mask, p, 0.9), np.where(mask, q, junk),
-                                     np.where(mask, h, np.nan), mask) == pytest.approx(got)
+    padded = mechanism.tail_mass_ratio(np.where(mask, p, 0.9), np.where(mask, q, junk),
+                                       np.where(mask, h, np.nan), mask)
+    np.testing.assert_array_equal(padded, got)
 
 
 def test_wrong_step_share_by_hand():
@@ -342,7 +356,8 @@ def test_rescoring_alone_matches_the_batched_scores(model_dir):
 def test_eval_logs_the_mechanism_metrics(eval_run):
     run, output = eval_run
     metrics = read_metrics(run).iloc[-1]
-    for key in ("tail_ratio_low", "wrong_step_low_share", "wrong_steps",
+    for key in ("tail_ratio_low", "tail_ratio_median_low", "tail_sharper_share_low",
+                "wrong_step_low_share", "wrong_steps",
                 "entropy_share_below_0.01", "floor_tokens", "delta_abs_median_d1",
                 "floor_abs_mean_d10", "shift_abs_median_d5", "entropy_edge_d9"):
         assert f"mechanism/{key}" in metrics.index
