@@ -20,8 +20,9 @@ Choices (none is fixed by the paper):
    absolute values: the median is robust to the heavy tail of |delta|, the mean shows a floor
    whose median is exactly 0 (most tokens bit-identical on re-scoring).
 2. "Low entropy" for the tail ratio and the wrong-step share is per trajectory: H_t strictly
-   below the median of its own response's valid tokens (numpy's median), the frame DASD's router
-   uses (its threshold tau is a per-trajectory quantile, eq. 4).
+   below the median of its own response's valid tokens (numpy's median): the paper's low
+   bucket of Probe 3 (section 3, H_t < tau_0.5, the trajectory-local median) and the frame of
+   DASD's router (its threshold is a per-trajectory quantile, eq. 4).
 3. The tail-mass ratio is a ratio of means, sum of teacher tails / sum of student tails over
    the low-entropy tokens: per-token ratios are undefined where the student's tail is 0 and a
    mean of them is dominated by the few tokens with the smallest student tail. It is NaN (not
@@ -55,7 +56,7 @@ __all__ = [
 #: Published token-entropy statistics of a real reasoning model's chain of thought: Qwen3-8B,
 #: "more than half of tokens" have entropy below 0.01 nats and the 80th percentile is 0.672
 #: nats (Wang et al. 2025, "Beyond the 80/20 Rule: High-Entropy Minority Tokens Drive
-#: Effective Reinforcement Learning for LLM Reasoning", arXiv:2506.01939, section 3).
+#: Effective Reinforcement Learning for LLM Reasoning", arXiv:2506.01939; the paper's [24]).
 REFERENCE_LOW_ENTROPY_NATS = 0.01
 #: The share of tokens below :data:`REFERENCE_LOW_ENTROPY_NATS` there; a lower bound ("more
 #: than half").
