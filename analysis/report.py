@@ -314,7 +314,7 @@ def _mechanism_section(runs: Sequence[Run]) -> str:
             "ratio is teacher / student of the summed tails (below 1: the teacher is sharper). "
             "wrong_step_low_share: wrong steps whose first wrong token is low. The reference "
             "row's low-entropy share is a lower bound (more than half).</p>"
-            + _table(summary, left=["run"])
+            + '<div class="wide">' + _table(summary, left=["run"]) + "</div>"
             + "<h3>|δ| by student-entropy decile beside the round-off floors (nats)</h3>"
             '<p class="muted">floor: the same tokens scored again in another batch, with other '
             "padding; shift: scored again with positions shifted by the teacher prompt's extra "

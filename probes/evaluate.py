@@ -57,7 +57,7 @@ class EvalConfig:
     score_batch_size: int = 32
     """Responses per scoring forward pass; bounds its ``(score_batch_size, T, V)`` logits
     (at 8,192 tokens and Qwen3's 151,936-token vocabulary, 2.5 GB per response in bf16)."""
-    floor_responses: int = 128
+    floor_responses: int = 64
     """Responses scored a second time, alone, for the round-off floor of the mechanism
     statistics (``dasd.evaluation.measure_mechanism``); 0 skips the floor."""
     rollout_engine: str = "hf"

@@ -364,7 +364,7 @@ def test_eval_logs_the_mechanism_metrics(eval_run):
     rows = read_rollouts(run)
     entropy = np.concatenate(rows["entropy"].to_list())
     assert metrics["mechanism/entropy_share_below_0.01"] == pytest.approx(np.mean(entropy < 0.01))
-    assert metrics["mechanism/floor_tokens"] == rows["n_tokens"].sum()  # 12 <= 128 responses
+    assert metrics["mechanism/floor_tokens"] == rows["n_tokens"].sum()  # 12 <= 64 responses
     for col in ("student_tail", "teacher_tail"):
         assert all(len(x) == n for x, n in zip(rows[col], rows["n_tokens"]))
     # a random model is far from deterministic: tails near 1 - 1/V
