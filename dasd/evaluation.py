@@ -102,9 +102,9 @@ def eval_metrics(rows: pd.DataFrame) -> dict[str, float]:
     return metrics
 
 
-def _padded(values: Sequence[np.ndarray], width: int) -> np.ndarray:
-    """Per-row arrays as one ``(B, width)`` float64 array, 0 after each row's end."""
-    out = np.zeros((len(values), width))
+def _padded(values: Sequence[np.ndarray], width: int, dtype: type = np.float64) -> np.ndarray:
+    """Per-row arrays as one ``(B, width)`` array, 0 after each row's end."""
+    out = np.zeros((len(values), width), dtype=dtype)
     for i, v in enumerate(values):
         out[i, : len(v)] = v
     return out
@@ -119,7 +119,7 @@ def rescore_student_logp(model: nn.Module, tokenizer: PreTrainedTokenizerBase,
     prompt_ids, prompt_mask = encode_prompts(tokenizer, list(rows["prompt"]))
     lengths = np.array(rows["n_tokens"], dtype=np.int64)
     width = max(int(lengths.max()), 1)
-    ids = torch.from_numpy(_padded(list(rows["token_ids"]), width)).long()
+    ids = torch.from_numpy(_padded(list(rows["token_ids"]), width, np.int64))
     mask = torch.arange(width)[None, :] < torch.from_numpy(lengths)[:, None]
     scores = score_responses(model, ids, mask, prompt_ids, prompt_mask, batch_size=batch_size,
                              position_offset=position_offset)
@@ -194,15 +194,14 @@ def mechanism_metrics(rows: pd.DataFrame, *, floor_rows: Sequence[int] = (),
     floor_rows = np.asarray(floor_rows, dtype=np.int64)
     scored = np.zeros_like(mask)
     scored[floor_rows] = mask[floor_rows]
-    again = {}
-    for name, logp in (("floor", floor_logp), ("shift", shift_logp)):
-        if len(logp):
-            again[name] = student.copy()
-            again[name][floor_rows] = _padded(list(logp), width)
-    if "floor" in again:
-        gaps["floor"] = (again["floor"] - student, scored)
-        if "shift" in again:
-            gaps["shift"] = (again["shift"] - again["floor"], scored)
+    if len(floor_logp):
+        again = student.copy()
+        again[floor_rows] = _padded(list(floor_logp), width)
+        gaps["floor"] = (again - student, scored)
+        if len(shift_logp):
+            shifted = again.copy()
+            shifted[floor_rows] = _padded(list(shift_logp), width)
+            gaps["shift"] = (shifted - again, scored)
     out["mechanism/floor_tokens"] = int(scored.sum())
     for name in ("delta", "floor", "shift"):
         median = mean = np.full(10, np.nan)

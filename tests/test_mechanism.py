@@ -325,11 +325,11 @@ def test_identical_teacher_gives_zero_delta_and_floors_by_hand():
     assert out["mechanism/wrong_steps"] == 0
 
 
-def test_rescoring_alone_matches_the_batched_scores(model_dir):
+def test_scoring_tails_and_rescoring_alone_match_the_batched_scores(model_dir):
     from transformers import AutoModelForCausalLM
 
     from dasd.rollout.hf import encode_prompts
-    from dasd.scoring import score_responses
+    from dasd.scoring import response_logits, score_responses
 
     tok = make_char_tokenizer()
     model = AutoModelForCausalLM.from_pretrained(model_dir)
@@ -340,7 +340,16 @@ def test_rescoring_alone_matches_the_batched_scores(model_dir):
     rid = torch.tensor([x + [0] * (width - len(x)) for x in ids])
     rmask = torch.tensor([[j < len(x) for j in range(width)] for x in ids])
     pid, pmask = encode_prompts(tok, prompts)
-    first = score_responses(model, rid, rmask, pid, pmask, batch_size=3).student_logp
+    scores = score_responses(model, rid, rmask, pid, pmask, batch_size=2, tail=True,
+                             teacher_prompt_ids=pid, teacher_prompt_mask=pmask)
+    first = scores.student_logp
+    with torch.no_grad():
+        logits = response_logits(model, pid, pmask, rid)
+    naive = 1 - torch.softmax(logits.double(), -1).max(-1).values
+    torch.testing.assert_close(scores.student_tail.double(), naive.where(rmask, 0.0), rtol=1e-5,
+                               atol=1e-7)
+    assert torch.equal(scores.teacher_tail, scores.student_tail)  # the same context here
+    assert score_responses(model, rid, rmask, pid, pmask).student_tail is None
     rows = pd.DataFrame({"prompt": prompts, "token_ids": ids, "n_tokens": [len(x) for x in ids]})
     again = rescore_student_logp(model, tok, rows, batch_size=1)
     shifted = rescore_student_logp(model, tok, rows, batch_size=1, position_offset=17)
