@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli import analyze_app, probe_app
+from cli import analyze_app
 from dasd import mechanism
 from dasd.entropy import token_entropy_and_logprob, token_entropy_logprob_and_tail
 from dasd.evaluation import mechanism_metrics, rescore_student_logp, wrong_step_tokens
