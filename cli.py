@@ -286,7 +286,9 @@ def eval_cmd(
     run_dir = runs_dir / (name or _run_name("eval", model))
     with _one_line_errors(), _progress_bar(f"sampling {n_prompts} x {k}", n_prompts * k) as step:
         _, summary = run_eval(cfg, run_dir, progress=step)
-    _print_metrics(f"{model} on {task} ({n_prompts} prompts x {k})", summary)
+    _print_metrics(f"{model} on {task} ({n_prompts} prompts x {k})",
+                   {key: v for key, v in summary.items() if not key.startswith("mechanism/")})
+    _print_mechanism({run_dir.name: run_dir})
     console.print(f"run directory: {run_dir}")
 
 
@@ -945,7 +947,29 @@ def health_cmd(
             out.parent.mkdir(parents=True, exist_ok=True)
             rows.to_csv(out, index=False)
             console.print(f"wrote {escape(str(out))}", highlight=False, soft_wrap=True)
+    _print_mechanism({info.label: info.path for info in report.runs})
     _report_issues(issues=report.issues, analysed=report.analysed)
+
+
+def _print_mechanism(runs: dict[str, Path]) -> None:
+    """The mechanism statistics the runs' evals logged (``analysis.mechanism``); nothing for
+    runs without them."""
+    from analysis.mechanism import mechanism_tables
+
+    summary, deciles = mechanism_tables(runs)
+    if summary.empty:
+        return
+    fmt = {"wrong_steps": ".0f", "tail_student_low": ".3g", "tail_teacher_low": ".3g"}
+    _print_wide("Mechanism statistics (low = below the trajectory's median entropy; reference "
+                "share is a lower bound)", list(summary.columns),
+                [[row.run, *(_cell(float(v), fmt.get(c, ".3f"))
+                             for c, v in zip(summary.columns[1:], row[1:]))]
+                 for row in summary.itertuples(index=False)])
+    _print_wide("|delta| by student-entropy decile beside the round-off floors (floor: the same "
+                "tokens scored in another batch; shift: positions shifted), nats",
+                list(deciles.columns),
+                [[row.run, str(row.decile), *(_cell(float(v), ".3g") for v in row[2:])]
+                 for row in deciles.itertuples(index=False)], left=2)
 
 
 @analyze_app.command("tables")

@@ -5,7 +5,9 @@ tensor, computed without ever materialising a full ``(N, V)`` float32 log-softma
 
 - ``token_entropy_and_logprob``: the student entropy H_t = -sum_v p(v) log p(v) that drives the
   entropy router (eq. 4; Algorithm 1 line 9) and the log-probability log p(o_t) of the emitted
-  token (the PPO ratio of eq. 1 and 5, and delta_t of eq. 4).
+  token (the PPO ratio of eq. 1 and 5, and delta_t of eq. 4);
+  ``token_entropy_logprob_and_tail`` adds the tail mass 1 - max_v p(v) in the same pass
+  (forward only; the mechanism statistics of ``dasd.mechanism``).
 - ``token_reverse_kl``: the full-vocabulary reverse KL(p || sg[q]) per position (eq. 2 and the
   KL inside eq. 3), used by ``dasd.losses.reverse_kl_loss``.
 
@@ -37,7 +39,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["token_entropy_and_logprob", "token_reverse_kl"]
+__all__ = ["token_entropy_and_logprob", "token_entropy_logprob_and_tail", "token_reverse_kl"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,9 +116,13 @@ def _check_common(logits: Tensor, chunk_size: int, name: str = "logits") -> None
 
 
 def _entropy_logprob_fwd(
-    logits: Tensor, ids: Tensor, chunk_size: int, temperature: float
+    logits: Tensor, ids: Tensor, chunk_size: int, temperature: float, tail: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
-    """Per-position entropy and token log-prob, flattened ``(N,)``, in the compute dtype."""
+    """Per-position entropy and token log-prob, flattened ``(N,)``, in the compute dtype.
+
+    With ``tail`` (an ``(N,)`` buffer of the compute dtype) also fills the tail mass
+    1 - max_v p(v), summed over the non-top probabilities (no cancellation against 1).
+    """
     v = logits.shape[-1]
     n = ids.numel()
     cd = _compute_dtype(logits)
@@ -133,6 +139,10 @@ def _entropy_logprob_fwd(
         logp, p = buf_logp[: e - s], buf_p[: e - s]
         lse[s:e] = _log_softmax_into(rows(s, e), logp, p, temperature)
         lp[s:e] = logp.gather(1, ids[s:e, None]).squeeze(1)
+        if tail is not None:
+            top, arg = p.max(dim=-1, keepdim=True)
+            tail[s:e] = p.scatter_(1, arg, 0.0).sum(dim=-1)
+            p.scatter_(1, arg, top)
         # in place (no third buffer); torch.sum's cascaded summation keeps H accurate
         ent[s:e] = -p.mul_(logp).sum(dim=-1)
     _check_finite("logits", ent, lse)
@@ -215,6 +225,48 @@ def token_entropy_and_logprob(
         ValueError: non-finite logits, temperature <= 0, mismatched shapes, token ids out of
             range.
     """
+    ids = _check_token_args(logits, token_ids, chunk_size, temperature)
+    lead = logits.shape[:-1]
+    temperature = float(temperature)
+    if torch.is_grad_enabled() and logits.requires_grad:
+        ent, lp = _EntropyLogprob.apply(logits, ids, chunk_size, temperature)
+    else:
+        ent, lp = _entropy_logprob_fwd(logits, ids, chunk_size, temperature)
+        ent, lp = ent.float(), lp.float()
+    return ent.view(lead), lp.view(lead)
+
+
+def token_entropy_logprob_and_tail(
+    logits: Tensor,
+    token_ids: Tensor,
+    *,
+    chunk_size: int = 1024,
+    temperature: float = 1.0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``token_entropy_and_logprob`` plus the tail mass 1 - max_v p(v) of each position, in the
+    same chunked pass (one extra max and sum per chunk); not differentiable (use it for
+    statistics, e.g. ``dasd.mechanism.tail_mass_ratio``).
+
+    The tail is summed over the non-top probabilities rather than formed as 1 - p_top, so a
+    near-deterministic position keeps its relative precision (a tail of 1e-12 is resolved, not
+    rounded to 0 against 1 in float32); it is exactly 0 when V = 1 or the other logits
+    underflow.
+
+    Returns:
+        ``(entropy, logprob, tail)``, float32 of shape ``(...)``.
+    """
+    ids = _check_token_args(logits, token_ids, chunk_size, temperature)
+    lead = logits.shape[:-1]
+    tail = torch.empty(ids.numel(), dtype=_compute_dtype(logits), device=logits.device)
+    with torch.no_grad():
+        ent, lp = _entropy_logprob_fwd(logits, ids, chunk_size, float(temperature), tail)
+    return ent.float().view(lead), lp.float().view(lead), tail.float().view(lead)
+
+
+def _check_token_args(logits: Tensor, token_ids: Tensor, chunk_size: int, temperature: float
+                      ) -> Tensor:
+    """Validate the arguments of the entropy / log-prob functions; ``token_ids`` flattened
+    ``(N,)`` long on the logits' device."""
     _check_common(logits, chunk_size)
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -225,20 +277,13 @@ def token_entropy_and_logprob(
         )
     if token_ids.is_floating_point() or token_ids.is_complex() or token_ids.dtype == torch.bool:
         raise ValueError(f"token_ids must be an integer tensor, got {token_ids.dtype}")
-    lead = logits.shape[:-1]
     ids = token_ids.reshape(-1).to(device=logits.device, dtype=torch.long)
     v = logits.shape[-1]
     if bool(((ids < 0) | (ids >= v)).any()):
         raise ValueError(
             f"token_ids must lie in [0, {v}); got min {int(ids.min())}, max {int(ids.max())}"
         )
-    temperature = float(temperature)
-    if torch.is_grad_enabled() and logits.requires_grad:
-        ent, lp = _EntropyLogprob.apply(logits, ids, chunk_size, temperature)
-    else:
-        ent, lp = _entropy_logprob_fwd(logits, ids, chunk_size, temperature)
-        ent, lp = ent.float(), lp.float()
-    return ent.view(lead), lp.view(lead)
+    return ids
 
 
 # ---------------------------------------------------------------------------------------------

@@ -35,7 +35,8 @@ def rollout_frame(
     """Rows for ``rollouts``, whose responses are grouped by problem: row ``i`` answers
     ``problems[i // k]`` as sample ``i % k`` with ``k = len(rollouts.responses) // len(problems)``.
 
-    ``scores`` adds ``entropy``, ``student_logp``, ``teacher_logp``; ``token_columns`` adds further
+    ``scores`` adds ``entropy``, ``student_logp``, ``teacher_logp`` (and ``student_tail``,
+    ``teacher_tail`` when scored with ``tail=True``); ``token_columns`` adds further
     ``(N, T)`` per-token columns (e.g. ``omega``, ``advantage``). ``step_correct`` comes from the
     task's step judge.
     """
@@ -75,6 +76,9 @@ def rollout_frame(
         columns["student_logp"] = scores.student_logp
         if scores.teacher_logp is not None:
             columns["teacher_logp"] = scores.teacher_logp
+        for name in ("student_tail", "teacher_tail"):
+            if getattr(scores, name) is not None:
+                columns[name] = getattr(scores, name)
     columns.update(token_columns or {})
     for name, values in columns.items():
         frame[name] = _rows_as_lists(values, lengths, np.float32)

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from dasd.entropy import token_entropy_and_logprob
+from dasd.entropy import token_entropy_and_logprob, token_entropy_logprob_and_tail
 from dasd.rollout.hf import (
     Rollouts,
     encode_prompts,
@@ -50,11 +50,16 @@ class TokenScores:
         student_logp: ``(N, T)`` student log p_t(o_t) (context x).
         teacher_logp: ``(N, T)`` privileged-teacher log q_t(o_t) (context x + r), or None when
             no teacher prompts were given.
+        student_tail, teacher_tail: ``(N, T)`` tail masses 1 - max_v p_t(v) and
+            1 - max_v q_t(v) when scored with ``tail=True`` (teacher: when there is one), else
+            None.
     """
 
     entropy: torch.Tensor
     student_logp: torch.Tensor
     teacher_logp: torch.Tensor | None
+    student_tail: torch.Tensor | None = None
+    teacher_tail: torch.Tensor | None = None
 
 
 def score_responses(
@@ -69,6 +74,8 @@ def score_responses(
     batch_size: int = 32,
     chunk_size: int = 1024,
     temperature: float = 1.0,
+    tail: bool = False,
+    position_offset: int = 0,
 ) -> TokenScores:
     """Score responses under the student context and, optionally, the teacher context.
 
@@ -89,6 +96,8 @@ def score_responses(
         batch_size: responses per forward pass (bounds the ``(batch_size, T + 1, V)`` logits).
         chunk_size: positions per chunk of the float32 softmax.
         temperature: scores are of softmax(logits / temperature).
+        tail: also give the tail masses 1 - max_v of both distributions (same pass).
+        position_offset: added to every position id (``response_logits``).
 
     Returns:
         ``TokenScores`` on the device of ``response_ids``.
@@ -111,6 +120,8 @@ def score_responses(
     entropy = torch.zeros(n, width, dtype=torch.float32, device=response_ids.device)
     student_logp = torch.zeros_like(entropy)
     teacher_logp = None if teacher_prompt_ids is None else torch.zeros_like(entropy)
+    student_tail = torch.zeros_like(entropy) if tail else None
+    teacher_tail = torch.zeros_like(entropy) if tail and teacher_logp is not None else None
     with torch.inference_mode(), eval_mode(model):
         lengths = response_mask.sum(-1)
         order = torch.argsort(lengths + student_prompt_mask.bool().sum(-1), descending=True, stable=True)
@@ -120,27 +131,36 @@ def score_responses(
             if t == 0:
                 break
             ids, mask = response_ids[rows, :t], response_mask[rows, :t]
-            ent, lp = _score_block(
+            ent, lp, tl = _score_block(
                 model,
                 student_prompt_ids[rows],
                 student_prompt_mask[rows],
                 ids,
                 chunk_size=chunk_size,
                 temperature=temperature,
+                tail=tail,
+                position_offset=position_offset,
             )
             entropy[rows, :t] = ent.where(mask, 0.0)
             student_logp[rows, :t] = lp.where(mask, 0.0)
+            if student_tail is not None:
+                student_tail[rows, :t] = tl.where(mask, 0.0)
             if teacher_logp is not None:
-                _, lp = _score_block(
+                _, lp, tl = _score_block(
                     model,
                     teacher_prompt_ids[rows],
                     teacher_prompt_mask[rows],
                     ids,
                     chunk_size=chunk_size,
                     temperature=temperature,
+                    tail=tail,
+                    position_offset=position_offset,
                 )
                 teacher_logp[rows, :t] = lp.where(mask, 0.0)
-    return TokenScores(entropy=entropy, student_logp=student_logp, teacher_logp=teacher_logp)
+                if teacher_tail is not None:
+                    teacher_tail[rows, :t] = tl.where(mask, 0.0)
+    return TokenScores(entropy=entropy, student_logp=student_logp, teacher_logp=teacher_logp,
+                       student_tail=student_tail, teacher_tail=teacher_tail)
 
 
 def score_rollouts(
@@ -152,6 +172,7 @@ def score_rollouts(
     batch_size: int = 32,
     chunk_size: int = 1024,
     temperature: float = 1.0,
+    tail: bool = False,
 ) -> TokenScores:
     """``score_responses`` on ``rollouts``: the student context is the rollout's own prompt;
     the teacher context is ``teacher_prompts[i]`` (x with r), tokenized with left padding as
@@ -175,6 +196,7 @@ def score_rollouts(
         batch_size=batch_size,
         chunk_size=chunk_size,
         temperature=temperature,
+        tail=tail,
     )
 
 
@@ -193,12 +215,16 @@ def response_logits(
     prompt_ids: torch.Tensor,
     prompt_mask: torch.Tensor,
     response_ids: torch.Tensor,
+    *,
+    position_offset: int = 0,
 ) -> torch.Tensor:
     """Logits ``(b, t, V)`` predicting each token of ``response_ids (b, t)`` after the
     left-padded prompts ``prompt_ids, prompt_mask (b, P)``; differentiable (the trainer's
     PPO forward uses it with gradient), on the model's device.
 
-    Position ids count attended tokens only, so the amount of left padding changes nothing.
+    Position ids count attended tokens only, so the amount of left padding changes nothing;
+    ``position_offset`` is added to all of them (a no-op in exact arithmetic for a model with
+    rotary positions, which depend only on relative positions; it changes the rounding).
     Positions after a row's last valid response token hold logits of padding; callers mask them.
     """
     device = next(model.parameters()).device
@@ -212,7 +238,7 @@ def response_logits(
     attn = attn.long().to(device)
     _, has_keep = model_call_kwargs(model)
     keep_kw = {"logits_to_keep": t + 1} if has_keep else {}
-    pos = positions_from_mask(attn)
+    pos = positions_from_mask(attn) + position_offset
     logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False, **keep_kw).logits
     return logits[:, -t - 1 : -1]
 
@@ -225,10 +251,19 @@ def _score_block(
     *,
     chunk_size: int,
     temperature: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Entropy and log-prob ``(b, t)`` of ``response_ids (b, t)`` after left-padded
-    ``prompt_ids, prompt_mask (b, P)``; on the device of ``response_ids``."""
-    logits = response_logits(model, prompt_ids, prompt_mask, response_ids)
+    tail: bool,
+    position_offset: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Entropy, log-prob and (with ``tail``, else None) tail mass ``(b, t)`` of
+    ``response_ids (b, t)`` after left-padded ``prompt_ids, prompt_mask (b, P)``; on the device
+    of ``response_ids``."""
+    logits = response_logits(model, prompt_ids, prompt_mask, response_ids,
+                             position_offset=position_offset)
     targets = response_ids.long().to(logits.device)
-    ent, lp = token_entropy_and_logprob(logits, targets, chunk_size=chunk_size, temperature=temperature)
-    return ent.to(response_ids.device), lp.to(response_ids.device)
+    kw = {"chunk_size": chunk_size, "temperature": temperature}
+    if tail:
+        ent, lp, tl = token_entropy_logprob_and_tail(logits, targets, **kw)
+        tl = tl.to(response_ids.device)
+    else:
+        (ent, lp), tl = token_entropy_and_logprob(logits, targets, **kw), None
+    return ent.to(response_ids.device), lp.to(response_ids.device), tl

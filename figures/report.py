@@ -9,9 +9,12 @@ The page holds, from run directories only (DESIGN.md section 4):
 1. the runs: manifest fields and the resolved config of each;
 2. the reasoning-health table (Table 3's metrics, :func:`analysis.health.analyze_runs` on
    each run's last eval rollouts) with the issues it met;
-3. every paper figure the runs support (:mod:`figures`), embedded as base64 PNG, and the
+3. when an eval run logged them, the mechanism statistics (:mod:`analysis.mechanism`): the
+   tail-mass ratio, the wrong-step share and the entropy profile beside Qwen3-8B's, and
+   |delta| by entropy decile beside the round-off floors;
+4. every paper figure the runs support (:mod:`figures`), embedded as base64 PNG, and the
    figures without data with what they need;
-4. a rollout audit in the spirit of the paper's Fig. 9: responses token by token, colored by
+5. a rollout audit in the spirit of the paper's Fig. 9: responses token by token, colored by
    omega (attraction omega > 0 blue, repulsion omega < 0 red, the Conformity / Novelty colors
    of the figures) or, with the switch, by the student's entropy H_t; hovering a token shows
    H_t, the raw gap delta_t = teacher_logp - student_logp, the gap delta_bar_t as the ``dasd``
@@ -54,6 +57,7 @@ import pandas as pd
 from analysis.calibration import Row
 from analysis.findings import findings, power_note
 from analysis.health import analyze_runs
+from analysis.mechanism import mechanism_tables
 from dasd.health import HEALTH_COLUMNS
 from figures import FIGURES, Missing, make_figure, png_bytes
 from figures.runs import Run, load_runs
@@ -304,6 +308,24 @@ def _tables_section(runs: Sequence[Run]) -> str:
     return "".join(parts)
 
 
+def _mechanism_section(runs: Sequence[Run]) -> str:
+    """The mechanism statistics of the runs whose evals logged them; empty when none did."""
+    summary, deciles = mechanism_tables({run.name: run.path for run in runs})
+    if summary.empty:
+        return ""
+    return ('<h2 id="mechanism">Mechanism statistics (eval)</h2><p class="muted">Low: below '
+            "the trajectory's median student entropy. tail = 1 − max<sub>v</sub> p(v); the "
+            "ratio is teacher / student of the summed tails (below 1: the teacher is sharper). "
+            "wrong_step_low_share: wrong steps whose first wrong token is low. The reference "
+            "row's low-entropy share is a lower bound (more than half).</p>"
+            + '<div class="wide">' + _table(summary, left=["run"]) + "</div>"
+            + "<h3>|δ| by student-entropy decile beside the round-off floors (nats)</h3>"
+            '<p class="muted">floor: the same tokens scored again in another batch, with other '
+            "padding; shift: scored again with positions shifted by the teacher prompt's extra "
+            "length (a no-op in exact arithmetic).</p>"
+            '<div class="wide">' + _table(deciles, left=["run"]) + "</div>")
+
+
 def _findings_section(runs: Sequence[Run], power: Mapping[str, Row] | None) -> str:
     """One line per paper finding (``analysis.findings``) and its claims (with ``power``: each
     claim's power on the positive control); empty when no finding is measurable from these
@@ -412,11 +434,13 @@ def build_report(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]
         raise ValueError(f"audit_rollouts must be >= 0, got {audit_rollouts}")
     runs = load_runs(paths)
     summary = _findings_section(runs, power)
-    sections = [summary, _runs_section(runs), _tables_section(runs), _figures_section(runs),
-                _audit_section(runs, audit_rollouts)]
+    mechanism = _mechanism_section(runs)
+    sections = [summary, _runs_section(runs), _tables_section(runs), mechanism,
+                _figures_section(runs), _audit_section(runs, audit_rollouts)]
     nav = ('<nav>' + ('<a href="#findings">Findings</a>' if summary else "")
            + '<a href="#runs">Runs</a><a href="#tables">Health</a>'
-           '<a href="#figures">Figures</a><a href="#audit">Rollout audit</a></nav>')
+           + ('<a href="#mechanism">Mechanism</a>' if mechanism else "")
+           + '<a href="#figures">Figures</a><a href="#audit">Rollout audit</a></nav>')
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>{_e(title)}</title><style>{_CSS}</style></head><body><main>"

@@ -3,7 +3,11 @@
 For each held-out problem, k samples at temperature 1.0 and top-p 0.9 (the paper's protocol),
 verifier rewards, the task's step judge, and per-token student entropy / log-prob plus the
 privileged teacher's log-prob of the same tokens (same weights, r prepended). Everything goes to a
-run directory (DESIGN.md section 4); the summary is computed from the logged rows.
+run directory (DESIGN.md section 4); the summary is computed from the logged rows, with the
+mechanism statistics of ``dasd.mechanism`` under ``mechanism/`` (``dasd.evaluation.
+measure_mechanism``: |delta| by entropy decile beside a re-scoring round-off floor, the tail-mass
+ratio, the wrong-step share, the low-entropy share); the rollouts carry the per-token tail masses
+``student_tail`` and ``teacher_tail`` beside the schema's columns.
 
 Departures from the paper:
 1. The default model and task are the built-in world (tiny model, Countdown), not Qwen3 on AIME.
@@ -21,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from dasd.evaluation import eval_metrics, sample_rollout_rows
+from dasd.evaluation import eval_metrics, measure_mechanism, sample_rollout_rows
 from dasd.models import load_model
 from dasd.rollout import build_rollout_engine, check_rollout_engine
 from dasd.runlog import create_run
@@ -53,6 +57,9 @@ class EvalConfig:
     score_batch_size: int = 32
     """Responses per scoring forward pass; bounds its ``(score_batch_size, T, V)`` logits
     (at 8,192 tokens and Qwen3's 151,936-token vocabulary, 2.5 GB per response in bf16)."""
+    floor_responses: int = 64
+    """Responses scored a second time, alone, for the round-off floor of the mechanism
+    statistics (``dasd.evaluation.measure_mechanism``); 0 skips the floor."""
     rollout_engine: str = "hf"
     """Sampler: ``hf`` (``transformers`` KV cache) or ``vllm`` (CUDA GPU and
     ``pip install 'dasd[vllm]'``)."""
@@ -71,6 +78,8 @@ class EvalConfig:
             )
         if self.max_new_tokens < 1 or self.batch_size < 1 or self.score_batch_size < 1:
             raise ValueError("max_new_tokens, batch_size and score_batch_size must be >= 1")
+        if self.floor_responses < 0:
+            raise ValueError(f"floor_responses must be >= 0, got {self.floor_responses}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if not 0 < self.vllm_gpu_memory_utilization < 1:
@@ -118,8 +127,12 @@ def run_eval(
             progress=progress,
             engine=engine,
             score_batch_size=cfg.score_batch_size,
+            tail=True,
         )
         run.write_rollouts(0, "eval", frame)
         summary = eval_metrics(frame)
+        summary |= measure_mechanism(model, tokenizer, task, problems, frame,
+                                     floor_responses=cfg.floor_responses,
+                                     score_batch_size=cfg.score_batch_size)
         run.log_metrics(0, "eval", summary)
     return frame, summary

@@ -339,6 +339,40 @@ def _line_kind(line: str) -> str:
     return "step"
 
 
+def _judged_steps(problem: Problem, response: str) -> Iterator[tuple[int, str, Counter, bool]]:
+    """(offset of the line in ``response``, the line, the pool before it, verdict) for each
+    step line, under rule 3 of the module docstring."""
+    numbers, _ = _problem_numbers(problem)
+    pool = Counter(numbers)
+    start = 0
+    for line in response.splitlines(keepends=True):
+        offset, start = start, start + len(line)
+        line = line.splitlines()[0]
+        kind = _line_kind(line)
+        if kind in ("text", "answer"):
+            pool = Counter(numbers)
+        if kind != "step":
+            continue
+        step = _parse_step(line)
+        if step is None:
+            yield offset, line, pool, False
+            continue
+        need = Counter([step.a, step.b])
+        available = not need - pool
+        yield offset, line, pool, available and apply_op(step.a, step.op, step.b) == step.c
+        pool = pool - need
+        pool[step.c] += 1
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def _multiset_key(numbers: Sequence[int]) -> str:
     return "-".join(str(x) for x in sorted(numbers))
 
@@ -500,26 +534,40 @@ class CountdownTask:
 
     def judge_steps(self, problem: Problem, response: str) -> list[bool]:
         """Exact judgement of each step of ``parse_steps(response)`` (module docstring, rule 3)."""
-        numbers, _ = _problem_numbers(problem)
-        pool = Counter(numbers)
-        verdicts: list[bool] = []
-        for line in response.splitlines():
-            kind = _line_kind(line)
-            if kind in ("text", "answer"):
-                pool = Counter(numbers)
-            if kind != "step":
+        return [right for _, _, _, right in _judged_steps(problem, response)]
+
+    def first_wrong_offsets(self, problem: Problem, response: str) -> list[int]:
+        """For each wrong step of ``judge_steps`` (in order), the character offset in
+        ``response`` of its first wrong character: the first character at which the step's
+        text, whitespace ignored, stops being a prefix of some correct step from the pool the judge
+        holds there (``a op b=c`` over two distinct pool elements, c = a op b by rule 1).
+
+        "8*3=25" with 8 and 3 in the pool points at "5" ("8*3=2" still begins "8*3=24"); a
+        step on a number not in the pool points at that number's first wrong digit. A wrong step
+        whose whole text begins a correct one (it stopped early, e.g. "8*3=2") points at the
+        character after its last non-space one (the newline), or at the response's last
+        character when the response ends there. With no correct step left in the pool it points
+        at the step's first character.
+        """
+        offsets = []
+        for start, line, pool, right in _judged_steps(problem, response):
+            if right:
                 continue
-            step = _parse_step(line)
-            if step is None:
-                verdicts.append(False)
-                continue
-            need = Counter([step.a, step.b])
-            available = not need - pool
-            right = apply_op(step.a, step.op, step.b) == step.c
-            verdicts.append(available and right)
-            pool -= need
-            pool[step.c] += 1
-        return verdicts
+            keep = [i for i, ch in enumerate(line) if not ch.isspace()]
+            text = "".join(line[i] for i in keep)
+            values = list(pool.elements())
+            prefix = 0
+            for i, a in enumerate(values):
+                for j, b in enumerate(values):
+                    for op in _OPS if i != j else ():
+                        c = apply_op(a, op, b)
+                        if c is not None:
+                            prefix = max(prefix, _common_prefix(text, f"{a}{op}{b}={c}"))
+            if prefix < len(text):
+                offsets.append(start + keep[prefix])
+            else:
+                offsets.append(min(start + keep[-1] + 1, len(response) - 1))
+        return offsets
 
     def sft_examples(
         self, n: int, *, seed: int, privileged_fraction: float = 0.4
