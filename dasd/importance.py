@@ -71,8 +71,9 @@ def truncated_is_weights(
     _check(scorer_logp, sampler_logp, mask)
     if not (math.isfinite(cap) and cap > 0):
         raise ValueError(f"importance-sampling cap must be a finite number > 0, got {cap}")
-    diff, _ = _valid_diff(scorer_logp, sampler_logp, mask)
-    return torch.exp(diff.clamp(max=math.log(cap)))
+    diff, usable = _valid_diff(scorer_logp, sampler_logp, mask)
+    weights = torch.exp(diff.clamp(max=math.log(cap)))
+    return torch.where(usable, weights, torch.ones_like(weights))
 
 
 def logprob_gap(scorer_logp: Tensor, sampler_logp: Tensor, mask: Tensor) -> Tensor:
