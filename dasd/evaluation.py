@@ -42,13 +42,17 @@ def sample_rollout_rows(
     progress: Callable[[int], None] | None = None,
     engine: Callable[..., Rollouts] = generate,
     score_batch_size: int = 32,
+    truncated_reward: float | None = 0.0,
 ) -> pd.DataFrame:
     """``k`` samples for each problem (grouped: rows ``[i k, (i + 1) k)`` answer problem i) as
     rollout rows of the run-directory schema, with ``entropy``, ``student_logp`` and, when
     ``teacher``, ``teacher_logp`` per token. Defaults are the paper's evaluation protocol
     (temperature 1.0, top-p 0.9). ``engine`` samples (``dasd.rollout.generate`` or a
     ``dasd.rollout.build_rollout_engine`` result); ``score_batch_size`` responses go through
-    each scoring forward pass (it bounds the ``(score_batch_size, T, V)`` logits)."""
+    each scoring forward pass (it bounds the ``(score_batch_size, T, V)`` logits). Entropies and
+    log-probs are scored at the sampling ``temperature`` (1 when greedy), so they describe the
+    distribution the responses were drawn from; ``truncated_reward`` is the reward of a response
+    without EOS (``dasd.records.verifier_rewards``; None: the verifier decides)."""
     prompts = [task.student_prompt(p) for p in problems for _ in range(k)]
     rollouts = engine(
         model,
@@ -63,8 +67,10 @@ def sample_rollout_rows(
     )
     teacher_prompts = [task.teacher_prompt(p) for p in problems for _ in range(k)] if teacher else None
     scores = score_rollouts(model, tokenizer, rollouts, teacher_prompts,
-                            batch_size=score_batch_size)
-    return rollout_frame(task, problems, rollouts, step=step, split=split, scores=scores)
+                            batch_size=score_batch_size,
+                            temperature=temperature if temperature > 0 else 1.0)
+    return rollout_frame(task, problems, rollouts, step=step, split=split, scores=scores,
+                         truncated_reward=truncated_reward)
 
 
 #: Reasoning-health keys of ``analysis.health.health_metrics`` logged as ``eval/<key>``.
@@ -74,7 +80,8 @@ HEALTH_KEYS = ("step_acc", "fes", "csr", "ey_density", "rev_rate", "dist3", "len
 def eval_metrics(rows: pd.DataFrame) -> dict[str, float]:
     """``eval/...`` metrics of one evaluation's rollout rows (k per prompt): Avg@k, Pass@k for
     k = 1, 2, 4, ..., the reasoning-health metrics (``analysis.health``), the share of responses
-    with an epistemic marker, token-entropy mean and quantiles, and, when the teacher was scored,
+    with an epistemic marker, the share of truncated responses (no EOS), token-entropy mean and
+    quantiles, and, when the teacher was scored,
     the mean gap delta = teacher_logp - student_logp over all tokens and over correct responses."""
     health = health_metrics(rows)
     k = health["k"]
@@ -84,6 +91,8 @@ def eval_metrics(rows: pd.DataFrame) -> dict[str, float]:
     metrics |= {f"eval/pass_at_{j}": float(np.mean(pass_at_k(n, c, j))) for j in pass_k_values(k)}
     metrics |= {f"eval/{key}": health[key] for key in HEALTH_KEYS}
     metrics["eval/marker_rate"] = float(np.mean([count_markers(t) > 0 for t in rows["response"]]))
+    if "truncated" in rows:
+        metrics["eval/truncated_frac"] = float(rows["truncated"].mean())
     if "entropy" in rows:
         entropy = np.concatenate(rows["entropy"].to_list())
         metrics["eval/entropy_mean"] = float(entropy.mean())
