@@ -395,7 +395,7 @@ class Trainer:
         self.generate = build_rollout_engine(
             cfg.rollout_engine, self.model,
             gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, seed=cfg.seed,
-            max_model_len=cfg.vllm_max_prompt_tokens + cfg.max_new_tokens,
+            max_new_tokens=cfg.max_new_tokens, max_prompt_tokens=cfg.vllm_max_prompt_tokens,
         )
         self.task = build_task(cfg.task, tokenizer=self.tokenizer, **cfg.task_options)
         self.method = get_method(cfg.method)

@@ -98,6 +98,7 @@ def run_eval(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tokenizer = load_model(cfg.model, device=device)
     engine = build_rollout_engine(cfg.rollout_engine, model, seed=cfg.seed,
+                                  max_new_tokens=cfg.max_new_tokens,
                                   gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
                                   sampler_logprobs=False)
     options: dict[str, object] = {"benchmark": cfg.benchmark} if cfg.benchmark else {}

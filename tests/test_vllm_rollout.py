@@ -72,9 +72,9 @@ def test_unknown_engine_and_bad_memory_share():
 
 def test_engine_builder_gives_the_hf_generator_and_refuses_vllm_on_cpu(loaded):
     model, _ = loaded
-    assert build_rollout_engine("hf", model) is generate
+    assert build_rollout_engine("hf", model, max_new_tokens=8) is generate
     with pytest.raises(ValueError, match=NEEDS + "; got device='cpu'"):
-        build_rollout_engine("vllm", model)
+        build_rollout_engine("vllm", model, max_new_tokens=8)
 
 
 def test_cli_refuses_vllm_in_one_line_before_writing(model_dir, tmp_path):
@@ -341,3 +341,16 @@ def test_engine_without_logprobs_or_sleep_and_the_length_limit(loaded, monkeypat
         engine(model, tok, prompts, max_new_tokens=30)
     with pytest.raises(ValueError, match="max_model_len must be >= 2"):
         VLLMEngine("m", gpu_memory_utilization=0.3, seed=0, max_model_len=1)
+
+
+def test_engine_builder_sizes_vllm_from_prompt_and_response_budget(loaded, monkeypatch):
+    import dasd.rollout.vllm as vllm_module
+
+    model, _ = loaded
+    _fake_vllm(monkeypatch)
+    monkeypatch.setattr(vllm_module, "check_vllm_available", lambda device="auto": None)
+    engine = build_rollout_engine("vllm", model, max_new_tokens=8192, max_prompt_tokens=512,
+                                  sampler_logprobs=False)
+    kwargs = _FakeLLM.instances[-1].kwargs
+    assert (kwargs["max_model_len"], kwargs["dtype"]) == (512 + 8192, "bfloat16")
+    assert engine.sampler_logprobs is False

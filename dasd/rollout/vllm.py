@@ -293,7 +293,8 @@ class VLLMEngine:
         if longest + max_new_tokens > self.max_model_len:
             raise ValueError(
                 f"a prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds vLLM's "
-                f"max_model_len={self.max_model_len}; raise vllm_max_prompt_tokens"
+                f"max_model_len={self.max_model_len}; raise the engine's max_prompt_tokens "
+                "(TrainConfig.vllm_max_prompt_tokens)"
             )
         eos = stop_token_ids(model, tokenizer)
         requests, params = [], []
