@@ -27,6 +27,7 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from probes.reproduce import ReproduceConfig, Stage
+    from probes.validate import ValidateConfig
 
 probe_app = typer.Typer(
     add_completion=False,
@@ -138,6 +139,10 @@ def reproduce_cmd(
     name: str = typer.Option("", help="Parent run directory name (default: "
                              "reproduce-<budget>); rerunning with the same settings resumes "
                              "it."),
+    calibration: Path = typer.Option(None, help="calibration.csv of dasd-probe validate: the "
+                                     "findings show each claim's power on the positive "
+                                     "control (default: <runs-dir>/validate-<budget>/"
+                                     "calibration.csv when it exists)."),
 ) -> None:
     """The paper on one model and task, in one command: base evaluation, GRPO / OPSD / DASD
     training and their evaluations, the three probes and RQ1-RQ3, under one parent directory;
@@ -152,12 +157,8 @@ def reproduce_cmd(
         console.print(f"parent directory: {escape(str(run_dir))} ({len(stages)} stages, "
                       f"budget {cfg.budget}, {cfg.seeds} seed(s))", highlight=False,
                       soft_wrap=True)
-        with _resumable(f"the same command resumes it ({escape(str(run_dir))})"):
-            with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                          TextColumn("left"), TimeRemainingColumn(),
-                          TextColumn("{task.fields[run]}"), console=console) as bar:
-                result = run_reproduce(cfg, run_dir, stages=stages,
-                                       display=_ReproduceDisplay(bar, stages, cfg))
+        result = _run_shown(run_dir, stages, cfg, lambda display: run_reproduce(
+            cfg, run_dir, stages=stages, calibration=calibration, display=display))
     from analysis.findings import findings
 
     for finding in findings([run_dir]):
@@ -170,7 +171,8 @@ class _ReproduceDisplay:
     """``probes.reproduce.Display`` on a rich progress bar: the stage, the run at work and the
     time left from the budget's per-stage estimates."""
 
-    def __init__(self, bar: Progress, stages: list[Stage], cfg: ReproduceConfig) -> None:
+    def __init__(self, bar: Progress, stages: list[Stage],
+                 cfg: ReproduceConfig | ValidateConfig) -> None:
         self.bar, self.stages = bar, stages
         self.seconds = [cfg.sizes.seconds.get(s.kind, 60.0) for s in stages]
         self.task = bar.add_task("starting", total=sum(self.seconds), run="")
@@ -189,6 +191,58 @@ class _ReproduceDisplay:
 
     def finished(self, index: int, stage: Stage) -> None:
         self.bar.update(self.task, completed=sum(self.seconds[:index + 1]))
+
+
+def _run_shown(run_dir: Path, stages: list[Stage], cfg: ReproduceConfig | ValidateConfig,
+               run: Callable[[_ReproduceDisplay], Any]) -> Any:
+    """``run(display)`` under a progress bar of ``stages``; Ctrl-C says how to resume."""
+    with _resumable(f"the same command resumes it ({escape(str(run_dir))})"):
+        with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                      TextColumn("left"), TimeRemainingColumn(),
+                      TextColumn("{task.fields[run]}"), console=console) as bar:
+            return run(_ReproduceDisplay(bar, stages, cfg))
+
+
+@probe_app.command("validate")
+def validate_cmd(
+    budget: str = typer.Option("quick", help="quick (smoke sizes, within 10 minutes on a "
+                               "2-core CPU) or default (every probe's default size, within "
+                               "an hour there); model builds excluded."),
+    seeds: int = typer.Option(None, help="Seeds of sign-flip and arm-flip (default: the "
+                              "budget's, 1)."),
+    worlds: str = typer.Option("tiny-planted,tiny-null", help="The positive control, then the "
+                               "negative control, comma-separated: built-in control worlds, "
+                               "'tiny' as a stand-in, or checkpoint directories."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Parent directory of run directories."),
+    name: str = typer.Option("", help="Parent run directory name (default: "
+                             "validate-<budget>); rerunning with the same settings resumes "
+                             "it."),
+) -> None:
+    """Each probe's power on control worlds: sign-flip, entropy-tv, prefix-intervene, arm-flip
+    and causal on a positive control (the paper's mechanisms planted) and a negative control (a
+    teacher that knows nothing), under one parent directory; then calibration.csv / .md, one
+    row per (probe claim, world): detected / missed on the positive control, clean / false
+    positive on the negative one. Controls, not reproductions. Interrupted, it resumes where
+    it stopped."""
+    from probes.validate import ValidateConfig, plan, run_validate
+
+    run_dir = runs_dir / (name or f"validate-{budget}")
+    with _one_line_errors():
+        cfg = ValidateConfig(budget=budget, seeds=seeds,
+                             worlds=tuple(w.strip() for w in worlds.split(",")))
+        stages = plan(cfg)
+        console.print(f"parent directory: {escape(str(run_dir))} ({len(stages)} stages, "
+                      f"budget {cfg.budget}, {cfg.seeds} seed(s)); positive control "
+                      f"{escape(cfg.worlds[0])}, negative control {escape(cfg.worlds[1])}",
+                      highlight=False, soft_wrap=True)
+        result = _run_shown(run_dir, stages, cfg, lambda display: run_validate(
+            cfg, run_dir, stages=stages, display=display))
+    from analysis.calibration import summary_lines
+
+    for line in summary_lines(result.rows):
+        console.print(f"- {line}", highlight=False, soft_wrap=True, markup=False)
+    for key, path in result.outputs.items():
+        console.print(f"{key}: {escape(str(path))}", highlight=False, soft_wrap=True)
 
 
 @probe_app.command("eval")
@@ -873,13 +927,14 @@ def health_cmd(
     split: str = typer.Option("eval", help="Rollout split to read."),
     out: Path = typer.Option(None, "--out", help="Also write the rows to this CSV file."),
     markers: str = typer.Option(
-        "", help="Comma-separated epistemic markers (default: analysis.markers' list)."
+        "", help="Comma-separated epistemic markers (default: dasd.markers' list)."
     ),
 ) -> None:
     """Reasoning health (paper Table 3 metrics, appendix F) per run and logged step: Avg@k,
     Pass@k, StepAcc, FES, CSR, E(y) density, revision rate, Dist-3, length. Bad runs are
     reported one line each; exit 2 only when nothing could be analysed."""
-    from analysis.health import DEFAULT_MARKERS, HEALTH_COLUMNS, analyze_runs
+    from analysis.health import analyze_runs
+    from dasd.health import DEFAULT_MARKERS, HEALTH_COLUMNS
 
     if step is not None and last:
         raise typer.BadParameter("give --step S or --last, not both")
@@ -974,7 +1029,7 @@ def report_cmd(
 ) -> None:
     """One self-contained HTML audit page: runs and configs, tables, figures, and rollouts token by
     token colored by omega (attraction / repulsion) or entropy."""
-    from analysis.report import write_report
+    from figures.report import write_report
 
     with _one_line_errors():
         path = write_report(runs, out, audit_rollouts=audit_rollouts)

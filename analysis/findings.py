@@ -17,7 +17,7 @@ in a verdict is written by hand.
 Rollout metrics (``rollout_sums``): ``avg`` (share of correct responses, Avg@k), ``pass``
 (prompts with at least one correct response, Pass@k at k = the samples per prompt),
 ``step_acc`` (correct steps / judged steps, pooled per prompt) and ``ey_density`` (mean
-epistemic-marker density per response, ``analysis.health.response_health``). The unit of
+epistemic-marker density per response, ``dasd.health.response_health``). The unit of
 resampling is the prompt (within a seed: (seed, prompt) when runs of several seeds are
 pooled, e.g. RQ3's rows).
 
@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -38,7 +38,9 @@ import numpy as np
 import pandas as pd
 
 from analysis.agreement import sign_agreement
-from analysis.health import response_health, run_info
+from analysis.calibration import Row, estimate_text
+from analysis.health import run_info
+from dasd.health import response_health
 from analysis.paper import (
     TABLE1_BUCKETS,
     TABLE1_METRICS,
@@ -186,8 +188,18 @@ def _missing(text: str, sign: int, why: str, paper: float = math.nan) -> Claim:
 # --------------------------------------------------------------------------- the findings
 
 
+#: The parent kind of ``dasd-probe validate``: its runs are on control worlds, which are never
+#: counted as a reproduction of the paper.
+CONTROLS_KIND = "probe:validate"
+
+
 def _runs(paths: Iterable[str | os.PathLike[str]]) -> list[tuple[Path, dict]]:
-    return [(run, read_manifest(run)) for run in find_runs(list(paths))]
+    """The runs under ``paths`` with their manifests, less those inside a control-world parent
+    (``CONTROLS_KIND``) found among them."""
+    runs = [(run, read_manifest(run)) for run in find_runs(list(paths))]
+    controls = [run for run, m in runs if m.get("kind") == CONTROLS_KIND]
+    return [(run, m) for run, m in runs
+            if not any(run == c or c in run.parents for c in controls)]
 
 
 def _of_kind(runs: list[tuple[Path, dict]], kind: str) -> list[tuple[Path, dict]]:
@@ -351,21 +363,26 @@ def _rq1(runs: list[tuple[Path, dict]]) -> Finding:
     return Finding("RQ1", statement, tuple(claims))
 
 
-def _rq2(runs: list[tuple[Path, dict]]) -> Finding:
+def _rq2(runs: list[tuple[Path, dict]], method: str) -> Finding:
+    """RQ2's claims on the causal probe's checkpoint of ``method`` (``base``: the untrained
+    model)."""
     statement = ("teacher-forcing DASD's high-H_t forks lowers correctness; preserving its "
                  "revisions beats suppressing them (Fig. 7)")
-    texts = ("DASD: teacher top token at the highest-H_t position − unmodified, correct < 0",
-             "DASD: preserve − suppress at revision prefixes, correct > 0")
+    name = method.upper() if method != "base" else "base"
+    texts = (f"{name}: teacher top token at the highest-H_t position − unmodified, "
+             "correct < 0",
+             f"{name}: preserve − suppress at revision prefixes, correct > 0")
     found = [(run, m) for run, m in _of_kind(runs, "probe:causal")
              if (run / "summary.json").is_file()]
     entry = None
     if found:
         summary = json.loads((found[0][0] / "summary.json").read_text())
-        entry = next((c for c in summary["checkpoints"] if c.get("method") == "dasd"), None)
+        entry = next((c for c in summary["checkpoints"]
+                      if (c.get("method") or "base") == method), None)
     if entry is None:
-        return Finding("RQ2", statement, (
-            _missing(texts[0], -1, "needs a causal probe of a DASD checkpoint"),
-            _missing(texts[1], +1, "needs a causal probe of a DASD checkpoint")))
+        why = f"needs a causal probe of a {name} checkpoint"
+        return Finding("RQ2", statement, (_missing(texts[0], -1, why),
+                                          _missing(texts[1], +1, why)))
 
     def contrast(part: str, match: dict) -> Claim | None:
         for c in (entry.get(part) or {}).get("contrasts", []):
@@ -416,46 +433,74 @@ def _rq3(runs: list[tuple[Path, dict]]) -> Finding:
     return Finding("RQ3", statement, tuple(claims))
 
 
-def findings(paths: Iterable[str | os.PathLike[str]]) -> list[Finding]:
+def findings(paths: Iterable[str | os.PathLike[str]], *, causal_method: str = "dasd"
+             ) -> list[Finding]:
     """Every finding, measured from the runs under ``paths``, in the paper's order; claim
-    sources are named relative to the first path."""
+    sources are named relative to the first path. RQ2 reads the causal probe's checkpoint of
+    ``causal_method`` (``base`` for the untrained model, as on a control world)."""
     paths = [Path(p) for p in paths]
     runs = _runs(paths)
     found = [_finding_1(runs), _finding_2(runs), _finding_3(runs), _table_2(runs),
-             _table_3(runs), _rq1(runs), _rq2(runs), _rq3(runs)]
+             _table_3(runs), _rq1(runs), _rq2(runs, causal_method), _rq3(runs)]
     root = str(paths[0]).rstrip("/") + "/" if paths else ""
     return [replace(f, claims=tuple(replace(c, source=c.source.replace(root, ""))
                                     for c in f.claims)) for f in found]
 
 
-def to_markdown(found: Sequence[Finding]) -> str:
-    """The summary lines, then one table of claims per finding."""
+def power_note(power: Mapping[str, Row]) -> str:
+    """What the power column shows, naming the positive-control world(s) of ``power``."""
+    worlds = ", ".join(sorted({row.label for row in power.values()}))
+    return ("Power: the same claim measured by the same probe on a control world with the "
+            f"effect planted ({worlds}; a control, not a reproduction): *detected* when its "
+            "95% interval excludes 0 on the planted side, else *missed*. A claim not "
+            "reproduced here whose probe detected the planted effect is a measured negative "
+            "result; – marks a claim without a control.")
+
+
+def to_markdown(found: Sequence[Finding], power: Mapping[str, Row] | None = None) -> str:
+    """The summary lines, then one table of claims per finding; with ``power`` (positive-control
+    calibration rows by claim text, ``analysis.calibration``) a column of each claim's power."""
     rule = ("Rule: a finding is *reproduced* when every claim's 95% interval excludes 0 on the "
             "paper's side, *not measurable here* when no claim has data, else *not "
             "reproduced*.")
     header = "| claim | paper | ours [95% CI] | agreement | source |"
+    ruler = "| --- | --- | --- | --- | --- |"
     lines = ["# Findings of the paper, measured here", "", rule, ""]
+    if power is not None:
+        header += " power on the positive control |"
+        ruler += " --- |"
+        lines[-1:] = ["", power_note(power), ""]
     lines += [f"- {f.line()}" for f in found]
     for f in found:
-        lines += ["", f"## {f.name}: {f.verdict}", "", header, "| --- | --- | --- | --- | --- |"]
+        lines += ["", f"## {f.name}: {f.verdict}", "", header, ruler]
         for c in f.claims:
             paper = "sign only" if math.isnan(c.paper) else f"{c.paper:+.3g}"
-            ours = "–" if math.isnan(c.ours) else (
-                f"{c.ours:+.3g}" + ("" if math.isnan(c.low) else
-                                    f" [{c.low:+.3g}, {c.high:+.3g}]"))
-            lines.append(f"| {c.text} | {paper} | {ours} | {c.agreement} | {c.source} |")
+            ours = estimate_text(c.ours, c.low, c.high)
+            line = f"| {c.text} | {paper} | {ours} | {c.agreement} | {c.source} |"
+            if power is not None:
+                line += f" {power[c.text].cell() if c.text in power else '–'} |"
+            lines.append(line)
     return "\n".join(lines) + "\n"
 
 
-def write_findings(run_dir: str | os.PathLike[str]) -> dict[str, Path]:
-    """``findings.json`` and ``findings.md`` in ``run_dir`` from the runs under it."""
+def write_findings(run_dir: str | os.PathLike[str], *, power: Mapping[str, Row] | None = None
+                   ) -> dict[str, Path]:
+    """``findings.json`` and ``findings.md`` in ``run_dir`` from the runs under it; with
+    ``power`` (``to_markdown``) each claim also carries its positive control's row."""
     run_dir = Path(run_dir)
     found = findings([run_dir])
     data = [{"name": f.name, "statement": f.statement, "verdict": f.verdict, "line": f.line(),
-             "claims": [{**asdict(c), "agreement": c.agreement} for c in f.claims]}
+             "claims": [{**asdict(c), "agreement": c.agreement,
+                         **({} if power is None else {"power": _power_record(power, c)})}
+                        for c in f.claims]}
             for f in found]
     text = json.dumps(data, indent=2, allow_nan=True) + "\n"
     paths = {"findings": run_dir / "findings.json", "findings_md": run_dir / "findings.md"}
     write_text(paths["findings"], text)
-    write_text(paths["findings_md"], to_markdown(found))
+    write_text(paths["findings_md"], to_markdown(found, power))
     return paths
+
+
+def _power_record(power: Mapping[str, Row], claim: Claim) -> dict[str, object] | None:
+    row = power.get(claim.text)
+    return None if row is None else row.record()

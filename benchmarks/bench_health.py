@@ -44,7 +44,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.health import analyze_runs, health_metrics
+from analysis.health import analyze_runs
+
+from dasd.health import health_metrics
 from dasd.runlog import create_run
 
 _MATH_WORDS = (

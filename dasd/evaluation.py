@@ -15,9 +15,9 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from analysis.health import health_metrics, pass_k_values
-from analysis.markers import count_markers
-from analysis.passk import pass_at_k, per_prompt_counts
+from dasd.health import health_metrics, pass_k_values
+from dasd.markers import count_markers
+from dasd.passk import pass_at_k, per_prompt_counts
 from dasd.records import rollout_frame
 from dasd.rollout import Rollouts, generate
 from dasd.scoring import score_rollouts
@@ -73,13 +73,13 @@ def sample_rollout_rows(
                          truncated_reward=truncated_reward)
 
 
-#: Reasoning-health keys of ``analysis.health.health_metrics`` logged as ``eval/<key>``.
+#: Reasoning-health keys of ``dasd.health.health_metrics`` logged as ``eval/<key>``.
 HEALTH_KEYS = ("step_acc", "fes", "csr", "ey_density", "rev_rate", "dist3", "length_tokens")
 
 
 def eval_metrics(rows: pd.DataFrame) -> dict[str, float]:
     """``eval/...`` metrics of one evaluation's rollout rows (k per prompt): Avg@k, Pass@k for
-    k = 1, 2, 4, ..., the reasoning-health metrics (``analysis.health``), the share of responses
+    k = 1, 2, 4, ..., the reasoning-health metrics (``dasd.health``), the share of responses
     with an epistemic marker, the share of truncated responses (no EOS), token-entropy mean and
     quantiles, and, when the teacher was scored,
     the mean gap delta = teacher_logp - student_logp over all tokens and over correct responses."""

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from analysis.passk import avg_at_k, pass_at_k, per_prompt_counts
+from dasd.passk import avg_at_k, pass_at_k, per_prompt_counts
 from analysis.stats import quantile_bins, spearman
 from dasd.runlog import read_json, read_table
 
@@ -324,7 +324,7 @@ def pass_at_k_curve(counts: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     needs="eval runs with eval rollouts (dasd-probe eval), one per method and benchmark",
 )
 def fig4_pass_at_k(runs: Sequence[Run]) -> Figure | Missing:
-    """Fig. 4 (section 5): unbiased Pass@k (``analysis.passk``) of each method's eval
+    """Fig. 4 (section 5): unbiased Pass@k (``dasd.passk``) of each method's eval
     rollouts, one panel per task, k = 1, 2, 4, … up to the number of samples per prompt.
 
     Departure: k stops at the samples logged per prompt (the paper goes to 128).

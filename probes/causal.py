@@ -67,14 +67,8 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
-from analysis.health import (
-    REV_MAX_OVERLAP,
-    REV_WINDOW,
-    response_health,
-    trigrams,
-    words,
-)
-from analysis.markers import DEFAULT_MARKERS, find_markers
+from dasd.health import REV_MAX_OVERLAP, REV_WINDOW, response_health, trigrams, words
+from dasd.markers import DEFAULT_MARKERS, find_markers
 from analysis.stats import paired_difference, per_prompt_sums
 from dasd.evaluation import sample_rollout_rows
 from dasd.models import load_model
@@ -213,7 +207,7 @@ def revising_markers(text: str, markers: Sequence[str] = DEFAULT_MARKERS, *,
                      ) -> list[re.Match[str]]:
     """The marker occurrences of ``text`` that revise, in order: those whose next ``window``
     words share at most ``max_overlap`` of their distinct trigrams with the ``window`` words
-    before (``analysis.health.revises`` is True exactly when this list is not empty)."""
+    before (``dasd.health.revises`` is True exactly when this list is not empty)."""
     tokens = words(text)
     starts = [m.start() for m in re.finditer(r"\S+", text)]
     found = []

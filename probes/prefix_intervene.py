@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.health import response_health
+from dasd.health import response_health
 from analysis.paper import TABLE1_BUCKETS, TABLE1_METRICS, TABLE1_MODES, paper_value
 from analysis.stats import paired_relative_change, per_prompt_sums
 from dasd.models import load_model

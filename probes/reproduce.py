@@ -14,6 +14,11 @@ then writes, from the logged runs only, ``tables/`` (``dasd-analyze tables``), `
 (``dasd-analyze figures``), ``findings.json`` / ``findings.md`` (``analysis.findings``: one
 verdict per paper finding by a stated rule) and ``report.html`` (``dasd-analyze report``).
 
+Power: given a ``calibration.csv`` of ``dasd-probe validate`` (``calibration``, else found
+beside the parent as ``validate-<budget>/calibration.csv``, the default name of a validation
+at the same budget), the findings and the report show each claim's verdict on the positive
+control world beside ours; without one they are written as before.
+
 Budgets (``BUDGETS``) set the sizes. ``quick`` is a smoke version that must finish within ten
 minutes on a 2-core CPU with the built-in tiny model (measured: under four); ``default`` uses
 every probe's default size (measured: 44 minutes there);
@@ -38,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from analysis.calibration import Row, read_calibration
 from analysis.findings import write_findings
 from dasd.runlog import read_manifest
 from dasd.trainer import TrainConfig
@@ -53,7 +59,9 @@ __all__ = [
     "Display",
     "ReproduceConfig",
     "Stage",
+    "calibration_beside",
     "plan",
+    "probe_stages",
     "run_reproduce",
     "run_stages",
     "stage_done",
@@ -298,11 +306,13 @@ def _prefix_stage(cfg: ReproduceConfig) -> Stage:
     return Stage("prefix-intervene", "prefix-intervene", False, work)
 
 
-def _causal_stage(cfg: ReproduceConfig) -> Stage:
+def _causal_stage(cfg: ReproduceConfig, methods: tuple[str, ...]) -> Stage:
+    """RQ2 on the base model, then on the trained checkpoint of each of ``methods`` (the
+    ``train-<method>-s<seed>`` runs beside the stage)."""
     from probes.causal import CausalConfig, run_causal
 
     def work(run_dir: Path, report: Report) -> None:
-        trained = tuple(str(run_dir.parent / f"train-{m}-s{cfg.seed}") for m in METHODS)
+        trained = tuple(str(run_dir.parent / f"train-{m}-s{cfg.seed}") for m in methods)
         config = CausalConfig(checkpoints=(cfg.model, *trained), task=cfg.task, seed=cfg.seed,
                               **cfg.sizes.causal)
         done = [0]
@@ -328,11 +338,20 @@ def plan(cfg: ReproduceConfig) -> list[Stage]:
             stages.append(_eval_stage(f"eval-{method}-s{seed}", cfg,
                                       lambda parent, name=name: str(
                                           _last_checkpoint(parent / name))))
-    stages += [_sign_flip_stage(cfg, seed) for seed in seeds]
+    stages += probe_stages(cfg, causal_methods=METHODS)
+    stages += [_ablate_stage(cfg, panel) for panel in PANELS]
+    return stages
+
+
+def probe_stages(cfg: ReproduceConfig, *, causal_methods: tuple[str, ...]) -> list[Stage]:
+    """The three paper probes and RQ1/RQ2 in run order: ``sign-flip-s<seed>`` per seed,
+    ``entropy-tv``, ``prefix-intervene``, ``arm-flip-s<seed>`` per seed and ``causal`` (on the
+    base model and the trained checkpoints of ``causal_methods``, which must run first)."""
+    seeds = [cfg.seed + i for i in range(cfg.seeds)]
+    stages = [_sign_flip_stage(cfg, seed) for seed in seeds]
     stages += [_entropy_tv_stage(cfg), _prefix_stage(cfg)]
     stages += [_arm_flip_stage(cfg, seed) for seed in seeds]
-    stages.append(_causal_stage(cfg))
-    stages += [_ablate_stage(cfg, panel) for panel in PANELS]
+    stages.append(_causal_stage(cfg, causal_methods))
     return stages
 
 
@@ -373,10 +392,12 @@ class ReproduceResult:
     outputs: dict[str, Path]
 
 
-def run_stages(cfg: ReproduceConfig, run_dir: Path, stages: list[Stage], *,
+def run_stages(cfg: object, run_dir: Path, stages: list[Stage], *,
                display: Display | None = None) -> dict[str, str]:
     """Run (or resume) ``stages`` under the open parent ``run_dir`` (module docstring's resume
-    rules); returns per stage ``run``, ``resumed``, ``restarted`` or ``skipped``."""
+    rules); returns per stage ``run``, ``resumed``, ``restarted`` or ``skipped``. ``cfg``, the
+    caller's settings (``ReproduceConfig``, ``probes.validate.ValidateConfig``), is not read:
+    each stage carries its own."""
     display = display or _Quiet()
     actions: dict[str, str] = {}
     for index, stage in enumerate(stages):
@@ -398,16 +419,36 @@ def run_stages(cfg: ReproduceConfig, run_dir: Path, stages: list[Stage], *,
     return actions
 
 
+def calibration_beside(run_dir: Path, budget: str) -> Path | None:
+    """``validate-<budget>/calibration.csv`` beside ``run_dir`` when it exists, else None."""
+    path = Path(run_dir).parent / f"validate-{budget}" / "calibration.csv"
+    return path if path.is_file() else None
+
+
+def _power(calibration: Path | None) -> dict[str, Row] | None:
+    """The positive-control rows of ``calibration`` by claim text (None without a file)."""
+    if calibration is None:
+        return None
+    return {row.claim: row for row in read_calibration(calibration) if row.role == "positive"}
+
+
 def run_reproduce(cfg: ReproduceConfig, run_dir: Path, *, display: Display | None = None,
-                  stages: list[Stage] | None = None) -> ReproduceResult:
+                  stages: list[Stage] | None = None, calibration: Path | None = None
+                  ) -> ReproduceResult:
     """Run (or resume) every stage of ``plan(cfg)`` (or the given ``stages``) under the parent
-    ``run_dir``, then write the tables, figures, findings and report there."""
+    ``run_dir``, then write the tables, figures, findings and report there; with a
+    ``calibration`` file (default: ``calibration_beside``) the findings and report show each
+    claim's power on the positive control."""
     run_dir = Path(run_dir)
     stages = plan(cfg) if stages is None else stages
+    calibration = calibration or calibration_beside(run_dir, cfg.budget)
+    power = _power(calibration)
     with open_parent(run_dir, kind=KIND, config=cfg.to_dict()) as parent:
         actions = run_stages(cfg, run_dir, stages, display=display)
-        outputs = write_findings(run_dir)
-        outputs.update(_analyse(run_dir))
+        outputs = write_findings(run_dir, power=power)
+        outputs.update(_analyse(run_dir, power))
+        if calibration is not None:
+            outputs["calibration"] = calibration
         parent.write_json("stages", {"budget": cfg.budget, "seeds": cfg.seeds,
                                      "stages": [s.name for s in stages], "actions": actions})
     return ReproduceResult(run_dir=run_dir, actions=actions, outputs=outputs)
@@ -429,11 +470,11 @@ FIGURE_STAGES: dict[str, tuple[str, ...]] = {
 }
 
 
-def _analyse(run_dir: Path) -> dict[str, Path]:
+def _analyse(run_dir: Path, power: Mapping[str, Row] | None) -> dict[str, Path]:
     """Tables, figures (each from the stages ``FIGURE_STAGES`` names) and the HTML report of
-    the runs under ``run_dir``."""
+    the runs under ``run_dir`` (with ``power``: the findings' power column)."""
     from analysis.health import analyze_runs
-    from analysis.report import write_report
+    from figures.report import write_report
     from analysis.tables import build_tables, write_tables
     from figures import FIGURES, write_figures
 
@@ -447,4 +488,4 @@ def _analyse(run_dir: Path) -> dict[str, Path]:
         if sources:
             write_figures(sources, run_dir / "figures", names=[name])
     return {"tables": run_dir / "tables", "figures": run_dir / "figures",
-            "report": write_report([run_dir], run_dir / "report.html")}
+            "report": write_report([run_dir], run_dir / "report.html", power=power)}

@@ -15,7 +15,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from analysis.health import revises
+from dasd.health import revises
 from analysis.stats import paired_difference
 from cli import probe_app
 from dasd.rollout import generate

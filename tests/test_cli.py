@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from analysis.passk import pass_at_k, per_prompt_counts
+from dasd.passk import pass_at_k, per_prompt_counts
 from cli import analyze_app, probe_app
 from dasd.runlog import read_manifest, read_metrics, read_rollouts
 

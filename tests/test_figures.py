@@ -12,7 +12,7 @@ from matplotlib.colors import to_hex
 from matplotlib.container import BarContainer
 from typer.testing import CliRunner
 
-from analysis.passk import pass_at_k
+from dasd.passk import pass_at_k
 from cli import analyze_app
 from dasd.runlog import create_run, read_rollouts
 from figures import FIGURES, Missing, load_runs, make_figure, write_figures

@@ -15,21 +15,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import analysis.health as health
-from analysis.health import (
+import dasd.health as health
+from analysis.health import analyze_runs, passk_report, resolve_step_correct, run_variant
+from dasd.health import (
     DEFAULT_MARKERS,
     HEALTH_COLUMNS,
-    analyze_runs,
     distinct_3,
     ey_density,
     first_error_step,
     health_metrics,
     pass_k_values,
-    passk_report,
-    resolve_step_correct,
     response_health,
     revises,
-    run_variant,
     trigrams,
     words,
 )

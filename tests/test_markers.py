@@ -1,6 +1,6 @@
 import pytest
 
-from analysis.markers import DEFAULT_MARKERS, count_markers, find_markers
+from dasd.markers import DEFAULT_MARKERS, count_markers, find_markers
 
 
 def test_whole_words_only_and_case_insensitive():

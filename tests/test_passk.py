@@ -1,4 +1,4 @@
-"""analysis.passk: hand cases, exact fractions, monotonicity, vectorization, bad input."""
+"""dasd.passk: hand cases, exact fractions, monotonicity, vectorization, bad input."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analysis.passk import avg_at_k, pass_at_k, per_prompt_counts
+from dasd.passk import avg_at_k, pass_at_k, per_prompt_counts
 
 
 def exact_pass_at_k(n: int, c: int, k: int) -> Fraction:
@@ -147,7 +147,7 @@ def test_broadcasting_curve():
 
 
 def test_blocked_evaluation_matches(monkeypatch):
-    import analysis.passk as passk
+    import dasd.passk as passk
 
     n = np.full(50, 300)
     c = np.arange(50) * 6

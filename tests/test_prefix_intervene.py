@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from analysis.health import health_metrics
+from dasd.health import health_metrics
 from analysis.stats import paired_relative_change, per_prompt_sums
 from cli import probe_app
 from dasd.runlog import (

@@ -1,4 +1,4 @@
-"""analysis.report: token pieces, audit values, a self-contained escaped page, the
+"""figures.report: token pieces, audit values, a self-contained escaped page, the
 `dasd-analyze report` command, and a real headless browser rendering it."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from analysis.report import (
+from figures.report import (
     EOS_PIECE,
     audit_tokens,
     build_report,

@@ -10,7 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from analysis.health import HEALTH_COLUMNS, HealthReport, analyze_runs
+from analysis.health import HealthReport, analyze_runs
+
+from dasd.health import HEALTH_COLUMNS
 from analysis.tables import PaperTable, Row, build_tables, write_tables
 from cli import analyze_app
 from dasd.runlog import create_run

@@ -3,7 +3,9 @@
 The page holds, from run directories only (DESIGN.md section 4):
 
 0. when the runs measure any of them, the paper's findings, one line each, reproduced / not
-   reproduced / not measurable here by the rule of :mod:`analysis.findings`, with the claims;
+   reproduced / not measurable here by the rule of :mod:`analysis.findings`, with the claims
+   (and, given a calibration of ``dasd-probe validate``, each claim's power on the positive
+   control world);
 1. the runs: manifest fields and the resolved config of each;
 2. the reasoning-health table (Table 3's metrics, :func:`analysis.health.analyze_runs` on
    each run's last eval rollouts) with the issues it met;
@@ -41,7 +43,7 @@ import html
 import json
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,8 +51,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.findings import findings
-from analysis.health import HEALTH_COLUMNS, analyze_runs
+from analysis.calibration import Row
+from analysis.findings import findings, power_note
+from analysis.health import analyze_runs
+from dasd.health import HEALTH_COLUMNS
 from figures import FIGURES, Missing, make_figure, png_bytes
 from figures.runs import Run, load_runs
 
@@ -300,22 +304,31 @@ def _tables_section(runs: Sequence[Run]) -> str:
     return "".join(parts)
 
 
-def _findings_section(runs: Sequence[Run]) -> str:
-    """One line per paper finding (``analysis.findings``) and its claims; empty when no finding
-    is measurable from these runs."""
+def _findings_section(runs: Sequence[Run], power: Mapping[str, Row] | None) -> str:
+    """One line per paper finding (``analysis.findings``) and its claims (with ``power``: each
+    claim's power on the positive control); empty when no finding is measurable from these
+    runs."""
     found = findings([run.path for run in runs])
     if all(f.verdict == "not measurable here" for f in found):
         return ""
     lines = "".join(f"<li>{_e(f.line())}</li>" for f in found)
     claims = pd.DataFrame([
         {"finding": f.name, "claim": c.text, "paper": c.paper, "ours": c.ours,
-         "low": c.low, "high": c.high, "agreement": c.agreement}
+         "low": c.low, "high": c.high, "agreement": c.agreement,
+         **({} if power is None else {
+             "power on the positive control": power[c.text].cell() if c.text in power
+             else "–"})}
         for f in found for c in f.claims])
+    left = ["finding", "claim", "agreement"]
+    note = ""
+    if power is not None:
+        left.append("power on the positive control")
+        note = f'<p class="muted">{_e(power_note(power))}</p>'
     return ('<h2 id="findings">Findings of the paper, measured here</h2>'
             '<p class="muted">A finding is reproduced when every claim\'s 95% interval excludes '
             "0 on the paper's side, not measurable here when no claim has data, else not "
-            f"reproduced.</p><ul>{lines}</ul>"
-            + _table(claims, left=["finding", "claim", "agreement"]))
+            f"reproduced.</p>{note}<ul>{lines}</ul>"
+            + _table(claims, left=left))
 
 
 def _figures_section(runs: Sequence[Run]) -> str:
@@ -390,13 +403,15 @@ def _audit_section(runs: Sequence[Run], n: int) -> str:
 
 
 def build_report(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], *,
-                 audit_rollouts: int = 4, title: str = "DASD audit report") -> str:
-    """The HTML page for the runs under ``paths`` (run directories or their parents).
-    Deterministic: the same runs give the same bytes."""
+                 audit_rollouts: int = 4, title: str = "DASD audit report",
+                 power: Mapping[str, Row] | None = None) -> str:
+    """The HTML page for the runs under ``paths`` (run directories or their parents); with
+    ``power`` (positive-control calibration rows by claim text) the findings show each
+    claim's power. Deterministic: the same runs give the same bytes."""
     if audit_rollouts < 0:
         raise ValueError(f"audit_rollouts must be >= 0, got {audit_rollouts}")
     runs = load_runs(paths)
-    summary = _findings_section(runs)
+    summary = _findings_section(runs, power)
     sections = [summary, _runs_section(runs), _tables_section(runs), _figures_section(runs),
                 _audit_section(runs, audit_rollouts)]
     nav = ('<nav>' + ('<a href="#findings">Findings</a>' if summary else "")
@@ -412,9 +427,10 @@ def build_report(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]
 
 
 def write_report(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
-                 out: str | os.PathLike[str], *, audit_rollouts: int = 4) -> Path:
+                 out: str | os.PathLike[str], *, audit_rollouts: int = 4,
+                 power: Mapping[str, Row] | None = None) -> Path:
     """Write :func:`build_report` to ``out`` (UTF-8; parent folders created); returns it."""
-    page = build_report(paths, audit_rollouts=audit_rollouts)
+    page = build_report(paths, audit_rollouts=audit_rollouts, power=power)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
