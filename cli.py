@@ -266,6 +266,9 @@ def eval_cmd(
                                        "the vllm extra of dasd)."),
     device: str = typer.Option("auto", help="auto (CUDA when available), cpu or cuda."),
     seed: int = typer.Option(0, help="Seed for problem sampling and generation."),
+    thinking: str = typer.Option("", help="on|off: the chat template's enable_thinking (math "
+                                 "task, e.g. Qwen3; on: the answer is read after </think>); "
+                                 "empty: the template's default."),
     runs_dir: Path = typer.Option(Path("runs"), help="Parent directory of run directories."),
     name: str = typer.Option("", help="Run directory name (default: eval-<model>-<time>)."),
 ) -> None:
@@ -279,7 +282,7 @@ def eval_cmd(
             temperature=temperature,
             top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size,
             teacher=teacher, score_batch_size=score_batch_size, rollout_engine=rollout_engine,
-            device=device, seed=seed,
+            device=device, seed=seed, thinking=_on_off("thinking", thinking),
         )
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
@@ -290,6 +293,14 @@ def eval_cmd(
                    {key: v for key, v in summary.items() if not key.startswith("mechanism/")})
     _print_mechanism({run_dir.name: run_dir})
     console.print(f"run directory: {run_dir}")
+
+
+def _on_off(option: str, value: str) -> bool | None:
+    """``on`` -> True, ``off`` -> False, empty -> None; anything else is a one-line error."""
+    choices = {"on": True, "off": False, "": None}
+    if value not in choices:
+        raise ValueError(f"--{option} takes on or off, got {value!r}")
+    return choices[value]
 
 
 def _parse_overrides(pairs: list[str]) -> dict[str, object]:

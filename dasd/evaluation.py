@@ -46,14 +46,18 @@ def sample_rollout_rows(
     engine: Callable[..., Rollouts] = generate,
     score_batch_size: int = 32,
     tail: bool = False,
+    truncated_reward: float | None = 0.0,
 ) -> pd.DataFrame:
     """``k`` samples for each problem (grouped: rows ``[i k, (i + 1) k)`` answer problem i) as
     rollout rows of the run-directory schema, with ``entropy``, ``student_logp`` and, when
     ``teacher``, ``teacher_logp`` per token. Defaults are the paper's evaluation protocol
     (temperature 1.0, top-p 0.9). ``engine`` samples (``dasd.rollout.generate`` or a
     ``dasd.rollout.build_rollout_engine`` result); ``score_batch_size`` responses go through
-    each scoring forward pass (it bounds the ``(score_batch_size, T, V)`` logits); ``tail``
-    adds the per-token tail masses ``student_tail`` and ``teacher_tail`` (1 - max_v p)."""
+    each scoring forward pass (it bounds the ``(score_batch_size, T, V)`` logits). Entropies and
+    log-probs are scored at the sampling ``temperature`` (1 when greedy), so they describe the
+    distribution the responses were drawn from; ``tail`` adds the per-token tail masses
+    ``student_tail`` and ``teacher_tail`` (1 - max_v p); ``truncated_reward`` is the reward of a
+    response without EOS (``dasd.records.verifier_rewards``; None: the verifier decides)."""
     prompts = [task.student_prompt(p) for p in problems for _ in range(k)]
     rollouts = engine(
         model,
@@ -68,8 +72,10 @@ def sample_rollout_rows(
     )
     teacher_prompts = [task.teacher_prompt(p) for p in problems for _ in range(k)] if teacher else None
     scores = score_rollouts(model, tokenizer, rollouts, teacher_prompts,
-                            batch_size=score_batch_size, tail=tail)
-    return rollout_frame(task, problems, rollouts, step=step, split=split, scores=scores)
+                            batch_size=score_batch_size, tail=tail,
+                            temperature=temperature if temperature > 0 else 1.0)
+    return rollout_frame(task, problems, rollouts, step=step, split=split, scores=scores,
+                         truncated_reward=truncated_reward)
 
 
 #: Reasoning-health keys of ``dasd.health.health_metrics`` logged as ``eval/<key>``.
@@ -79,7 +85,8 @@ HEALTH_KEYS = ("step_acc", "fes", "csr", "ey_density", "rev_rate", "dist3", "len
 def eval_metrics(rows: pd.DataFrame) -> dict[str, float]:
     """``eval/...`` metrics of one evaluation's rollout rows (k per prompt): Avg@k, Pass@k for
     k = 1, 2, 4, ..., the reasoning-health metrics (``dasd.health``), the share of responses
-    with an epistemic marker, token-entropy mean and quantiles, and, when the teacher was scored,
+    with an epistemic marker, the share of truncated responses (no EOS), token-entropy mean and
+    quantiles, and, when the teacher was scored,
     the mean gap delta = teacher_logp - student_logp over all tokens and over correct responses."""
     health = health_metrics(rows)
     k = health["k"]
@@ -89,6 +96,8 @@ def eval_metrics(rows: pd.DataFrame) -> dict[str, float]:
     metrics |= {f"eval/pass_at_{j}": float(np.mean(pass_at_k(n, c, j))) for j in pass_k_values(k)}
     metrics |= {f"eval/{key}": health[key] for key in HEALTH_KEYS}
     metrics["eval/marker_rate"] = float(np.mean([count_markers(t) > 0 for t in rows["response"]]))
+    if "truncated" in rows:
+        metrics["eval/truncated_frac"] = float(rows["truncated"].mean())
     if "entropy" in rows:
         entropy = np.concatenate(rows["entropy"].to_list())
         metrics["eval/entropy_mean"] = float(entropy.mean())
@@ -111,18 +120,19 @@ def _padded(values: Sequence[np.ndarray], width: int, dtype: type = np.float64) 
 
 
 def rescore_student_logp(model: nn.Module, tokenizer: PreTrainedTokenizerBase,
-                         rows: pd.DataFrame, *, batch_size: int, position_offset: int = 0
-                         ) -> list[np.ndarray]:
+                         rows: pd.DataFrame, *, batch_size: int, position_offset: int = 0,
+                         temperature: float = 1.0) -> list[np.ndarray]:
     """The student log-prob of each row's ``token_ids`` after its ``prompt``, scored again with
-    ``batch_size`` responses per forward pass and ``position_offset`` added to the position
-    ids (``dasd.scoring.response_logits``); float32, one array per row."""
+    ``batch_size`` responses per forward pass, ``position_offset`` added to the position ids
+    (``dasd.scoring.response_logits``) and at ``temperature`` (the first scoring's); float32,
+    one array per row."""
     prompt_ids, prompt_mask = encode_prompts(tokenizer, list(rows["prompt"]))
     lengths = np.array(rows["n_tokens"], dtype=np.int64)
     width = max(int(lengths.max()), 1)
     ids = torch.from_numpy(_padded(list(rows["token_ids"]), width, np.int64))
     mask = torch.arange(width)[None, :] < torch.from_numpy(lengths)[:, None]
     scores = score_responses(model, ids, mask, prompt_ids, prompt_mask, batch_size=batch_size,
-                             position_offset=position_offset)
+                             position_offset=position_offset, temperature=temperature)
     logp = scores.student_logp.numpy()
     return [logp[i, :n] for i, n in enumerate(lengths)]
 
@@ -232,9 +242,11 @@ def mechanism_metrics(rows: pd.DataFrame, *, floor_rows: Sequence[int] = (),
 
 def measure_mechanism(model: nn.Module, tokenizer: PreTrainedTokenizerBase, task: Task,
                       problems: Sequence[Problem], rows: pd.DataFrame, *,
-                      floor_responses: int, score_batch_size: int) -> dict[str, float]:
+                      floor_responses: int, score_batch_size: int, temperature: float = 1.0
+                      ) -> dict[str, float]:
     """:func:`mechanism_metrics` of ``rows`` (sampled by :func:`sample_rollout_rows` with
-    ``tail=True``), with ``floor_responses`` rows, evenly spaced, scored twice more.
+    ``tail=True`` at ``temperature``), with ``floor_responses`` rows, evenly spaced, scored twice
+    more at the same temperature.
 
     1. The round-off floor: the same tokens at the same positions, scored with another batch
        composition and padding: each response alone (no padding at all) where the first pass
@@ -251,13 +263,16 @@ def measure_mechanism(model: nn.Module, tokenizer: PreTrainedTokenizerBase, task
     if len(picked):
         part = rows.iloc[picked]
         batch = 1 if score_batch_size > 1 else len(picked)
-        floor_logp = rescore_student_logp(model, tokenizer, part, batch_size=batch)
+        scale = temperature if temperature > 0 else 1.0
+        floor_logp = rescore_student_logp(model, tokenizer, part, batch_size=batch,
+                                          temperature=scale)
         by_id = {p.id: p for p in problems}
         extra = [len(tokenizer(task.teacher_prompt(by_id[i]))["input_ids"])
                  - len(tokenizer(task.student_prompt(by_id[i]))["input_ids"])
                  for i in part["prompt_id"]]
         shift_logp = rescore_student_logp(model, tokenizer, part, batch_size=batch,
-                                          position_offset=int(np.median(extra)))
+                                          position_offset=int(np.median(extra)),
+                                          temperature=scale)
     return mechanism_metrics(rows, floor_rows=picked, floor_logp=floor_logp,
                              shift_logp=shift_logp,
                              wrong=wrong_step_tokens(task, problems, rows, tokenizer))

@@ -113,6 +113,7 @@ ROLLOUT_SCHEMA: dict[str, tuple[pa.DataType, bool]] = {
     "reward": (pa.float64(), True),
     "correct": (pa.bool_(), True),
     "n_tokens": (pa.int32(), True),
+    "truncated": (pa.bool_(), False),
     "token_ids": (pa.list_(pa.int32()), False),
     "entropy": (pa.list_(pa.float32()), False),
     "student_logp": (pa.list_(pa.float32()), False),

@@ -36,6 +36,12 @@ Departures from the paper and choices it leaves open:
    lr 3e-6 most updates of a bf16 weight (spacing ~1e-4 near 0.02) would round to nothing.
 8. ``rollout_engine="vllm"`` samples with vLLM on the GPU (``dasd.rollout.vllm``: the policy's
    weights are copied into vLLM before each batch of rollouts); scoring stays with the HF model.
+   The advantages are multiplied by truncated importance weights min(pi_old / pi_vLLM, C) per
+   token (``dasd.importance``, as TRL's ``vllm_importance_sampling_correction``), which also
+   makes top-p < 1 admissible there; ``train/sampler_logp_gap`` logs the mean
+   |log pi_sampler - log pi_old| with either engine.
+9. A response with no EOS within ``max_new_tokens`` is rewarded ``truncated_reward`` (0) without
+   asking the verifier; ``train/truncated_frac`` and ``eval/truncated_frac`` log how many.
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ import torch
 from dasd.advantages import get_method, group_advantages
 from dasd.entropy import token_entropy_and_logprob
 from dasd.evaluation import eval_metrics, sample_rollout_rows
+from dasd.importance import logprob_gap, truncated_is_weights
 from dasd.losses import (
     AGGREGATIONS,
     aggregate_denominator,
@@ -63,7 +70,7 @@ from dasd.losses import (
     reverse_kl_loss,
 )
 from dasd.models import load_model
-from dasd.records import rollout_frame
+from dasd.records import rollout_frame, verifier_rewards
 from dasd.rollout import Rollouts, build_rollout_engine, check_rollout_engine
 from dasd.rollout.hf import encode_prompts
 from dasd.routing import ROUTING_SIGNALS, RoutingBatch, build_routing_signal
@@ -157,6 +164,16 @@ class TrainConfig:
     vllm_gpu_memory_utilization: float = 0.3
     """Share of the GPU's memory vLLM takes for its weights and KV cache (``vllm`` engine);
     the rest is left to training."""
+    vllm_max_prompt_tokens: int = 1024
+    """Longest prompt vLLM reserves room for: its ``max_model_len`` is this +
+    ``max_new_tokens`` (``vllm`` engine)."""
+    vllm_is_cap: float = 3.0
+    """Truncation C of the per-token importance weights min(pi_old / pi_vLLM, C) that correct
+    for the mismatch between vLLM's sampler and the HF scorer (``dasd.importance``; TRL's
+    ``vllm_importance_sampling_clip_max``); 0 turns the correction off (``vllm`` engine)."""
+    truncated_reward: float | None = 0.0
+    """Reward of a response with no EOS within ``max_new_tokens`` (training and held-out): 0,
+    since the paper's verifier never sees an answer in it; None lets the verifier decide."""
     param_dtype: str = "float32"
     """Dtype of the trained parameters (and so of AdamW's state): ``float32`` (default; master
     weights that small updates do not round away) or ``checkpoint`` (keep the checkpoint's
@@ -206,6 +223,15 @@ class TrainConfig:
             raise ValueError(f"beta must be finite and eps > 0, got {self.beta}, {self.eps}")
         if self.temperature <= 0 or not 0 < self.top_p <= 1:
             raise ValueError("training rollouts need temperature > 0 and 0 < top_p <= 1")
+        if not (self.vllm_is_cap >= 0 and math.isfinite(self.vllm_is_cap)
+                and self.vllm_max_prompt_tokens >= 1):
+            raise ValueError("need vllm_is_cap >= 0 (finite) and vllm_max_prompt_tokens >= 1, got "
+                             f"{self.vllm_is_cap}, {self.vllm_max_prompt_tokens}")
+        if self.top_p < 1 and not (self.rollout_engine == "vllm" and self.vllm_is_cap > 0):
+            raise ValueError(
+                f"top_p={self.top_p} < 1 makes the PPO ratio off-policy (the scorer's pi_old has "
+                "no top-p); use top_p=1, or rollout_engine=vllm with vllm_is_cap > 0 to correct it"
+            )
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if not 0 < self.vllm_gpu_memory_utilization < 1:
@@ -369,6 +395,7 @@ class Trainer:
         self.generate = build_rollout_engine(
             cfg.rollout_engine, self.model,
             gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, seed=cfg.seed,
+            max_new_tokens=cfg.max_new_tokens, max_prompt_tokens=cfg.vllm_max_prompt_tokens,
         )
         self.task = build_task(cfg.task, tokenizer=self.tokenizer, **cfg.task_options)
         self.method = get_method(cfg.method)
@@ -442,6 +469,7 @@ class Trainer:
             top_p=cfg.eval_top_p, batch_size=cfg.generation_batch_size,
             teacher=cfg.eval_teacher, generator=_generator(cfg.seed, 0, _EVAL),
             engine=self.generate, score_batch_size=cfg.micro_batch_size,
+            truncated_reward=cfg.truncated_reward,
         )
         self.run_writer.write_rollouts(step, "eval", frame)
         metrics = eval_metrics(frame)
@@ -459,10 +487,8 @@ class Trainer:
             temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.generation_batch_size,
             generator=_generator(cfg.seed, step, _SAMPLING),
         )
-        rewards = torch.tensor([
-            self.task.reward(problems[i // cfg.group_size], response)
-            for i, response in enumerate(rollouts.responses)
-        ], dtype=torch.float64)
+        rewards = torch.from_numpy(verifier_rewards(self.task, problems, rollouts,
+                                                    truncated_reward=cfg.truncated_reward))
         correct = rewards > 0.5
         t_rollout = time.perf_counter()
         teacher_prompts = _teacher_prompts(self.task, self.method, problems, rollouts, correct,
@@ -479,12 +505,16 @@ class Trainer:
         shaped = self.method(group_adv.float(), routing, scores.student_logp,
                              scores.teacher_logp, mask, beta=cfg.beta, rho=cfg.rho, eps=cfg.eps,
                              **options)
+        advantages = shaped.advantages
+        if cfg.rollout_engine == "vllm" and cfg.vllm_is_cap > 0:
+            advantages = advantages * truncated_is_weights(
+                scores.student_logp, rollouts.logprobs, mask, cap=cfg.vllm_is_cap)
         t_score = time.perf_counter()
         teacher_ids = teacher_mask = None
         if self.method.reverse_kl:
             teacher_ids, teacher_mask = encode_prompts(self.tokenizer, teacher_prompts)
         batch = _Batch(rollouts.prompt_ids, rollouts.prompt_mask, rollouts.response_ids, mask,
-                       scores.student_logp, shaped.advantages, teacher_ids, teacher_mask)
+                       scores.student_logp, advantages, teacher_ids, teacher_mask)
         losses = self._ppo(batch, step)
         t_update = time.perf_counter()
 
@@ -497,6 +527,9 @@ class Trainer:
             "train/omega_pos_frac": float(((shaped.omega > 0) & mask).sum() / valid),
             "train/delta_bar_abs_mean": float(shaped.delta_bar[mask].abs().sum() / valid),
             "train/advantage_abs_mean": float(shaped.advantages[mask].abs().sum() / valid),
+            "train/truncated_frac": float((~rollouts.finished).float().mean()),
+            "train/sampler_logp_gap": float(logprob_gap(scores.student_logp, rollouts.logprobs,
+                                                        mask)),
             "optim/lr": learning_rate(step, cfg),
             "time/rollout_s": t_rollout - t0,
             "time/score_s": t_score - t_rollout,
@@ -512,7 +545,8 @@ class Trainer:
                       scores: TokenScores, shaped: Any) -> None:
         frame = rollout_frame(self.task, problems, rollouts, step=step, split="train",
                               scores=scores,
-                              token_columns={"omega": shaped.omega, "advantage": shaped.advantages})
+                              token_columns={"omega": shaped.omega, "advantage": shaped.advantages},
+                              truncated_reward=self.cfg.truncated_reward)
         self.run_writer.write_rollouts(step, "train", frame)
 
     def _ppo(self, batch: _Batch, step: int) -> dict[str, float]:

@@ -5,7 +5,9 @@ real math: take the response's final answer, compare it with the gold answer sym
 
 * :func:`extract_answer` finds the final answer: the content of the last ``\\boxed{...}`` (or
   ``\\fbox{...}``, or ``\\boxed 5``); without one, the last "final answer is X", "the answer
-  is X" or "Answer: X" line.
+  is X" or "Answer: X" line. It looks only after the reasoning (:func:`after_thinking`): a
+  thinking model's answer follows ``</think>``, and one that never closed its ``<think>``
+  block (cut off mid-reasoning) has no answer.
 * :class:`MathVerifier` compares it with the gold answer with ``math-verify`` (both parsed as
   LaTeX math, gold first: math-verify is not symmetric). Every comparison runs in a persistent
   worker process under a wall-clock limit; a worker that overruns is killed and replaced, so
@@ -45,6 +47,7 @@ from typing import IO
 __all__ = [
     "MAX_ANSWER_CHARS",
     "MathVerifier",
+    "after_thinking",
     "clean_answer",
     "extract_answer",
     "last_boxed",
@@ -131,9 +134,27 @@ def _fallback_answer(text: str) -> str | None:
     return line[: cut.start()] if cut else line
 
 
-def extract_answer(text: str) -> str | None:
-    """The final answer of a response (module docstring), cleaned; None if there is none."""
+def after_thinking(text: str, *, thinking: bool | None = None) -> str | None:
+    """The part of a response that may hold its final answer: the text after its last
+    ``</think>``; the whole text when it has no think tags and ``thinking`` is not True; None
+    when it opened ``<think>`` without closing it, or when ``thinking`` is True (the chat template
+    asked for reasoning, and may have opened the block in the prompt) and it has no ``</think>``.
+    """
+    _, closed, tail = text.rpartition("</think>")
+    if closed:
+        return tail
+    if thinking or "<think>" in text:
+        return None
+    return text
+
+
+def extract_answer(text: str, *, thinking: bool | None = None) -> str | None:
+    """The final answer of a response (module docstring), cleaned; None if there is none.
+    ``thinking``: the model was asked to reason in a ``<think>`` block (:func:`after_thinking`)."""
     if not isinstance(text, str):
+        return None
+    text = after_thinking(text, thinking=thinking)
+    if text is None:
         return None
     found = last_boxed(text)
     if found is None:
@@ -331,9 +352,10 @@ class MathVerifier:
         with self._lock:
             return self._ask(_UNESCAPED_DOLLAR.sub("", gold), _UNESCAPED_DOLLAR.sub("", answer))
 
-    def score(self, gold: str, response: str) -> float:
-        """1.0 iff the final answer of ``response`` (:func:`extract_answer`) equals ``gold``."""
-        answer = extract_answer(response)
+    def score(self, gold: str, response: str, *, thinking: bool | None = None) -> float:
+        """1.0 iff the final answer of ``response`` (:func:`extract_answer`, with ``thinking``)
+        equals ``gold``."""
+        answer = extract_answer(response, thinking=thinking)
         if answer is None:
             return 0.0
         return 1.0 if self.equivalent(gold, answer) else 0.0

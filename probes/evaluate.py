@@ -68,6 +68,12 @@ class EvalConfig:
     device: str = "auto"
     """``auto`` (cuda when available), ``cpu`` or ``cuda``."""
     seed: int = 0
+    thinking: bool | None = None
+    """The chat template's ``enable_thinking`` (``math`` task, e.g. Qwen3); None: the
+    template's default. With True the answer is read after ``</think>`` only."""
+    truncated_reward: float | None = 0.0
+    """Reward of a response with no EOS within ``max_new_tokens`` (0: the paper's verifier never
+    sees its answer); None lets the verifier decide."""
 
     def __post_init__(self) -> None:
         if self.n_prompts < 1 or self.k < 1:
@@ -101,8 +107,12 @@ def run_eval(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tokenizer = load_model(cfg.model, device=device)
     engine = build_rollout_engine(cfg.rollout_engine, model, seed=cfg.seed,
-                                  gpu_memory_utilization=cfg.vllm_gpu_memory_utilization)
-    options = {"benchmark": cfg.benchmark} if cfg.benchmark else {}
+                                  max_new_tokens=cfg.max_new_tokens,
+                                  gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+                                  sampler_logprobs=False)
+    options: dict[str, object] = {"benchmark": cfg.benchmark} if cfg.benchmark else {}
+    if cfg.thinking is not None:
+        options["thinking"] = cfg.thinking
     task = build_task(cfg.task, tokenizer=tokenizer, **options)
     problems = task.sample(cfg.n_prompts, split="eval", seed=cfg.seed)
     task_config = task.describe() if hasattr(task, "describe") else {"repr": repr(task)}
@@ -128,11 +138,13 @@ def run_eval(
             engine=engine,
             score_batch_size=cfg.score_batch_size,
             tail=True,
+            truncated_reward=cfg.truncated_reward,
         )
         run.write_rollouts(0, "eval", frame)
         summary = eval_metrics(frame)
         summary |= measure_mechanism(model, tokenizer, task, problems, frame,
                                      floor_responses=cfg.floor_responses,
-                                     score_batch_size=cfg.score_batch_size)
+                                     score_batch_size=cfg.score_batch_size,
+                                     temperature=cfg.temperature)
         run.log_metrics(0, "eval", summary)
     return frame, summary

@@ -18,6 +18,7 @@ def small_config(model_dir, **overrides):
         model=str(model_dir), steps=2, prompts_per_step=2, group_size=4, mini_batch_size=4,
         micro_batch_size=2, max_new_tokens=12, eval_every=0, eval_prompts=2, eval_k=2,
         checkpoint_every=1, log_rollouts_every=1, lr=1e-3, beta=1.0, device="cpu",
+        truncated_reward=None,  # a random model seldom emits EOS: let the reward see every response
     )
     values.update(overrides)
     return TrainConfig(**values)

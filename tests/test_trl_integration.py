@@ -210,3 +210,56 @@ def test_accelerate_two_process_cpu_run(model_dir, tmp_path):
 
     rows = read_rollouts(next(runs.iterdir()), split="train")
     assert sorted(rows["step"].unique()) == [1, 2] and len(rows) == 16
+
+
+def test_trl_old_logprob_pass_is_reused_not_repeated(model_dir, countdown_rows, tmp_path,
+                                                     monkeypatch):
+    """With num_iterations=2 TRL takes its own old-log-prob pass; the trainer takes the entropies
+    from that pass (no second student pass), and they are dasd.scoring's."""
+    from datasets import Dataset
+    from trl import GRPOTrainer
+
+    from dasd.rollout.hf import encode_prompts
+
+    calls = []
+    original = GRPOTrainer._get_per_token_logps_and_entropies
+
+    def counting(self, model, *args, **kwargs):
+        calls.append(torch.is_grad_enabled())
+        return original(self, model, *args, **kwargs)
+
+    monkeypatch.setattr(GRPOTrainer, "_get_per_token_logps_and_entropies", counting)
+    model, tokenizer = load_model(model_dir)
+    trainer = DASDGRPOTrainer(
+        model=model, reward_funcs=varied_reward, processing_class=tokenizer,
+        args=cpu_config(tmp_path, num_iterations=2), train_dataset=Dataset.from_list(countdown_rows),
+    )
+    assert trainer.args.cast_lm_head_to_fp32, "float32 logits by default"
+    trainer.train()
+    assert calls.count(False) == 2, "one no-grad student pass (TRL's) and one teacher pass"
+    batch = trainer.dasd_last
+    initial, _ = load_model(model_dir)
+    prompts = tokenizer.batch_decode(batch.prompt_ids, skip_special_tokens=True)
+    teacher = {row["prompt"]: row["teacher_prompt"] for row in countdown_rows}
+    teacher_ids, teacher_mask = encode_prompts(tokenizer, [teacher[p] for p in prompts])
+    ours = score_responses(initial, batch.completion_ids.cpu(), batch.mask.cpu(),
+                           batch.prompt_ids.cpu(), batch.prompt_mask.bool().cpu(),
+                           teacher_prompt_ids=teacher_ids, teacher_prompt_mask=teacher_mask)
+    mask = batch.mask.cpu()
+    for name in ("entropy", "student_logp", "teacher_logp"):
+        diff = (getattr(ours, name) - getattr(batch, name).cpu()).abs()[mask]
+        assert float(diff.max()) < 1e-4, name
+
+
+def test_bf16_model_gets_a_float32_lm_head(model_dir, countdown_rows, tmp_path):
+    from datasets import Dataset
+
+    model, tokenizer = load_model(model_dir, dtype=torch.bfloat16)
+    trainer = DASDGRPOTrainer(
+        model=model, reward_funcs=varied_reward, processing_class=tokenizer,
+        args=cpu_config(tmp_path), train_dataset=Dataset.from_list(countdown_rows),
+    )
+    assert trainer.model.lm_head.weight.dtype == torch.float32
+    ids = torch.tensor([[3, 4, 5]])
+    with torch.no_grad():
+        assert trainer.model(input_ids=ids).logits.dtype == torch.float32

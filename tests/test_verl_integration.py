@@ -309,6 +309,19 @@ def test_recipe_config_composes_with_verl(verl_modules):
     assert settings_from_config(cfg.dasd).options == {"direction": "tanh", "gate": "sigmoid"}
 
 
+def test_recipe_passes_verls_own_validate_config(verl_modules):
+    """verl's validate_config (micro-batch sizes, batch divisibility, actor checks) accepts the
+    composed recipe, as main_ppo_v0's TaskRunner calls it."""
+    from hydra import compose, initialize_config_dir
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+
+    with initialize_config_dir(config_dir=str(ROOT / "examples" / "verl"), version_base=None):
+        cfg = compose(config_name="dasd_countdown")
+    validate_config(cfg, use_reference_policy=need_reference_policy(cfg),
+                    use_critic=need_critic(cfg))
+
+
 def test_install_makes_the_legacy_task_runner_build_dasd(verl_modules, monkeypatch):
     import verl.trainer.main_ppo_v0 as v0
 
@@ -319,3 +332,26 @@ def test_install_makes_the_legacy_task_runner_build_dasd(verl_modules, monkeypat
     install()
     assert v0.RayPPOTrainer is dasd_trainer_class()
     assert issubclass(v0.RayPPOTrainer, ray_trainer.RayPPOTrainer)
+
+
+def test_recipe_carries_what_verls_validator_requires():
+    """Without verl: the recipe sets the fields verl 0.9's validate_config and ActorConfig
+    require when use_dynamic_bsz is off (micro-batch sizes per GPU, not the deprecated global
+    ones), and its batch sizes divide as verl's checks and workers need."""
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "examples" / "verl" / "dasd_countdown.yaml").read_text())
+    arr = cfg["actor_rollout_ref"]
+    actor, rollout, ref = arr["actor"], arr["rollout"], arr["ref"]
+    assert not actor.get("use_dynamic_bsz", False)
+    for section, key in ((actor, "ppo_micro_batch_size"), (rollout, "log_prob_micro_batch_size"),
+                         (ref, "log_prob_micro_batch_size")):
+        assert isinstance(section.get(f"{key}_per_gpu"), int) and section[f"{key}_per_gpu"] >= 1
+        assert section.get(key) is None, f"verl refuses both {key} and {key}_per_gpu"
+    n_gpus = cfg["trainer"]["n_gpus_per_node"] * cfg["trainer"]["nnodes"]
+    batch, n = cfg["data"]["train_batch_size"], rollout["n"]
+    assert batch * n % n_gpus == 0 and batch >= actor["ppo_mini_batch_size"]
+    mini_per_gpu, rem = divmod(actor["ppo_mini_batch_size"] * n, n_gpus)
+    assert rem == 0 and mini_per_gpu % actor["ppo_micro_batch_size_per_gpu"] == 0
+    assert actor["loss_agg_mode"] in ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean",
+                                      "seq-mean-token-sum-norm")

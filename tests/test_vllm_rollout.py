@@ -72,9 +72,9 @@ def test_unknown_engine_and_bad_memory_share():
 
 def test_engine_builder_gives_the_hf_generator_and_refuses_vllm_on_cpu(loaded):
     model, _ = loaded
-    assert build_rollout_engine("hf", model) is generate
+    assert build_rollout_engine("hf", model, max_new_tokens=8) is generate
     with pytest.raises(ValueError, match=NEEDS + "; got device='cpu'"):
-        build_rollout_engine("vllm", model)
+        build_rollout_engine("vllm", model, max_new_tokens=8)
 
 
 def test_cli_refuses_vllm_in_one_line_before_writing(model_dir, tmp_path):
@@ -103,7 +103,7 @@ def test_missing_vllm_gives_one_line_import_error(monkeypatch):
         import_vllm()
     assert "\n" not in str(info.value)
     with pytest.raises(ImportError, match=r"pip install 'dasd\[vllm\]'"):
-        VLLMEngine("unused", gpu_memory_utilization=0.3, seed=0)
+        VLLMEngine("unused", gpu_memory_utilization=0.3, seed=0, max_model_len=64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,6 +175,46 @@ def test_conversion_hand_case(loaded):
     assert r.lengths.tolist() == [3, 1, 2]
 
 
+class _FlatLogprobs:
+    """vLLM's ``FlatLogprobs`` columns (one entry per position with ``logprobs=0``); indexing it
+    like a list is an error here, so the conversion must read the columns."""
+
+    def __init__(self, token_ids, logprobs):
+        self.start_indices = list(range(len(token_ids)))
+        self.end_indices = [i + 1 for i in self.start_indices]
+        self.token_ids, self.logprobs = list(token_ids), list(logprobs)
+
+    def __len__(self):
+        return len(self.token_ids)
+
+    def __getitem__(self, index):
+        raise AssertionError("per-position dicts must not be built")
+
+
+def test_conversion_reads_flat_logprobs_and_marks_unrequested_ones_nan(loaded):
+    _, tok = loaded
+    prompts = ["p", "q"]
+    ids, mask = encode_prompts(tok, prompts)
+    outputs = [
+        SimpleNamespace(outputs=[SimpleNamespace(token_ids=[5, 6, 1],
+                                                 logprobs=_FlatLogprobs([5, 6, 1], [-1.0, -0.5, -0.25]))]),
+        SimpleNamespace(outputs=[SimpleNamespace(token_ids=[7], logprobs=_FlatLogprobs([7], [-2.0]))]),
+    ]
+    r = rollouts_from_outputs(outputs, prompts, ids, mask, tokenizer=tok, eos=[1])
+    assert r.logprobs.tolist() == [[-1.0, -0.5, -0.25], [-2.0, 0.0, 0.0]]
+    wrong = [SimpleNamespace(outputs=[SimpleNamespace(token_ids=[5], logprobs=_FlatLogprobs([9], [-1.0]))]),
+             outputs[1]]
+    with pytest.raises(ValueError, match="no log-prob for token 5 of response 0 at position 0"):
+        rollouts_from_outputs(wrong, prompts, ids, mask, tokenizer=tok, eos=[1])
+    bare = [SimpleNamespace(outputs=[SimpleNamespace(token_ids=list(c.outputs[0].token_ids),
+                                                     logprobs=None)]) for c in outputs]
+    r2 = rollouts_from_outputs(bare, prompts, ids, mask, tokenizer=tok, eos=[1],
+                               sampler_logprobs=False)
+    assert torch.equal(r2.response_ids, r.response_ids)
+    assert r2.logprobs[r2.response_mask].isnan().all()
+    assert (r2.logprobs[~r2.response_mask] == 0).all()
+
+
 def test_conversion_rejects_mismatched_outputs(loaded):
     _, tok = loaded
     ids, mask = encode_prompts(tok, ["p", "p"])
@@ -219,36 +259,52 @@ class _FakeLLM:
     def reset_prefix_cache(self):
         self.events.append("reset_prefix_cache")
 
+    def sleep(self, level):
+        self.events.append(f"sleep{level}")
+
+    def wake_up(self, tags):
+        self.events.append("wake_" + "+".join(tags))
+
     def generate(self, requests, params, use_tqdm=True):
         self.events.append("generate")
         self.requests, self.params = requests, params
         outputs = []
         for p in params:
             samples = [SimpleNamespace(index=k, token_ids=[7 + k, p.stop_token_ids[0]],
-                                       logprobs=[{7 + k: -0.5}, {p.stop_token_ids[0]: -0.1}])
+                                       logprobs=[{7 + k: -0.5}, {p.stop_token_ids[0]: -0.1}]
+                                       if hasattr(p, "logprobs") else None)
                        for k in range(p.n)]
             outputs.append(SimpleNamespace(outputs=samples))
         return outputs
 
 
-def test_engine_syncs_weights_then_samples_one_request_per_group(loaded, monkeypatch):
-    model, tok = loaded
+def _fake_vllm(monkeypatch, *, flat=False):
     fake = ModuleType("vllm")
-    fake.LLM, fake.SamplingParams = _FakeLLM, SimpleNamespace
+    params = type("SamplingParams", (SimpleNamespace,),
+                  {"__struct_fields__": ("n", "logprobs") + (("flat_logprobs",) if flat else ())})
+    fake.LLM, fake.SamplingParams = _FakeLLM, params
     monkeypatch.setitem(sys.modules, "vllm", fake)
     monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+
+
+def test_engine_sleeps_syncs_weights_then_samples_one_request_per_group(loaded, monkeypatch):
+    model, tok = loaded
+    _fake_vllm(monkeypatch, flat=True)
     engine = VLLMEngine(str(model.name_or_path), gpu_memory_utilization=0.25, seed=5,
-                        dtype="float32")
+                        max_model_len=64)
     llm = _FakeLLM.instances[-1]
     assert llm.kwargs == {"model": str(model.name_or_path), "gpu_memory_utilization": 0.25,
-                          "seed": 5, "dtype": "float32"}
+                          "seed": 5, "dtype": "bfloat16", "max_model_len": 64,
+                          "enable_sleep_mode": True, "logprobs_mode": "processed_logprobs"}
     assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    assert llm.events == ["sleep2"], "vLLM must free its memory right after start-up"
 
     prompts = ["nums: 1 2\ntarget: 3\n"] * 3 + ["nums: 4\ntarget: 4\n"] * 3
     calls = []
     r = engine(model, tok, prompts, max_new_tokens=9, temperature=0.7, top_p=0.9,
                generator=torch.Generator().manual_seed(0), progress=calls.append)
-    assert llm.events == ["load_weights", "reset_prefix_cache", "generate"]
+    assert llm.events == ["sleep2", "wake_weights", "load_weights", "reset_prefix_cache",
+                          "wake_kv_cache", "generate", "sleep2"]
     state = model.state_dict()
     assert [name for name, _ in llm.loaded] == list(state)
     assert all(t.data_ptr() == state[name].data_ptr() for name, t in llm.loaded), \
@@ -257,12 +313,44 @@ def test_engine_syncs_weights_then_samples_one_request_per_group(loaded, monkeyp
     assert llm.requests == [{"prompt_token_ids": ids[i][mask[i]].tolist()} for i in (0, 3)]
     eos = stop_token_ids(model, tok)
     assert [p.n for p in llm.params] == [3, 3]
-    assert llm.params[1].seed - llm.params[0].seed == 3
     for p in llm.params:
-        assert (p.temperature, p.top_p, p.max_tokens, p.logprobs, p.stop_token_ids) == \
-            (0.7, 0.9, 9, 0, eos)
+        assert not hasattr(p, "seed"), "a per-request seed forces vLLM's slow sampler path"
+        assert (p.temperature, p.top_p, p.max_tokens, p.logprobs, p.flat_logprobs,
+                p.stop_token_ids) == (0.7, 0.9, 9, 0, True, eos)
     assert calls == [6]
     assert r.response_ids[:, 0].tolist() == [7, 8, 9, 7, 8, 9]
     assert r.finished.all() and r.lengths.tolist() == [2] * 6
     assert r.logprobs[:, 0].tolist() == [-0.5] * 6
     assert torch.equal(r.prompt_ids, ids)
+
+
+def test_engine_without_logprobs_or_sleep_and_the_length_limit(loaded, monkeypatch):
+    model, tok = loaded
+    _fake_vllm(monkeypatch)
+    engine = VLLMEngine("m", gpu_memory_utilization=0.3, seed=0, max_model_len=24, sleep=False,
+                        sampler_logprobs=False)
+    llm = _FakeLLM.instances[-1]
+    prompts = ["nums: 1 2\ntarget: 3\n"] * 2
+    r = engine(model, tok, prompts, max_new_tokens=4)
+    assert llm.events == ["load_weights", "reset_prefix_cache", "generate"]
+    assert not hasattr(llm.params[0], "logprobs") and not hasattr(llm.params[0], "flat_logprobs")
+    assert r.logprobs[r.response_mask].isnan().all()
+    longest = int(encode_prompts(tok, prompts)[1].sum(1).max())
+    with pytest.raises(ValueError, match=f"a prompt of {longest} tokens \\+ max_new_tokens=30 "
+                                         "exceeds vLLM's max_model_len=24"):
+        engine(model, tok, prompts, max_new_tokens=30)
+    with pytest.raises(ValueError, match="max_model_len must be >= 2"):
+        VLLMEngine("m", gpu_memory_utilization=0.3, seed=0, max_model_len=1)
+
+
+def test_engine_builder_sizes_vllm_from_prompt_and_response_budget(loaded, monkeypatch):
+    import dasd.rollout.vllm as vllm_module
+
+    model, _ = loaded
+    _fake_vllm(monkeypatch)
+    monkeypatch.setattr(vllm_module, "check_vllm_available", lambda device="auto": None)
+    engine = build_rollout_engine("vllm", model, max_new_tokens=8192, max_prompt_tokens=512,
+                                  sampler_logprobs=False)
+    kwargs = _FakeLLM.instances[-1].kwargs
+    assert (kwargs["max_model_len"], kwargs["dtype"]) == (512 + 8192, "bfloat16")
+    assert engine.sampler_logprobs is False

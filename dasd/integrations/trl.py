@@ -17,11 +17,14 @@ Departures from the paper and from TRL, and choices:
    reward scalings (``scale_rewards`` other than "group", ``multi_objective_aggregation``
    other than "sum_then_normalize") are rejected. A completion that every reward function
    scores None counts as reward 0 (TRL gives it advantage 0).
-2. The entropy H_t and the student log-prob come from one extra forward pass through TRL's own
-   ``_get_per_token_logps_and_entropies`` (its fused LM head: softmax(logits / temperature)),
-   taken right after generation, from the weights that sampled, as our trainer's scoring pass.
-   TRL itself computes entropies only inside the loss, after the advantages are fixed, so they
-   cannot route them; its optional old-log-prob pass computes none.
+2. The entropy H_t and the student log-prob come from TRL's own old-log-prob pass
+   (``old_per_token_logps``, through ``_get_per_token_logps_and_entropies``, its fused LM head:
+   softmax(logits / temperature)) where TRL takes one (with vLLM's importance-sampling
+   correction, or when generation and optimizer steps are misaligned): that pass is asked for
+   the entropies too, and no second student pass is run. Otherwise one forward pass of the same
+   function is taken right after generation, from the weights that sampled, as our trainer's
+   scoring pass. TRL itself computes entropies only inside the loss, after the advantages are
+   fixed, so they cannot route them.
 3. The privileged teacher's prompt is a whole dataset column (``teacher_prompt_column``: x with
    the reference r placed where the task places it, ``Task.teacher_prompt``), tokenized as TRL
    tokenizes prompts (its chat template for conversational prompts). Text only: environment
@@ -32,7 +35,9 @@ Departures from the paper and from TRL, and choices:
 5. Evaluation batches keep TRL's advantages (no teacher pass): they only enter the logged loss.
 6. The default ``loss_type`` is "grpo" (per-sequence token mean, then the batch mean: the
    paper's eq. 1/5, ``seq_mean_token_mean``), not TRL's "dapo"; ``num_completions_to_print``
-   defaults to 0 (TRL prints every logged column, and the per-token ones are long).
+   defaults to 0 (TRL prints every logged column, and the per-token ones are long);
+   ``cast_lm_head_to_fp32`` defaults to True (TRL's own switch: float32 logits, so entropies
+   and log-probs of a bf16 model are not off by bf16's ~0.04 nats, the size of delta).
 7. With ``log_completions`` the completions table's ``advantage`` column holds A_G, and the
    trainer adds per-token columns ``token_ids, entropy, student_logp, teacher_logp, omega,
    token_advantage`` (over the loss mask; ``teacher_logp`` only for methods with a teacher)
@@ -87,6 +92,9 @@ class DASDConfig(GRPOConfig):
         "help": "TRL loss type; 'grpo' (default here) is the paper's seq_mean_token_mean."})
     num_completions_to_print: int | None = field(default=0, metadata={
         "help": "Completions TRL prints per log (default 0 here: the per-token columns are long)."})
+    cast_lm_head_to_fp32: bool = field(default=True, metadata={
+        "help": "TRL's float32 LM head (default True here): entropies and log-probs from float32 "
+                "logits."})
     dasd_method: str = field(default="dasd", metadata={
         "help": "Method of dasd.advantages.METHODS: grpo, dasd, conformity, novelty, hepo, rlsd."})
     dasd_beta: float = field(default=0.1, metadata={
@@ -160,6 +168,8 @@ class DASDGRPOTrainer(GRPOTrainer):
         self.dasd = args.dasd_settings()
         self.dasd_last: DASDBatch | None = None
         self._dasd_rewards: Tensor | None = None
+        self._dasd_capture = False
+        self._dasd_old: tuple[Tensor, Tensor] | None = None
         self._dasd_columns: set[str] = set()
 
     def _calculate_rewards(self, inputs: list[dict[str, Any]], prompts: list[Any],
@@ -169,8 +179,25 @@ class DASDGRPOTrainer(GRPOTrainer):
         self._dasd_rewards = rewards_per_func
         return rewards_per_func
 
+    def _get_per_token_logps_and_entropies(self, model: Any, *args: Any, **kwargs: Any) -> Any:
+        """TRL's scoring function; while TRL prepares a training batch, its first no-grad pass
+        of the policy (the old-log-prob pass, module note 2) also returns the entropies, which
+        are kept for ``_dasd_scores``."""
+        if not (self._dasd_capture and model is self.model and not torch.is_grad_enabled()):
+            return super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
+        self._dasd_capture = False
+        wanted = kwargs.get("compute_entropy", False)
+        logps, entropies, aux = super()._get_per_token_logps_and_entropies(
+            model, *args, **{**kwargs, "compute_entropy": True})
+        self._dasd_old = (logps, entropies)
+        return logps, entropies if wanted else None, aux
+
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
-        output = super()._generate_and_score_completions(inputs)
+        self._dasd_capture, self._dasd_old = self.model.training, None
+        try:
+            output = super()._generate_and_score_completions(inputs)
+        finally:
+            self._dasd_capture = False
         if not self.model.training:
             return output
         device = self.accelerator.device
@@ -198,20 +225,28 @@ class DASDGRPOTrainer(GRPOTrainer):
 
     def _dasd_scores(self, inputs: Sequence[dict[str, Any]], output: dict[str, Any]
                      ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Entropy and log-prob of the completions after the student prompts, and their
-        log-prob after the teacher prompts (None for methods without a teacher); ``(B, T)``."""
+        """Entropy and log-prob of the completions after the student prompts (TRL's own
+        old-log-prob pass where it took one, module note 2), and their log-prob after the
+        teacher prompts (None for methods without a teacher); ``(B, T)``."""
         completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
         width = completion_ids.size(1)
         batch_size = self.args.per_device_train_batch_size
         teacher_logp = None
+        old = output.get("old_per_token_logps")
+        reused = (old is not None and self._dasd_old is not None
+                  and self._dasd_old[0] is old)
         with torch.no_grad(), disable_gradient_checkpointing(
                 self.model, self.args.gradient_checkpointing_kwargs):
-            student_logp, entropy, _ = self._get_per_token_logps_and_entropies(
-                self.model,
-                torch.cat([output["prompt_ids"], completion_ids], dim=1),
-                torch.cat([output["prompt_mask"], completion_mask], dim=1),
-                width, batch_size=batch_size, compute_entropy=True,
-            )
+            if reused:
+                student_logp, entropy = self._dasd_old
+            else:
+                student_logp, entropy, _ = self._get_per_token_logps_and_entropies(
+                    self.model,
+                    torch.cat([output["prompt_ids"], completion_ids], dim=1),
+                    torch.cat([output["prompt_mask"], completion_mask], dim=1),
+                    width, batch_size=batch_size, compute_entropy=True,
+                )
+            self._dasd_old = None
             if self.dasd.needs_teacher:
                 teacher_ids, teacher_mask = self._dasd_teacher_prompts(inputs)
                 teacher_logp, _, _ = self._get_per_token_logps_and_entropies(

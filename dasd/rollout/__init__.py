@@ -34,17 +34,20 @@ def check_rollout_engine(name: str, *, device: str = "auto") -> None:
 
 
 def build_rollout_engine(
-    name: str, model: nn.Module, *, gpu_memory_utilization: float = 0.3, seed: int = 0
+    name: str, model: nn.Module, *, max_new_tokens: int, max_prompt_tokens: int = 1024,
+    gpu_memory_utilization: float = 0.3, seed: int = 0, sampler_logprobs: bool = True,
 ) -> Callable[..., Rollouts]:
     """A function called like ``generate(model, tokenizer, prompts, *, max_new_tokens, ...)``:
-    ``generate`` itself for ``hf``; for ``vllm`` a ``VLLMEngine`` built from ``model``'s
-    checkpoint (``name_or_path``) in ``model``'s dtype, which syncs ``model``'s weights at
-    every call."""
+    ``generate`` itself for ``hf``; for ``vllm`` a bf16 ``VLLMEngine`` in sleep mode built from
+    ``model``'s checkpoint (``name_or_path``), which syncs ``model``'s weights at every call,
+    reserves ``max_prompt_tokens + max_new_tokens`` tokens per sequence (its
+    ``max_model_len``) and returns the sampled tokens' processed log-probs when
+    ``sampler_logprobs``."""
     check_rollout_engine(name, device=next(model.parameters()).device.type)
     if name == "hf":
         return generate
     from dasd.rollout.vllm import VLLMEngine
 
-    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     return VLLMEngine(model.name_or_path, gpu_memory_utilization=gpu_memory_utilization,
-                      seed=seed, dtype=dtype)
+                      seed=seed, max_model_len=max_prompt_tokens + max_new_tokens,
+                      sampler_logprobs=sampler_logprobs)

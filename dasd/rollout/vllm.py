@@ -11,37 +11,45 @@ How it works:
 1. ``VLLMEngine`` builds one ``vllm.LLM`` in this process: it sets
    ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` (unless already set), so vLLM's engine core and its
    single worker live in the training process and the policy's weights pass by reference.
-2. Weight sync, before every call: the policy's ``state_dict()`` goes to the vLLM model's own
-   ``load_weights`` (which takes Hugging Face parameter names and fuses q/k/v and gate/up
-   itself) on the worker, through the public ``LLM.collective_rpc`` of vLLM >= 0.8, instead of
-   ``llm.llm_engine.model_executor.driver_worker.model_runner.model.load_weights(...)``, whose
-   attribute path differs between vLLM versions. The prefix cache is then reset, so no KV
-   computed with the old weights is reused.
-3. Prompts are sent as token ids from ``encode_prompts``, so both engines and the scorer see
+   The engine runs in bf16 (``dtype``) whatever the policy's master-weight dtype, with
+   ``max_model_len`` = the longest prompt it accepts + ``max_new_tokens`` (vLLM otherwise
+   reserves KV room for the model's full context, Qwen3's 40,960 tokens, or refuses to start),
+   and ``logprobs_mode="processed_logprobs"`` (the sampled token's log-prob after temperature
+   and top-p: the distribution it was drawn from, as TRL's importance-sampling correction
+   needs).
+2. Sleep mode (``enable_sleep_mode``, as TRL's colocate mode): after start-up and after every
+   call vLLM sleeps at level 2 (weights and KV cache freed), so the PPO update between two
+   calls has the GPU's memory; each call wakes the weights, syncs them, wakes the KV cache,
+   samples and sleeps again.
+3. Weight sync, before every call: the policy's ``state_dict()`` goes to the vLLM model's own
+   ``load_weights`` (which takes Hugging Face parameter names, fuses q/k/v and gate/up and casts
+   to vLLM's dtype) on the worker, through the public ``LLM.collective_rpc`` of vLLM >= 0.8.
+   The prefix cache is then reset, so no KV computed with the old weights is reused.
+4. Prompts are sent as token ids from ``encode_prompts``, so both engines and the scorer see
    the same prompt tokens. Each run of consecutive equal prompts (the G rollouts of a group) is
    one request with ``n`` = the run's length; ``SamplingParams(n, temperature, top_p,
-   max_tokens, seed, logprobs=0, stop_token_ids)`` with the HF engine's EOS ids.
-4. Seeds: one base seed is drawn from ``generator``; the request starting at row i gets seed
-   base + i, and vLLM gives the k-th sample of a request seed + k, so row i samples with seed
-   base + i.
+   max_tokens, logprobs, stop_token_ids)`` with the HF engine's EOS ids and no per-request
+   seed (a seeded request takes vLLM's slower per-request sampler path). ``logprobs=0`` (the
+   sampled token only, stored flat where vLLM has ``flat_logprobs``) only when the caller reads
+   them (``sampler_logprobs``: the trainer's importance-sampling correction); otherwise none.
 5. The conversion of vLLM's outputs into ``Rollouts`` is the pure ``rollouts_from_outputs``.
 
 Departures from the HF engine:
 
-1. ``Rollouts.logprobs`` are vLLM's sampled-token log-probs in its default ``raw_logprobs``
-   mode: log softmax(logits) at temperature 1, before top-p. They equal the HF engine's at
-   temperature 1 (the paper's training and evaluation temperature); at other temperatures
-   they are not softmax(logits / T). The trainer and the evaluation do not read them (π_old is
-   rescored, ``dasd.trainer`` departure 3).
-2. Samples come from vLLM's kernels and random streams: for one seed they differ from the HF
-   engine's, and they repeat across runs only as far as vLLM's batching is deterministic.
+1. ``Rollouts.logprobs`` are vLLM's processed log-probs: log of the temperature-scaled,
+   top-p-truncated and renormalised distribution the token was drawn from (the HF engine's
+   are without top-p truncation). With ``sampler_logprobs=False`` they are NaN on every
+   response token (not requested). The trainer rescores π_old (``dasd.trainer`` departure 3)
+   and uses these only for the truncated importance weights (``dasd.importance``).
+2. Samples come from vLLM's kernels and its engine-seeded random streams (``generator`` is
+   not used): they differ from the HF engine's and repeat across runs only as far as vLLM's
+   batching is deterministic.
 3. ``batch_size`` is ignored (vLLM schedules requests by its KV-cache space); ``progress`` is
    called once, when all responses are done.
-4. The KV cache (``gpu_memory_utilization`` of the GPU's memory) stays reserved during the PPO
-   update; vLLM's sleep mode is not used.
 
 Not run by us: no GPU was available, so ``VLLMEngine`` has never run; only the configuration
-check, the lazy import and ``rollouts_from_outputs`` are tested (on CPU, with stand-in outputs).
+check, the lazy import, the call sequence against a stand-in ``vllm`` module and
+``rollouts_from_outputs`` are tested (on CPU).
 """
 
 from __future__ import annotations
@@ -106,15 +114,26 @@ def request_runs(prompts: Sequence[str]) -> list[tuple[int, int]]:
     return runs
 
 
-def _token_logprob(step: Any, token: int, row: int, t: int) -> float:
-    """Log-prob of ``token`` in one position's ``{token_id: Logprob}`` mapping."""
-    if step is None or token not in step:
-        raise ValueError(
-            f"vLLM returned no log-prob for token {token} of response {row} at position {t}; "
-            "request logprobs=0"
-        )
-    entry = step[token]
-    return float(getattr(entry, "logprob", entry))
+def _sampled_logprobs(logprobs: Any, tokens: list[int], row: int) -> list[float]:
+    """The sampled tokens' log-probs of one completion: from vLLM's ``FlatLogprobs`` columns
+    (``start_indices``, ``token_ids``, ``logprobs``; the sampled token is each position's first
+    entry) without building a dict per position, else from its per-position
+    ``{token_id: Logprob}`` mappings (``Logprob.logprob`` or a float)."""
+    if hasattr(logprobs, "start_indices"):
+        starts, ids, values = logprobs.start_indices, logprobs.token_ids, logprobs.logprobs
+        for t, (start, token) in enumerate(zip(starts, tokens)):
+            if ids[start] != token:
+                raise ValueError(f"vLLM returned no log-prob for token {token} of response {row} "
+                                 f"at position {t}; request logprobs=0")
+        return [float(values[start]) for start in starts[: len(tokens)]]
+    out = []
+    for t, (step, token) in enumerate(zip(logprobs, tokens)):
+        if step is None or token not in step:
+            raise ValueError(f"vLLM returned no log-prob for token {token} of response {row} at "
+                             f"position {t}; request logprobs=0")
+        entry = step[token]
+        out.append(float(getattr(entry, "logprob", entry)))
+    return out
 
 
 def rollouts_from_outputs(
@@ -125,6 +144,7 @@ def rollouts_from_outputs(
     *,
     tokenizer: PreTrainedTokenizerBase,
     eos: Sequence[int],
+    sampler_logprobs: bool = True,
 ) -> Rollouts:
     """``Rollouts`` from vLLM's request outputs, exactly as ``dasd.rollout.hf.generate`` lays
     them out.
@@ -132,13 +152,15 @@ def rollouts_from_outputs(
     Args:
         outputs: one request output per run of ``request_runs(prompts)``, in order; each has
             ``.outputs``, its n samples, each with ``.token_ids`` (the emitted tokens, EOS
-            included) and ``.logprobs`` (per position a mapping from token id to an object with
-            ``.logprob``, or to a float), and optionally ``.index`` (the sample's rank in the
-            request; list order otherwise).
+            included) and ``.logprobs`` (vLLM's ``FlatLogprobs``, or per position a mapping
+            from token id to an object with ``.logprob`` or to a float), and optionally
+            ``.index`` (the sample's rank in the request; list order otherwise).
         prompts: the N prompt strings (G consecutive copies per group).
         prompt_ids, prompt_mask: ``(N, P)`` left-padded prompt tokens (``encode_prompts``).
         tokenizer: decodes the responses (pad id for the padding).
         eos: the ids that end a response.
+        sampler_logprobs: whether log-probs were requested; False: ``logprobs`` is NaN on the
+            response tokens and ``.logprobs`` is not read.
 
     Returns:
         ``Rollouts`` on CPU: ``response_ids (N, T)`` right-padded with the pad id,
@@ -172,13 +194,14 @@ def rollouts_from_outputs(
         tokens = [int(t) for t in completion.token_ids]
         if not tokens:
             continue
+        response_ids[row, : len(tokens)] = torch.tensor(tokens)
+        if not sampler_logprobs:
+            logprobs[row, : len(tokens)] = float("nan")
+            continue
         if completion.logprobs is None or len(completion.logprobs) < len(tokens):
             raise ValueError(f"vLLM returned no log-probs for response {row}; request logprobs=0")
-        response_ids[row, : len(tokens)] = torch.tensor(tokens)
         logprobs[row, : len(tokens)] = torch.tensor(
-            [_token_logprob(step, tok, row, t)
-             for t, (step, tok) in enumerate(zip(completion.logprobs, tokens))]
-        )
+            _sampled_logprobs(completion.logprobs, tokens, row))
     response_mask = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
     return assemble_rollouts(tokenizer, prompts, prompt_ids, prompt_mask, response_ids,
                              response_mask, logprobs, eos)
@@ -199,19 +222,34 @@ class VLLMEngine:
         model_source: the checkpoint directory or hub id vLLM loads the architecture and
             tokenizer from (the policy's ``name_or_path``); its weights are overwritten by the
             policy's at every call.
-        gpu_memory_utilization: share of the GPU's memory vLLM may take (weights and KV cache);
-            the rest is left to the policy's training.
-        seed: vLLM's engine seed.
-        dtype: vLLM's weight and activation dtype (the policy's, e.g. ``"bfloat16"``).
+        gpu_memory_utilization: share of the GPU's memory vLLM may take (weights and KV cache)
+            while it is awake.
+        seed: vLLM's engine seed (the only seed: requests carry none).
+        max_model_len: prompt + response tokens vLLM reserves KV room for; a call whose longest
+            prompt + ``max_new_tokens`` exceeds it is refused.
+        dtype: vLLM's weight and activation dtype (bf16 by default, whatever the policy's).
+        sleep: use vLLM's sleep mode around each call (module docstring, 2).
+        sampler_logprobs: request the sampled tokens' processed log-probs (the trainer's
+            importance-sampling correction reads them); False: none are requested.
     """
 
     def __init__(self, model_source: str, *, gpu_memory_utilization: float, seed: int,
-                 dtype: str = "auto") -> None:
+                 max_model_len: int, dtype: str = "bfloat16", sleep: bool = True,
+                 sampler_logprobs: bool = True) -> None:
+        if max_model_len < 2:
+            raise ValueError(f"vLLM max_model_len must be >= 2, got {max_model_len}")
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         vllm = import_vllm()
         self._sampling_params = vllm.SamplingParams
+        self._flat = "flat_logprobs" in getattr(vllm.SamplingParams, "__struct_fields__", ())
+        self.max_model_len = max_model_len
+        self.sleep = sleep
+        self.sampler_logprobs = sampler_logprobs
         self.llm = vllm.LLM(model=model_source, gpu_memory_utilization=gpu_memory_utilization,
-                            seed=seed, dtype=dtype)
+                            seed=seed, dtype=dtype, max_model_len=max_model_len,
+                            enable_sleep_mode=sleep, logprobs_mode="processed_logprobs")
+        if sleep:
+            self.llm.sleep(level=2)
 
     def sync_weights(self, model: nn.Module) -> None:
         """Copy ``model``'s weights into vLLM and drop the prefix cache computed with the old
@@ -219,6 +257,16 @@ class VLLMEngine:
         weights = list(model.state_dict().items())
         self.llm.collective_rpc(_load_weights, args=(weights,))
         self.llm.reset_prefix_cache()
+
+    def _params(self, n: int, *, temperature: float, top_p: float, max_tokens: int,
+                eos: list[int]) -> Any:
+        options: dict[str, Any] = {}
+        if self.sampler_logprobs:
+            options["logprobs"] = 0
+            if self._flat:
+                options["flat_logprobs"] = True
+        return self._sampling_params(n=n, temperature=temperature, top_p=top_p,
+                                     max_tokens=max_tokens, stop_token_ids=eos, **options)
 
     def __call__(
         self,
@@ -234,26 +282,40 @@ class VLLMEngine:
         progress: Callable[[int], None] | None = None,
     ) -> Rollouts:
         """Sample one response per prompt with vLLM from ``model``'s current weights; the
-        arguments and the result are those of ``dasd.rollout.hf.generate`` (``batch_size`` is
-        ignored, departure 3)."""
+        arguments and the result are those of ``dasd.rollout.hf.generate`` (``batch_size`` and
+        ``generator`` are not used, departures 2 and 3)."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if temperature < 0 or not 0 < top_p <= 1:
             raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
         prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts)
+        longest = int(prompt_mask.sum(1).max())
+        if longest + max_new_tokens > self.max_model_len:
+            raise ValueError(
+                f"a prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds vLLM's "
+                f"max_model_len={self.max_model_len}; raise the engine's max_prompt_tokens "
+                "(TrainConfig.vllm_max_prompt_tokens)"
+            )
         eos = stop_token_ids(model, tokenizer)
-        self.sync_weights(model)
-        device = generator.device if generator is not None else "cpu"
-        base = int(torch.randint(0, 2**31 - len(prompts), (1,), generator=generator, device=device))
         requests, params = [], []
         for start, n in request_runs(prompts):
             requests.append({"prompt_token_ids": prompt_ids[start][prompt_mask[start]].tolist()})
-            params.append(self._sampling_params(
-                n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
-                seed=base + start, logprobs=0, stop_token_ids=eos,
-            ))
-        outputs = self.llm.generate(requests, params, use_tqdm=False)
+            params.append(self._params(n, temperature=temperature, top_p=top_p,
+                                       max_tokens=max_new_tokens, eos=eos))
+        if self.sleep:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            self.llm.wake_up(tags=["weights"])
+        try:
+            self.sync_weights(model)
+            if self.sleep:
+                self.llm.wake_up(tags=["kv_cache"])
+            outputs = self.llm.generate(requests, params, use_tqdm=False)
+        finally:
+            if self.sleep:
+                self.llm.sleep(level=2)
         if progress is not None:
             progress(len(prompts))
         return rollouts_from_outputs(outputs, prompts, prompt_ids, prompt_mask,
-                                     tokenizer=tokenizer, eos=eos)
+                                     tokenizer=tokenizer, eos=eos,
+                                     sampler_logprobs=self.sampler_logprobs)

@@ -609,10 +609,12 @@ class MathTask:
 
     def reward(self, problem: Problem, response: str) -> float:
         """1.0 iff the response's final answer equals ``problem.answer`` under math-verify
-        (``dasd.verify``); 0.0 for no answer, a different one, or a timeout."""
+        (``dasd.verify``); 0.0 for no answer, a different one, or a timeout. The answer is read
+        after ``</think>`` only; with ``thinking=True`` a response without ``</think>`` (cut off
+        while reasoning) has none (``dasd.verify.after_thinking``)."""
         if not isinstance(response, str):
             return 0.0
-        return self.verifier.score(problem.answer, response)
+        return self.verifier.score(problem.answer, response, thinking=self.thinking)
 
     def parse_steps(self, response: str) -> list[str]:
         """The response's steps (:func:`split_steps`)."""
