@@ -76,6 +76,7 @@ from analysis.health import (
 )
 from analysis.markers import DEFAULT_MARKERS, find_markers
 from analysis.stats import paired_difference, per_prompt_sums
+from dasd.config_checks import check_fields
 from dasd.evaluation import sample_rollout_rows
 from dasd.models import load_model
 from dasd.registry import Registry
@@ -318,6 +319,7 @@ class CausalConfig:
             object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
             if not getattr(self, name):
                 raise ValueError(f"{name} must not be empty")
+        check_fields(self)
         for part in self.parts:
             if part not in PARTS:
                 raise ValueError(f"unknown part {part!r}; valid: {', '.join(PARTS)}")

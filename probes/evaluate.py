@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from dasd.config_checks import check_fields
 from dasd.evaluation import eval_metrics, sample_rollout_rows
 from dasd.models import load_model
 from dasd.rollout import build_rollout_engine, check_rollout_engine
@@ -63,6 +64,7 @@ class EvalConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.n_prompts < 1 or self.k < 1:
             raise ValueError(f"n_prompts ({self.n_prompts}) and k ({self.k}) must be >= 1")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
