@@ -42,7 +42,7 @@ _OS_ADVICE = {
     errno.EROFS: "the file system is read-only: choose a writable --runs-dir or --out",
     errno.ENOTDIR: "a file stands where a folder is expected: move it or choose another path",
     errno.EISDIR: "a folder stands where a file is expected: move it or choose another path",
-    errno.EEXIST: "something is already there: move it or choose another path",
+    errno.EEXIST: "something other than a folder is there: move it or choose another path",
     errno.ELOOP: "a symbolic link loops: fix or remove it",
     errno.ENOENT: "check the path",
     errno.ENAMETOOLONG: "choose a shorter name",

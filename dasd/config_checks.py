@@ -25,7 +25,15 @@ from dataclasses import fields
 from functools import cache
 from typing import Any
 
-__all__ = ["check_fields", "check_known"]
+__all__ = ["as_tuple", "check_fields", "check_known"]
+
+
+def as_tuple(value: Any) -> Any:
+    """A tuple field's value as given by a user: one string -> a 1-tuple, a list -> a tuple;
+    anything else unchanged (for :func:`check_fields` to judge)."""
+    if isinstance(value, str):
+        return (value,)
+    return tuple(value) if isinstance(value, list) else value
 
 
 def check_fields(config: Any) -> None:

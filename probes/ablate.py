@@ -60,7 +60,7 @@ from analysis.intervals import t_interval
 from analysis.paper import ABLATION_ROWS, paper_value
 from dasd.registry import Registry
 from dasd.runlog import read_metrics
-from dasd.config_checks import check_fields, check_known
+from dasd.config_checks import as_tuple, check_fields, check_known
 from dasd.trainer import TrainConfig
 from probes.parent_run import open_parent, run_child
 
@@ -232,7 +232,7 @@ class AblateConfig:
     field the panel varies); fields not given take the trainer's defaults."""
 
     def __post_init__(self) -> None:
-        names = (self.variants,) if isinstance(self.variants, str) else tuple(self.variants)
+        names = as_tuple(self.variants)
         object.__setattr__(self, "variants", names)
         check_fields(self)
         panel = PANELS.get(self.panel)

@@ -50,7 +50,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from dasd.config_checks import check_fields, check_known
+from dasd.config_checks import as_tuple, check_fields, check_known
 from dasd.trainer import CHECKPOINTS, OPTIMIZER_STATE, TrainConfig, Trainer
 from probes.parent_run import open_parent, run_child
 from probes.sign_flip import summarize as summarize_arms
@@ -118,7 +118,7 @@ class ArmFlipConfig:
     The method is ``dasd``; ``method_options`` other than ``flip`` are shared too."""
 
     def __post_init__(self) -> None:
-        arms = (self.arms,) if isinstance(self.arms, str) else tuple(self.arms)
+        arms = as_tuple(self.arms)
         object.__setattr__(self, "arms", arms)
         check_fields(self)
         if not arms:

@@ -76,7 +76,7 @@ from analysis.health import (
 )
 from analysis.markers import DEFAULT_MARKERS, find_markers
 from analysis.stats import paired_difference, per_prompt_sums
-from dasd.config_checks import check_fields
+from dasd.config_checks import as_tuple, check_fields
 from dasd.evaluation import sample_rollout_rows
 from dasd.models import load_model
 from dasd.registry import Registry
@@ -315,11 +315,11 @@ class CausalConfig:
 
     def __post_init__(self) -> None:
         for name in ("checkpoints", "parts", "cuts", "markers"):
-            value = getattr(self, name)
-            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
+            object.__setattr__(self, name, as_tuple(getattr(self, name)))
+        check_fields(self)
+        for name in ("checkpoints", "parts", "cuts", "markers"):
             if not getattr(self, name):
                 raise ValueError(f"{name} must not be empty")
-        check_fields(self)
         for part in self.parts:
             if part not in PARTS:
                 raise ValueError(f"unknown part {part!r}; valid: {', '.join(PARTS)}")

@@ -44,7 +44,7 @@ from typing import Any
 import pandas as pd
 
 from dasd.runlog import read_metrics
-from dasd.config_checks import check_fields, check_known
+from dasd.config_checks import as_tuple, check_fields, check_known
 from dasd.trainer import TrainConfig
 from probes.parent_run import open_parent, run_child
 
@@ -104,7 +104,7 @@ class SignFlipConfig:
     fields not given take the trainer's defaults."""
 
     def __post_init__(self) -> None:
-        arms = (self.arms,) if isinstance(self.arms, str) else tuple(self.arms)
+        arms = as_tuple(self.arms)
         object.__setattr__(self, "arms", arms)
         check_fields(self)
         if not arms:
