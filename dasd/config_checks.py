@@ -25,7 +25,7 @@ from dataclasses import fields
 from functools import cache
 from typing import Any
 
-__all__ = ["as_tuple", "check_fields", "check_known"]
+__all__ = ["as_tuple", "check_fields", "check_known", "check_value"]
 
 
 def as_tuple(value: Any) -> Any:
@@ -40,10 +40,15 @@ def check_fields(config: Any) -> None:
     """Check every field of the dataclass instance ``config`` against its annotation."""
     hints = _hints(type(config))
     for f in fields(config):
-        problem = _problem(getattr(config, f.name), hints[f.name])
-        if problem is not None:
-            raise ValueError(f"{type(config).__name__}.{f.name} must be {problem}, got "
-                             f"{_show(getattr(config, f.name))}")
+        check_value(getattr(config, f.name), hints[f.name], f"{type(config).__name__}.{f.name}")
+
+
+def check_value(value: Any, hint: Any, where: str) -> None:
+    """Check one ``value`` against the annotation ``hint`` (rules above); the error names
+    ``where`` (e.g. ``"TrainConfig.lr"``)."""
+    problem = _problem(value, hint)
+    if problem is not None:
+        raise ValueError(f"{where} must be {problem}, got {_show(value)}")
 
 
 def check_known(cls: type, values: Iterable[str], *, exclude: Iterable[str] = ()) -> None:
@@ -109,6 +114,8 @@ def _problem(value: Any, hint: Any) -> str | None:
               and math.isfinite(value))
     elif isinstance(hint, type):
         ok = isinstance(value, hint)
+    elif isinstance(origin, type):  # e.g. os.PathLike[str]
+        ok = isinstance(value, origin)
     else:  # pragma: no cover - an annotation this checker does not know
         raise TypeError(f"config_checks: unsupported annotation {hint!r}")
     return None if ok else _NAMES.get(hint, f"a {getattr(hint, '__name__', hint)}")
