@@ -849,15 +849,18 @@ def causal_cmd(
 
 def _report_issues(issues: list, *, analysed: bool, what: str = "runs") -> None:
     """Print analysis issues one line each on stderr; exit 2 (bad input, as
-    ``_one_line_errors``) when nothing could be analysed."""
+    ``_one_line_errors``) when nothing could be analysed, said on the last issue's line (so
+    one bad run gives one line)."""
     err = Console(stderr=True, soft_wrap=True)
     style = {"error": "bold red", "warning": "yellow", "note": "cyan"}
-    for issue in issues:
-        err.print(f"[{style.get(issue.level, 'bold')}]{issue.level}:[/] {escape(issue.message)}",
-                  highlight=False)
+    lines = [(issue.level, issue.message) for issue in issues]
     if not analysed:
-        err.print(f"[bold red]error:[/] nothing could be analysed in these {what}",
-                  highlight=False)
+        closing = f"nothing could be analysed in these {what}"
+        lines = [*lines[:-1], ("error", f"{lines[-1][1]}; {closing}")] if lines else \
+            [("error", closing)]
+    for level, message in lines:
+        err.print(f"[{style.get(level, 'bold')}]{level}:[/] {escape(message)}", highlight=False)
+    if not analysed:
         raise typer.Exit(2)
 
 
