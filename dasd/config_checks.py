@@ -56,7 +56,7 @@ def check_known(cls: type, values: Iterable[str], *, exclude: Iterable[str] = ()
     ``exclude``), listing the valid ones."""
     known = {f.name for f in fields(cls)} - set(exclude)
     if unknown := sorted(set(values) - known):
-        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; valid: {sorted(known)}")
+        raise ValueError(f"unknown {cls.__name__} fields {unknown}; valid: {sorted(known)}")
 
 
 @cache

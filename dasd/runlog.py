@@ -37,6 +37,14 @@ Guarantees and decisions:
   required columns. Every error is a one-line :class:`RunLogError` naming file and column.
 - Token-level list columns must hold one value per response token: their length must equal
   ``n_tokens`` on every row where they are not null.
+- A response is logged once: rows repeating a :data:`ROLLOUT_KEY` (step, split, prompt_id,
+  sample_idx) are refused by :func:`read_rollouts` and :func:`validate_run` (they would count
+  twice in Pass@k and Dist-3).
+- :func:`read_manifest` checks the types of the fields readers select on (``kind``,
+  ``status``, ``method``, ``model``, ``task``, ``seed``, ``config``): a run never drops silently
+  out of an analysis because one is malformed.
+- Writes name their file in any ``OSError`` (:func:`os_error_at`), e.g. a full disk.
+- A run name is one or more plain folder names under the runs directory (:func:`run_path`).
 """
 
 from __future__ import annotations

@@ -152,16 +152,29 @@ def probe_run(root: Path, kind: str, summary: str) -> Path:
     return root / kind
 
 
-@pytest.mark.parametrize("summary, needle", [
-    ("[1, 2]", "must hold a JSON object, got a list"),
-    ("{oops", "not valid JSON"),
-    ('{"cells": "all"}', "unexpected content"),
-    ('{"cells": [{"bucket": "low"}]}', "unexpected content"),
-])
-@pytest.mark.parametrize("command", ["tables", "report"])
-def test_wrong_shaped_prefix_summary(command, summary, needle, tmp_path):
-    run = probe_run(tmp_path / "runs", "prefix-intervene", summary)
-    out = tmp_path / ("out" if command == "tables" else "report.html")
+#: (probe, summary.json text, what the error says), and the commands that read that summary.
+SUMMARIES = [
+    ("prefix-intervene", "[1, 2]", "must hold a JSON object, got a list"),
+    ("prefix-intervene", "{oops", "not valid JSON"),
+    ("prefix-intervene", '{"cells": "all"}', "unexpected content"),
+    ("prefix-intervene", '{"cells": [{"bucket": "low"}]}', "unexpected content"),
+    ("causal", "[]", "must hold a JSON object, got a list"),
+    ("causal", '{"checkpoints": 3}', "unexpected content"),
+    ("causal", '{"checkpoints": [{"label": "x", "forks": {"contrasts": [{"cut": "high"}]}}]}',
+     "unexpected content"),
+    ("entropy-tv", '"text"', "must hold a JSON object, got a str"),
+    ("entropy-tv", '{"spearman": {"A": [1]}}', "unexpected content"),
+]
+READERS = {"prefix-intervene": ("tables", "report"), "causal": ("figures", "report"),
+           "entropy-tv": ("report",)}
+
+
+@pytest.mark.parametrize("probe, command, summary, needle", [
+    (probe, command, summary, needle) for probe, summary, needle in SUMMARIES
+    for command in READERS[probe]])
+def test_wrong_shaped_probe_summary(probe, command, summary, needle, tmp_path):
+    run = probe_run(tmp_path / "runs", probe, summary)
+    out = tmp_path / ("report.html" if command == "report" else "out")
     result = runner.invoke(analyze_app, [command, str(tmp_path / "runs"), "--out", str(out)])
     assert_one_line_error(result, str(run / "summary.json"), needle)
 
@@ -171,31 +184,6 @@ def test_wrong_shaped_field_that_only_the_tables_read(tmp_path):
     result = runner.invoke(analyze_app, ["tables", str(tmp_path / "runs"), "--out",
                                          str(tmp_path / "out")])
     assert_one_line_error(result, str(run / "summary.json"), "unexpected content")
-
-
-@pytest.mark.parametrize("summary, needle", [
-    ("[]", "must hold a JSON object, got a list"),
-    ('{"checkpoints": 3}', "unexpected content"),
-    ('{"checkpoints": [{"label": "x", "forks": {"contrasts": [{"cut": "high"}]}}]}',
-     "unexpected content"),
-])
-@pytest.mark.parametrize("command", ["figures", "report"])
-def test_wrong_shaped_causal_summary(command, summary, needle, tmp_path):
-    run = probe_run(tmp_path / "runs", "causal", summary)
-    out = tmp_path / ("figs" if command == "figures" else "report.html")
-    result = runner.invoke(analyze_app, [command, str(tmp_path / "runs"), "--out", str(out)])
-    assert_one_line_error(result, str(run / "summary.json"), needle)
-
-
-@pytest.mark.parametrize("summary, needle", [
-    ('"text"', "must hold a JSON object, got a str"),
-    ('{"spearman": {"A": [1]}}', "unexpected content"),
-])
-def test_wrong_shaped_entropy_tv_summary_in_the_findings(summary, needle, tmp_path):
-    run = probe_run(tmp_path / "runs", "entropy-tv", summary)
-    result = runner.invoke(analyze_app, ["report", str(tmp_path / "runs"), "--out",
-                                         str(tmp_path / "report.html")])
-    assert_one_line_error(result, str(run / "summary.json"), needle)
 
 
 # ------------------------------------------------------------ symbolic links
