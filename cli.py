@@ -906,9 +906,9 @@ def passk_cmd(
     try:
         k_values = [int(x) for x in ks.split(",") if x.strip()]
     except ValueError:
-        raise typer.BadParameter(f"--k must be comma-separated integers, got {ks!r}") from None
+        raise ValueError(f"--k must be comma-separated integers, got {ks!r}") from None
     if any(k < 1 for k in k_values):
-        raise typer.BadParameter(f"--k values must be >= 1, got {ks!r}")
+        raise ValueError(f"--k values must be >= 1, got {ks!r}")
     frame, issues = passk_report(runs, ks=k_values or None, split=split)
     if len(frame):
         passes = [c for c in frame.columns if c.startswith("pass@")]
@@ -939,7 +939,7 @@ def health_cmd(
     from analysis.health import DEFAULT_MARKERS, HEALTH_COLUMNS, analyze_runs
 
     if step is not None and last:
-        raise typer.BadParameter("give --step S or --last, not both")
+        raise ValueError("give --step S or --last, not both")
     marker_list = [m.strip() for m in markers.split(",") if m.strip()] or list(DEFAULT_MARKERS)
     report = analyze_runs(runs, step=step, last=last, split=split, markers=marker_list)
     rows = report.rows[list(HEALTH_COLUMNS)]
@@ -1128,7 +1128,7 @@ def import_cmd(
     from analysis.importers import import_log
 
     if reward_columns and fmt != "trl":
-        raise typer.BadParameter("--reward-column applies to trl logs only")
+        raise ValueError("--reward-column applies to trl logs only")
     options: dict[str, object] = {
         "split": split, "correct_threshold": correct_threshold, "tokenizer": tokenizer or None,
         "method": method or None, "model": model or None, "task": task or None,

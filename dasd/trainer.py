@@ -441,7 +441,13 @@ class Trainer:
         manifest = read_manifest(run_dir)
         if manifest["kind"] != "train":
             raise ValueError(f"{run_dir} is a {manifest['kind']} run, not a train run")
-        cfg = TrainConfig.from_dict(manifest["config"])
+        where = Path(run_dir) / "manifest.json"
+        if not isinstance(manifest.get("config"), dict):
+            raise ValueError(f"{where}: holds no config to resume from")
+        try:
+            cfg = TrainConfig.from_dict(manifest["config"])
+        except ValueError as err:
+            raise ValueError(f"{where}: config: {err}") from None
         checkpoints = _checkpoint_dirs(Path(run_dir))
         step, source, optimizer_state = 0, cfg.model, None
         if checkpoints:

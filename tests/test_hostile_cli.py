@@ -176,6 +176,14 @@ def test_causal_with_a_malformed_checkpoint_marks_its_run_failed(broken, broken_
     assert_no_run_left_running(tmp_path)
 
 
+def test_empty_model_directory_is_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(probe_app, ["eval", "--model", str(tmp_path / "empty"),
+                                       "--runs-dir", str(tmp_path / "runs")])
+    assert_one_line_error(result, f"model {tmp_path / 'empty'}", "cannot be loaded")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_model_path_that_is_a_file_is_one_line(tmp_path):
     (tmp_path / "weights.bin").write_bytes(b"x")
     result = runner.invoke(probe_app, ["eval", "--model", str(tmp_path / "weights.bin"),
@@ -210,6 +218,23 @@ def test_import_checks_its_name(tmp_path):
     result = runner.invoke(analyze_app, ["import", "trl", str(tmp_path / "log"), "--runs-dir",
                                          str(tmp_path / "runs"), "--name", "/abs/x"])
     assert_one_line_error(result, "run name '/abs/x'")
+
+
+def test_a_name_too_long_for_the_file_system(model_dir, tmp_path):
+    result = runner.invoke(probe_app, ["eval", "--model", str(model_dir), "--n-prompts", "1",
+                                       "--k", "1", "--max-new-tokens", "4", "--runs-dir",
+                                       str(tmp_path), "--name", "n" * 300])
+    assert_one_line_error(result, "File name too long", "shorter name")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["passk", "--k", "1,x"], "--k must be comma-separated integers"),
+    (["passk", "--k", "0"], "--k values must be >= 1"),
+    (["health", "--step", "1", "--last"], "give --step S or --last, not both"),
+])
+def test_analysis_options_are_checked_in_one_line(args, needle, analysed_run):
+    result = runner.invoke(analyze_app, [*args, str(analysed_run)])
+    assert_one_line_error(result, needle)
 
 
 def test_plain_nested_names_are_accepted(tmp_path):

@@ -140,6 +140,19 @@ def test_bad_metrics_line_names_file_and_line(line, tmp_path):
         validate_run(run)
 
 
+@pytest.mark.parametrize("command", ["figures", "report"])
+def test_a_folder_where_a_file_is_expected(command, tmp_path):
+    with create_run(tmp_path / "runs" / "tr", kind="train", config={}, seed=0, method="dasd",
+                    model="tiny", task="countdown") as run:
+        run.log_metrics(1, "train", {"train/reward": 0.5})
+    metrics = tmp_path / "runs" / "tr" / "metrics.jsonl"
+    metrics.unlink()
+    metrics.mkdir()
+    result = runner.invoke(analyze_app, [command, str(tmp_path / "runs"), "--out",
+                                         str(tmp_path / "out.html")])
+    assert_one_line_error(result, str(metrics), "a folder stands where a file is expected")
+
+
 # ------------------------------------------------------------ probe summaries
 
 

@@ -189,6 +189,31 @@ def test_a_broken_checkpoint_loses_no_record(damage, needles, run_copy):
     assert ((run_copy / "manifest.json").read_bytes(), snapshot(run_copy)) == before
 
 
+@pytest.mark.parametrize("config, needles", [
+    ({"lr": "fast"}, ["manifest.json: config: TrainConfig.lr must be a finite number"]),
+    ({"nope": 1}, ["manifest.json: config: unknown TrainConfig fields ['nope']"]),
+    (None, ["manifest.json: holds no config to resume from"]),
+])
+def test_resume_of_a_run_whose_logged_config_is_bad(config, needles, run_copy):
+    from tests.hostile import edit_manifest
+
+    stored = json.loads((run_copy / "manifest.json").read_text())["config"]
+    edit_manifest(run_copy, config=None if config is None else {**stored, **config})
+    before = snapshot(run_copy)
+    result = runner.invoke(probe_app, ["train", "--resume", str(run_copy)])
+    assert_one_line_error(result, *needles)
+    assert snapshot(run_copy) == before
+
+
+@pytest.mark.parametrize("resume", ["absent", "a-file"])
+def test_resume_of_something_that_is_not_a_run(resume, tmp_path):
+    target = tmp_path / resume
+    if resume == "a-file":
+        target.write_text("x")
+    result = runner.invoke(probe_app, ["train", "--resume", str(target)])
+    assert_one_line_error(result, str(target))
+
+
 def test_resume_of_a_run_that_is_not_a_train_run(tmp_path):
     from tests.hostile import eval_run
 
