@@ -683,7 +683,8 @@ def check_new_run(path: str | os.PathLike[str], *, exist_ok: bool = False) -> No
             raise RunLogError(f"{path}: exists and is not a directory; choose a new run name")
         if (path / MANIFEST).exists():
             raise RunLogError(
-                f"{path}: already holds a run; resume it (dasd-probe train --resume, or open_run()) or choose a new name"
+                f"{path}: already holds a run; choose a new name (a train run continues with "
+                "dasd-probe train --resume; open_run() reopens any run)"
             )
         if not exist_ok and any(path.iterdir()):
             raise RunLogError(f"{path}: directory is not empty; choose a new run name")

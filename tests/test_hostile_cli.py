@@ -220,6 +220,25 @@ def test_import_checks_its_name(tmp_path):
     assert_one_line_error(result, "run name '/abs/x'")
 
 
+@pytest.mark.parametrize("existing, needle", [("run", "already holds a run"),
+                                               ("folder", "directory is not empty"),
+                                               ("file", "exists and is not a directory")])
+def test_a_name_already_taken_is_refused_before_any_work(existing, needle, model_dir, tmp_path):
+    target = tmp_path / "taken"
+    if existing == "run":
+        eval_run(tmp_path, "taken")
+    elif existing == "folder":
+        target.mkdir()
+        (target / "notes.txt").write_text("mine")
+    else:
+        target.write_text("mine")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    result = runner.invoke(probe_app, ["train", "--model", str(model_dir), "--runs-dir",
+                                       str(tmp_path), "--name", "taken"])
+    assert_one_line_error(result, str(target), needle)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
 def test_a_name_too_long_for_the_file_system(model_dir, tmp_path):
     result = runner.invoke(probe_app, ["eval", "--model", str(model_dir), "--n-prompts", "1",
                                        "--k", "1", "--max-new-tokens", "4", "--runs-dir",
