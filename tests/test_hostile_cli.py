@@ -318,3 +318,17 @@ def test_out_that_cannot_be_written(command, out_kind, analysed_run, tmp_path):
     result = runner.invoke(analyze_app, [command, str(analysed_run), "--out", str(out)])
     line = assert_one_line_error(result, str(blocker))
     assert any(word in line for word in ("folder", "file")), line
+
+
+def test_a_genuine_bug_keeps_its_traceback(model_dir, tmp_path, monkeypatch):
+    """The wrapper turns bad input and a failing environment into one line, nothing else."""
+    import probes.evaluate
+
+    def bug(*args, **kwargs):
+        raise KeyError("a bug in the sampler")
+
+    monkeypatch.setattr(probes.evaluate, "sample_rollout_rows", bug)
+    result = runner.invoke(probe_app, ["eval", "--model", str(model_dir), "--n-prompts", "1",
+                                       "--k", "1", "--runs-dir", str(tmp_path), "--name", "e"])
+    assert isinstance(result.exception, KeyError)
+    assert_no_run_left_running(tmp_path)

@@ -20,7 +20,13 @@ import pytest
 from cli import probe_app
 from dasd import trainer
 from dasd.runlog import read_manifest, read_metrics, read_rollouts, validate_run
-from tests.hostile import assert_no_run_left_running, assert_one_line_error, runner
+from tests.hostile import (
+    assert_no_run_left_running,
+    assert_one_line_error,
+    edit_manifest,
+    eval_run,
+    runner,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -195,8 +201,6 @@ def test_a_broken_checkpoint_loses_no_record(damage, needles, run_copy):
     (None, ["manifest.json: holds no config to resume from"]),
 ])
 def test_resume_of_a_run_whose_logged_config_is_bad(config, needles, run_copy):
-    from tests.hostile import edit_manifest
-
     stored = json.loads((run_copy / "manifest.json").read_text())["config"]
     edit_manifest(run_copy, config=None if config is None else {**stored, **config})
     before = snapshot(run_copy)
@@ -215,8 +219,6 @@ def test_resume_of_something_that_is_not_a_run(resume, tmp_path):
 
 
 def test_resume_of_a_run_that_is_not_a_train_run(tmp_path):
-    from tests.hostile import eval_run
-
     run = eval_run(tmp_path)
     result = runner.invoke(probe_app, ["train", "--resume", str(run)])
     assert_one_line_error(result, "is a eval run, not a train run")
