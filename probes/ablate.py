@@ -58,9 +58,9 @@ import pandas as pd
 
 from analysis.intervals import t_interval
 from analysis.paper import ABLATION_ROWS, paper_value
+from dasd.config_checks import as_tuple, check_fields, check_known
 from dasd.registry import Registry
 from dasd.runlog import read_metrics
-from dasd.config_checks import as_tuple, check_fields, check_known
 from dasd.trainer import TrainConfig
 from probes.parent_run import open_parent, run_child
 
