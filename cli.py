@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,18 +26,72 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from typer.core import TyperGroup
 
 if TYPE_CHECKING:
     from probes.reproduce import ReproduceConfig, Stage
     from probes.validate import ValidateConfig
 
+
+#: What to do about an OSError, by errno (the message names the path and the system's reason).
+_OS_ADVICE = {
+    errno.ENOSPC: "the disk is full: free space and rerun (dasd-probe train --resume RUN "
+                  "continues a train run)",
+    errno.EDQUOT: "the disk quota is exhausted: free space and rerun",
+    errno.EACCES: "choose a location you can write (--runs-dir, --out) or fix its permissions",
+    errno.EPERM: "choose a location you can write (--runs-dir, --out) or fix its permissions",
+    errno.EROFS: "the file system is read-only: choose a writable --runs-dir or --out",
+    errno.ENOTDIR: "a file stands where a folder is expected: move it or choose another path",
+    errno.EISDIR: "a folder stands where a file is expected: move it or choose another path",
+    errno.EEXIST: "something other than a folder is there: move it or choose another path",
+    errno.ELOOP: "a symbolic link loops: fix or remove it",
+    errno.ENOENT: "check the path",
+    errno.ENAMETOOLONG: "choose a shorter name",
+}
+
+
+def _os_error_line(err: OSError) -> str:
+    """An OSError as one line: the path(s), the system's reason and what to do."""
+    if err.errno is None:  # raised by our code with a message of its own
+        return str(err)
+    where = " -> ".join(str(f) for f in (err.filename, err.filename2) if f is not None)
+    reason = err.strerror or os.strerror(err.errno)
+    advice = _OS_ADVICE.get(err.errno, "check the path and the disk")
+    return f"{where}: {reason}; {advice}" if where else f"{reason}; {advice}"
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """Bad input (unknown name, missing file, malformed run dir or model, bad config value)
+    and a failing environment (any OSError: permissions, full disk, a file in a folder's place)
+    -> one line on stderr, exit 2. Other exceptions are bugs and keep their traceback."""
+    try:
+        yield
+    except (ValueError, OSError) as err:
+        line = _os_error_line(err) if isinstance(err, OSError) else str(err)
+        Console(stderr=True, soft_wrap=True).print(
+            f"[bold red]error:[/] {escape(' '.join(line.split()))}", highlight=False
+        )
+        raise typer.Exit(2) from None
+
+
+class _OneLineGroup(TyperGroup):
+    """Runs every command inside ``_one_line_errors``."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        with _one_line_errors():
+            return super().invoke(ctx)
+
+
 probe_app = typer.Typer(
+    cls=_OneLineGroup,
     add_completion=False,
     no_args_is_help=True,
     help="Run the DASD paper's probes and training on a model and task (default: the built-in "
     "world, the tiny model on Countdown). Every command writes a run directory under --runs-dir.",
 )
 analyze_app = typer.Typer(
+    cls=_OneLineGroup,
     add_completion=False,
     no_args_is_help=True,
     help="Metrics, tables and figures computed from run directories only.",
@@ -62,16 +118,12 @@ def _run_name(kind: str, model: str) -> str:
     return f"{kind}-{slug}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
 
 
-@contextmanager
-def _one_line_errors() -> Iterator[None]:
-    """Bad input (unknown name, missing file, malformed run dir) -> one line on stderr, exit 2."""
-    try:
-        yield
-    except (ValueError, FileNotFoundError) as err:
-        Console(stderr=True, soft_wrap=True).print(
-            f"[bold red]error:[/] {escape(str(err))}", highlight=False
-        )
-        raise typer.Exit(2) from None
+def _run_dir(runs_dir: Path, name: str, default: str) -> Path:
+    """``runs_dir/name`` (``name``: plain folder names, checked by ``runlog.run_path``), or
+    ``runs_dir/default`` when no name is given."""
+    from dasd.runlog import run_path
+
+    return run_path(runs_dir, name or default)
 
 
 def _print_arms(title: str, caption: str, labels: dict[str, str], result: Any,
@@ -150,7 +202,7 @@ def reproduce_cmd(
     stated rule) and the HTML report. Interrupted, it resumes where it stopped."""
     from probes.reproduce import ReproduceConfig, plan, run_reproduce
 
-    run_dir = runs_dir / (name or f"reproduce-{budget}")
+    run_dir = _run_dir(runs_dir, name, f"reproduce-{budget}")
     with _one_line_errors():
         cfg = ReproduceConfig(budget=budget, seeds=seeds, seed=seed, model=model, task=task)
         stages = plan(cfg)
@@ -276,18 +328,15 @@ def eval_cmd(
     entropy and student/teacher log-probs."""
     from probes.evaluate import EvalConfig, run_eval
 
-    try:
-        cfg = EvalConfig(
-            model=model, task=task, benchmark=benchmark, n_prompts=n_prompts, k=k,
-            temperature=temperature,
-            top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size,
-            teacher=teacher, score_batch_size=score_batch_size, rollout_engine=rollout_engine,
-            device=device, seed=seed, thinking=_on_off("thinking", thinking),
-        )
-    except ValueError as err:
-        raise typer.BadParameter(str(err)) from None
-    run_dir = runs_dir / (name or _run_name("eval", model))
-    with _one_line_errors(), _progress_bar(f"sampling {n_prompts} x {k}", n_prompts * k) as step:
+    cfg = EvalConfig(
+        model=model, task=task, benchmark=benchmark, n_prompts=n_prompts, k=k,
+        temperature=temperature,
+        top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size,
+        teacher=teacher, score_batch_size=score_batch_size, rollout_engine=rollout_engine,
+        device=device, seed=seed, thinking=_on_off("thinking", thinking),
+    )
+    run_dir = _run_dir(runs_dir, name, _run_name("eval", model))
+    with _progress_bar(f"sampling {n_prompts} x {k}", n_prompts * k) as step:
         _, summary = run_eval(cfg, run_dir, progress=step)
     _print_metrics(f"{model} on {task} ({n_prompts} prompts x {k})",
                    {key: v for key, v in summary.items() if not key.startswith("mechanism/")})
@@ -310,7 +359,7 @@ def _parse_overrides(pairs: list[str]) -> dict[str, object]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise typer.BadParameter(f"--set takes KEY=VALUE, got {pair!r}")
+            raise ValueError(f"--set takes KEY=VALUE (VALUE as JSON), got {pair!r}")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -318,8 +367,21 @@ def _parse_overrides(pairs: list[str]) -> dict[str, object]:
     return out
 
 
+def _given_options(ctx: typer.Context, *, allowed: set[str]) -> list[str]:
+    """The options of this command given on the command line (or by environment), but for
+    the parameters named in ``allowed``."""
+    given = []
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name)
+        if param.name not in allowed and source is not None \
+                and source.name not in ("DEFAULT", "DEFAULT_MAP"):
+            given.append(param.opts[0])
+    return given
+
+
 @probe_app.command("train")
 def train_cmd(
+    ctx: typer.Context,
     method: str = typer.Option("dasd", help="Method: grpo, dasd, conformity, novelty, hepo, "
                                "opsd, rlsd, sdpo, srpo."),
     model: str = typer.Option("tiny", help="'tiny' (built-in), a local checkpoint dir, or a hub name."),
@@ -345,6 +407,9 @@ def train_cmd(
 
     with _one_line_errors():
         if resume is not None:
+            if given := _given_options(ctx, allowed={"resume", "steps"}):
+                raise ValueError(f"--resume continues {resume} with its logged settings and takes "
+                                 f"only --steps; drop {', '.join(given)}")
             run = trainer.Trainer.resume(resume, steps=steps)
         else:
             values = dict(method=method, model=model, task=task, beta=beta, rho=rho, lr=lr,
@@ -352,11 +417,9 @@ def train_cmd(
             if steps is not None:
                 values["steps"] = steps
             values.update(_parse_overrides(overrides))
-            try:
-                cfg = trainer.TrainConfig(**values)
-            except TypeError as err:
-                raise ValueError(f"--set: {err}") from None
-            run = trainer.Trainer.start(cfg, runs_dir / (name or _run_name(f"train-{method}", model)))
+            cfg = trainer.TrainConfig.from_dict(values)
+            run = trainer.Trainer.start(cfg, _run_dir(runs_dir, name,
+                                                      _run_name(f"train-{method}", model)))
         cfg = run.cfg
         columns = (*Progress.get_default_columns(), TimeElapsedColumn(),
                    TextColumn("{task.fields[info]}"))
@@ -373,7 +436,9 @@ def train_cmd(
                     info += f"  eval Avg@{cfg.eval_k} {acc:.3f}"
                 bar.update(task_id, completed=step, info=info)
 
-            run_dir = run.run(show)
+            with _resumable(f"continue it with: dasd-probe train --resume "
+                            f"{escape(str(run.run_dir))}"):
+                run_dir = run.run(show)
     console.print(f"run directory: {run_dir}")
 
 
@@ -421,7 +486,7 @@ def sign_flip_cmd(
               "prompts_per_step": prompts_per_step, "beta": beta}
     values = {key: value for key, value in values.items() if value is not None}
     values.update(_parse_overrides(overrides))
-    run_dir = runs_dir / (name or _run_name("sign-flip", model))
+    run_dir = _run_dir(runs_dir, name, _run_name("sign-flip", model))
     with _one_line_errors():
         cfg = sign_flip_config(arms=[a.strip() for a in arms.split(",") if a.strip()],
                                quick=quick, **values)
@@ -493,7 +558,7 @@ def arm_flip_cmd(
               "prompts_per_step": prompts_per_step, "beta": beta}
     values = {key: value for key, value in values.items() if value is not None}
     values.update(_parse_overrides(overrides))
-    run_dir = runs_dir / (name or _run_name("arm-flip", model))
+    run_dir = _run_dir(runs_dir, name, _run_name("arm-flip", model))
     with _one_line_errors():
         cfg = arm_flip_config(arms=[a.strip() for a in arms.split(",") if a.strip()],
                               flip_at=flip_at, quick=quick, **values)
@@ -560,7 +625,7 @@ def ablate_cmd(
               "eval_prompts": eval_prompts, "prompts_per_step": prompts_per_step, "beta": beta}
     values = {key: value for key, value in values.items() if value is not None}
     values.update(_parse_overrides(overrides))
-    run_dir = runs_dir / (name or _run_name(f"ablate-{panel}", model))
+    run_dir = _run_dir(runs_dir, name, _run_name(f"ablate-{panel}", model))
     with _one_line_errors():
         cfg = ablate_config(panel, variants=[v.strip() for v in variants.split(",") if v.strip()],
                             seeds=seeds, quick=quick, **values)
@@ -634,7 +699,7 @@ def entropy_tv_cmd(
     privileged teacher. Writes tokens.parquet and summary.json."""
     from probes.entropy_tv import EntropyTVConfig, run_entropy_tv
 
-    run_dir = runs_dir / (name or _run_name("entropy-tv", model))
+    run_dir = _run_dir(runs_dir, name, _run_name("entropy-tv", model))
     with _one_line_errors():
         cfg = EntropyTVConfig(
             model=model, task=task, benchmark=benchmark, n_prompts=n_prompts, k=k, lr=lr,
@@ -723,7 +788,7 @@ def prefix_intervene_cmd(
     from analysis.paper import TABLE1_BUCKETS, TABLE1_METRICS
     from probes.prefix_intervene import PrefixInterveneConfig, run_prefix_intervene
 
-    run_dir = runs_dir / (name or _run_name("prefix-intervene", model))
+    run_dir = _run_dir(runs_dir, name, _run_name("prefix-intervene", model))
     with _one_line_errors():
         cfg = PrefixInterveneConfig(
             model=model, task=task, benchmark=benchmark, bucket=bucket, alpha=alpha,
@@ -795,7 +860,7 @@ def causal_cmd(
     def split(text: str) -> tuple[str, ...]:
         return tuple(x.strip() for x in text.split(",") if x.strip())
 
-    run_dir = runs_dir / (name or _run_name("causal", checkpoints[0]))
+    run_dir = _run_dir(runs_dir, name, _run_name("causal", checkpoints[0]))
     with _one_line_errors():
         cfg = CausalConfig(
             checkpoints=tuple(checkpoints), task=task, benchmark=benchmark, parts=split(parts),
@@ -851,15 +916,18 @@ def causal_cmd(
 
 def _report_issues(issues: list, *, analysed: bool, what: str = "runs") -> None:
     """Print analysis issues one line each on stderr; exit 2 (bad input, as
-    ``_one_line_errors``) when nothing could be analysed."""
+    ``_one_line_errors``) when nothing could be analysed, said on the last issue's line (so
+    one bad run gives one line)."""
     err = Console(stderr=True, soft_wrap=True)
     style = {"error": "bold red", "warning": "yellow", "note": "cyan"}
-    for issue in issues:
-        err.print(f"[{style.get(issue.level, 'bold')}]{issue.level}:[/] {escape(issue.message)}",
-                  highlight=False)
+    lines = [(issue.level, issue.message) for issue in issues]
     if not analysed:
-        err.print(f"[bold red]error:[/] nothing could be analysed in these {what}",
-                  highlight=False)
+        closing = f"nothing could be analysed in these {what}"
+        lines = [*lines[:-1], ("error", f"{lines[-1][1]}; {closing}")] if lines else \
+            [("error", closing)]
+    for level, message in lines:
+        err.print(f"[{style.get(level, 'bold')}]{level}:[/] {escape(message)}", highlight=False)
+    if not analysed:
         raise typer.Exit(2)
 
 
@@ -905,9 +973,9 @@ def passk_cmd(
     try:
         k_values = [int(x) for x in ks.split(",") if x.strip()]
     except ValueError:
-        raise typer.BadParameter(f"--k must be comma-separated integers, got {ks!r}") from None
+        raise ValueError(f"--k must be comma-separated integers, got {ks!r}") from None
     if any(k < 1 for k in k_values):
-        raise typer.BadParameter(f"--k values must be >= 1, got {ks!r}")
+        raise ValueError(f"--k values must be >= 1, got {ks!r}")
     frame, issues = passk_report(runs, ks=k_values or None, split=split)
     if len(frame):
         passes = [c for c in frame.columns if c.startswith("pass@")]
@@ -939,7 +1007,7 @@ def health_cmd(
     from dasd.health import DEFAULT_MARKERS, HEALTH_COLUMNS
 
     if step is not None and last:
-        raise typer.BadParameter("give --step S or --last, not both")
+        raise ValueError("give --step S or --last, not both")
     marker_list = [m.strip() for m in markers.split(",") if m.strip()] or list(DEFAULT_MARKERS)
     report = analyze_runs(runs, step=step, last=last, split=split, markers=marker_list)
     rows = report.rows[list(HEALTH_COLUMNS)]
@@ -1150,7 +1218,7 @@ def import_cmd(
     from analysis.importers import import_log
 
     if reward_columns and fmt != "trl":
-        raise typer.BadParameter("--reward-column applies to trl logs only")
+        raise ValueError("--reward-column applies to trl logs only")
     options: dict[str, object] = {
         "split": split, "correct_threshold": correct_threshold, "tokenizer": tokenizer or None,
         "method": method or None, "model": model or None, "task": task or None,
@@ -1158,7 +1226,7 @@ def import_cmd(
     if reward_columns:
         options["reward_columns"] = reward_columns
     with _one_line_errors():
-        dest = runs_dir / (name or f"{fmt}-{source.resolve().name}")
+        dest = _run_dir(runs_dir, name, f"{fmt}-{source.resolve().name}")
         imported = import_log(fmt, source, dest, **options)
     console.print(f"imported {imported.rows} rollouts at {len(imported.steps)} steps into "
                   f"{escape(str(imported.path))}", soft_wrap=True, highlight=False)

@@ -51,7 +51,14 @@ from analysis.paper import (
     paper_value,
 )
 from analysis.stats import paired_difference, per_prompt_sums
-from dasd.runlog import find_runs, read_manifest, read_rollouts, write_text
+from dasd.runlog import (
+    find_runs,
+    json_shape,
+    read_json,
+    read_manifest,
+    read_rollouts,
+    write_text,
+)
 
 __all__ = [
     "METRICS",
@@ -254,12 +261,12 @@ def _finding_2(runs: list[tuple[Path, dict]]) -> Finding:
             _missing(text, sign, "needs an entropy-tv probe", paper)
             for _, text, sign, paper in specs))
     run = found[0][0]
-    summary = json.loads((run / "summary.json").read_text())
-    claims = []
-    for key, text, sign, paper in specs:
-        entry = summary["spearman"][key]
-        claims.append(Claim(text, sign, paper, _num(entry["rho"]), _num(entry["low"]),
-                            _num(entry["high"]), str(run)))
+    summary = read_json(run, "summary", expect=dict)
+    with json_shape(run / "summary.json"):
+        entries = {key: [_num(summary["spearman"][key][x]) for x in ("rho", "low", "high")]
+                   for key, *_ in specs}
+    claims = [Claim(text, sign, paper, *entries[key], str(run))
+              for key, text, sign, paper in specs]
     return Finding("Finding 2", statement, tuple(claims))
 
 
@@ -273,8 +280,11 @@ def _finding_3(runs: list[tuple[Path, dict]]) -> Finding:
              if (run / "summary.json").is_file()]
     cells = {}
     if found:
-        summary = json.loads((found[0][0] / "summary.json").read_text())
-        cells = {(c["bucket"], c["mode"], c["metric"]): c for c in summary["cells"]}
+        summary = read_json(found[0][0], "summary", expect=dict)
+        with json_shape(found[0][0] / "summary.json"):
+            cells = {(c["bucket"], c["mode"], c["metric"]):
+                     {x: c[x] for x in ("delta_pct", "ci_low", "ci_high")}
+                     for c in summary["cells"]}
     claims = []
     for bucket, mode, metric in specs:
         paper = paper_value("Table 1", TABLE1_METRICS[metric], TABLE1_MODES[mode],
@@ -376,18 +386,20 @@ def _rq2(runs: list[tuple[Path, dict]], method: str) -> Finding:
              if (run / "summary.json").is_file()]
     entry = None
     if found:
-        summary = json.loads((found[0][0] / "summary.json").read_text())
-        entry = next((c for c in summary["checkpoints"]
-                      if (c.get("method") or "base") == method), None)
+        summary = read_json(found[0][0], "summary", expect=dict)
+        with json_shape(found[0][0] / "summary.json"):
+            entry = next((c for c in summary["checkpoints"]
+                          if (c.get("method") or "base") == method), None)
     if entry is None:
         why = f"needs a causal probe of a {name} checkpoint"
         return Finding("RQ2", statement, (_missing(texts[0], -1, why),
                                           _missing(texts[1], +1, why)))
 
-    def contrast(part: str, match: dict) -> Claim | None:
-        for c in (entry.get(part) or {}).get("contrasts", []):
-            if all(c.get(k) == v for k, v in match.items()):
-                return c
+    def contrast(part: str, match: dict) -> dict | None:
+        with json_shape(found[0][0] / "summary.json"):
+            for c in (entry.get(part) or {}).get("contrasts", []):
+                if all(c.get(k) == v for k, v in match.items()):
+                    return {x: c[x] for x in ("diff", "ci_low", "ci_high")}
         return None
 
     claims = []

@@ -851,17 +851,18 @@ def prefix_table(report: HealthReport) -> list[PaperTable]:
     """Table 1 from each ``probe:prefix-intervene`` run's ``summary.json``: rows the buckets'
     ΔStepAcc and ΔE(y), columns Conformity and Novelty (% change vs unmodified rollouts),
     with a "vs paper" companion giving each cell's interval and sign agreement."""
-    from dasd.runlog import RunLogError, read_json
+    from dasd.runlog import json_shape, read_json
 
     runs = sorted((info for info in report.runs if info.kind == "probe:prefix-intervene"),
                   key=lambda info: _natural(info.label))
     tables = []
     for info in runs:
-        try:
-            summary = read_json(info.path, "summary")
-        except (RunLogError, OSError):
-            continue
-        cells = {(c["bucket"], c["metric"], c["mode"]): c for c in summary.get("cells", [])}
+        summary = read_json(info.path, "summary", expect=dict)
+        with json_shape(info.path / "summary.json"):
+            cells = {(c["bucket"], c["metric"], c["mode"]):
+                     {x: c[x] for x in ("delta_pct", "ci_low", "ci_high")}
+                     for c in summary.get("cells", [])}
+            level = (summary.get("ci") or {}).get("level", 0.95)
         buckets = [b for b in TABLE1_BUCKETS if any(key[0] == b for key in cells)]
         if not buckets:
             continue
@@ -885,7 +886,6 @@ def prefix_table(report: HealthReport) -> list[PaperTable]:
                     verdicts.append(verdict)
                     texts += [_estimate(value, low, high, "+.1f"), f"{paper:+g}", verdict]
                 text_rows.append(TextRow(metric_name, tuple(texts), section, indent=True))
-        level = (summary.get("ci") or {}).get("level", 0.95)
         run_note = (f"Run {info.label}: {summary.get('n_prompts')} prompts x "
                     f"{summary.get('k')} samples per condition.")
         title = "Table 1: Prefix interventions (% change vs unmodified rollouts)"

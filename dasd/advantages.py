@@ -51,13 +51,14 @@ holds for inputs whose results are representable in that dtype: |A_hat| is at mo
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
+from dasd.config_checks import check_value
 from dasd.registry import Registry
 
 __all__ = [
@@ -487,7 +488,7 @@ def grpo(
     ``entropy``, ``student_logp`` and ``teacher_logp`` may be None (no teacher pass needed),
     and ``omega``, ``delta_bar``, ``router`` and ``gate`` are all 0. Takes no options.
     """
-    _check_options("grpo", options, ())
+    _check_options("grpo", options, {})
     _check_shapes(group_adv, mask, entropy=entropy, student_logp=student_logp,
                   teacher_logp=teacher_logp)
     dtype = _compute_dtype(group_adv, entropy, student_logp, teacher_logp)
@@ -521,7 +522,8 @@ def dasd(
     Departs in its default ``gap_scale``: see ``METHOD_GAP_SCALE``; ``gap_scale="median"``
     is eq. (8) exactly. Other departures: those listed in the module docstring.
     """
-    _check_options("dasd", options, ("direction", "gate", "c", "flip", "gap_scale"))
+    _check_options("dasd", options, {"direction": str, "gate": str, "c": float,
+                                      "flip": str | None, "gap_scale": str})
     options.setdefault("gap_scale", METHOD_GAP_SCALE)
     return dasd_advantages(group_adv, entropy, student_logp, teacher_logp, mask, beta=beta,
                            rho=rho, eps=eps, **options)
@@ -548,7 +550,7 @@ def conformity(
     A_t = delta_t of Probe 1; option ``gap_scale="median"`` uses eq. (8)'s delta_bar. Departs
     in nothing else: Probe 1 runs on this GRPO backbone with the same A_G anchor.
     """
-    _check_options("conformity", options, ("gap_scale",))
+    _check_options("conformity", options, {"gap_scale": str})
     return dasd_advantages(group_adv, entropy, student_logp, teacher_logp, mask, beta=beta,
                            rho=rho, eps=eps, direction="plus", gate="none",
                            gap_scale=str(options.get("gap_scale", METHOD_GAP_SCALE)))
@@ -575,7 +577,7 @@ def novelty(
     uses eq. (8)'s delta_bar. Departs in nothing else: Probe 1 runs on this GRPO backbone with
     the same A_G anchor.
     """
-    _check_options("novelty", options, ("gap_scale",))
+    _check_options("novelty", options, {"gap_scale": str})
     return dasd_advantages(group_adv, entropy, student_logp, teacher_logp, mask, beta=beta,
                            rho=rho, eps=eps, direction="minus", gate="none",
                            gap_scale=str(options.get("gap_scale", METHOD_GAP_SCALE)))
@@ -633,7 +635,7 @@ def hepo(
     ``beta`` and ``eps`` are ignored, ``student_logp`` and ``teacher_logp`` may be None.
     Takes no options.
     """
-    _check_options("hepo", options, ())
+    _check_options("hepo", options, {})
     _check_rho(rho)
     _require_tensors("hepo", entropy=entropy)
     _check_shapes(group_adv, mask, entropy=entropy, student_logp=student_logp,
@@ -682,7 +684,7 @@ def rlsd(
     not tuned to RLSD's own settings; there is no beta (``beta`` and ``rho`` are ignored,
     ``eps`` enters only ``delta_bar``), and ``entropy`` may be None.
     """
-    _check_options("rlsd", options, ("clip",))
+    _check_options("rlsd", options, {"clip": float})
     clip = options.get("clip", 0.2)
     if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not 0.0 <= clip <= 1.0:
         raise ValueError(f"rlsd option clip must be a number in [0, 1]; got {clip!r}")
@@ -737,7 +739,7 @@ def opsd(
     this shaper cannot express. ``beta`` and ``rho`` are ignored here, ``entropy`` may be None.
     Takes no options.
     """
-    _check_options("opsd", options, ())
+    _check_options("opsd", options, {})
     _check_eps(eps)
     _require_tensors("opsd", student_logp=student_logp, teacher_logp=teacher_logp)
     _check_shapes(group_adv, mask, entropy=entropy, student_logp=student_logp,
@@ -784,7 +786,7 @@ def sdpo(
     conditions the teacher on the task's reference solution instead of a sibling. ``rho`` is
     ignored and ``entropy`` may be None.
     """
-    _check_options("sdpo", options, ("gap_scale",))
+    _check_options("sdpo", options, {"gap_scale": str})
     _check_eps(eps)
     _require_tensors("sdpo", student_logp=student_logp, teacher_logp=teacher_logp)
     _check_shapes(group_adv, mask, entropy=entropy, student_logp=student_logp,
@@ -835,7 +837,7 @@ def srpo(
     DASD's (option ``gap_scale``, default ``METHOD_GAP_SCALE``); (4) when no rollout of the group is correct the trainer conditions
     the teacher on the task's reference solution. ``rho`` is ignored.
     """
-    _check_options("srpo", options, ("correct", "gap_scale"))
+    _check_options("srpo", options, {"correct": Any, "gap_scale": str})
     if "correct" not in options:
         raise ValueError("method 'srpo' needs option correct: a (B,) bool tensor of outcomes")
     correct = options["correct"]
@@ -883,11 +885,16 @@ def _require_tensors(method: str, **tensors: Tensor | None) -> None:
         raise ValueError(f"method {method!r} needs {', '.join(missing)}; got None")
 
 
-def _check_options(method: str, options: dict[str, object], allowed: tuple[str, ...]) -> None:
+def _check_options(method: str, options: dict[str, object], allowed: Mapping[str, Any]
+                   ) -> None:
+    """Refuse options the method does not take, and values not of the type ``allowed`` gives
+    (``dasd.config_checks`` rules: numbers finite, strings strings)."""
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         valid = ", ".join(allowed) if allowed else "none"
         raise ValueError(f"method {method!r} got unknown options {unknown}; valid: {valid}")
+    for name, value in options.items():
+        check_value(value, allowed[name], f"method {method!r} option {name}")
 
 
 def _check_shapes(group_adv: Tensor, mask: Tensor, **per_token: Tensor | None) -> None:

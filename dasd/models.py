@@ -24,6 +24,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from safetensors import SafetensorError
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     AutoModelForCausalLM,
@@ -252,6 +253,20 @@ def _resolve(name: str | os.PathLike[str]) -> Path | str:
                             "'tiny', or a hub id such as Qwen/Qwen3-1.7B")
 
 
+@contextmanager
+def _unloadable(name: str | os.PathLike[str]) -> Iterator[None]:
+    """What ``from_pretrained`` raises for a malformed checkpoint (config not JSON or absent,
+    truncated or garbage weights, shapes that do not match the config, an unreachable hub)
+    -> one ``ValueError`` line naming the model and what to do."""
+    try:
+        yield
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        raise ValueError(f"model {name}: cannot be loaded ({detail[:300]}); pass a directory "
+                         "saved with save_pretrained (config.json, weights, tokenizer), "
+                         "'tiny', or a hub id") from None
+
+
 def load_model(
     name: str | os.PathLike[str] = "tiny",
     *,
@@ -269,7 +284,8 @@ def load_model(
     EOS. ``dtype=None`` keeps the checkpoint's dtype. The model is returned in eval mode.
     """
     source = _resolve(name)
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    with _unloadable(name):
+        tokenizer = AutoTokenizer.from_pretrained(source)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
@@ -277,7 +293,9 @@ def load_model(
                              "set pad_token in its tokenizer_config.json")
         tokenizer.pad_token = tokenizer.eos_token
     kwargs = {} if dtype is None else {"dtype": dtype}
-    model = AutoModelForCausalLM.from_pretrained(source, **kwargs).to(device)
+    with _unloadable(name):
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    model = model.to(device)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.eval()

@@ -37,10 +37,19 @@ Guarantees and decisions:
   required columns. Every error is a one-line :class:`RunLogError` naming file and column.
 - Token-level list columns must hold one value per response token: their length must equal
   ``n_tokens`` on every row where they are not null.
+- A response is logged once: rows repeating a :data:`ROLLOUT_KEY` (step, split, prompt_id,
+  sample_idx) are refused by :func:`read_rollouts` and :func:`validate_run` (they would count
+  twice in Pass@k and Dist-3).
+- :func:`read_manifest` checks the types of the fields readers select on (``kind``,
+  ``status``, ``method``, ``model``, ``task``, ``seed``, ``config``): a run never drops silently
+  out of an analysis because one is malformed.
+- Writes name their file in any ``OSError`` (:func:`os_error_at`), e.g. a full disk.
+- A run name is one or more plain folder names under the runs directory (:func:`run_path`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import json
@@ -53,7 +62,7 @@ import subprocess
 import sys
 import uuid
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -72,19 +81,24 @@ __all__ = [
     "SPLITS",
     "STATUSES",
     "TOKEN_COLUMNS",
+    "ROLLOUT_KEY",
     "RunLogError",
     "RunLogWarning",
     "RunWriter",
+    "check_new_run",
     "conform_rollouts",
     "create_run",
     "find_runs",
+    "json_shape",
     "open_run",
+    "os_error_at",
     "read_json",
     "read_manifest",
     "read_metrics",
     "read_rollouts",
     "read_table",
     "rollout_filename",
+    "run_path",
     "validate_run",
     "write_text",
 ]
@@ -122,6 +136,8 @@ ROLLOUT_SCHEMA: dict[str, tuple[pa.DataType, bool]] = {
     "advantage": (pa.list_(pa.float32()), False),
     "step_correct": (pa.list_(pa.bool_()), False),
 }
+#: The columns that identify one response: a run logs each key once.
+ROLLOUT_KEY = ("step", "split", "prompt_id", "sample_idx")
 REQUIRED_ROLLOUT_COLUMNS = tuple(name for name, (_, req) in ROLLOUT_SCHEMA.items() if req)
 #: List columns with one value per response token (length must equal ``n_tokens``).
 TOKEN_COLUMNS = ("token_ids", "entropy", "student_logp", "teacher_logp", "omega", "advantage")
@@ -173,11 +189,34 @@ def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise os_error_at(exc, path) from None
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def os_error_at(exc: OSError, path: str | os.PathLike[str]) -> OSError:
+    """``exc`` naming ``path`` (the file being written) when it names no file itself, so that
+    the one-line message says where, e.g. for a full disk."""
+    if exc.filename is not None or exc.errno is None:
+        return exc
+    return OSError(exc.errno, exc.strerror or os.strerror(exc.errno), os.fspath(path))
+
+
+def run_path(runs_dir: str | os.PathLike[str], name: str) -> Path:
+    """``runs_dir/name``, where ``name`` is one or more plain path components (``a`` or
+    ``a/b``; not empty, absolute, ``.``, ``..`` or hidden), so a run stays under ``runs_dir``."""
+    parts = name.split("/") if isinstance(name, str) else []
+    if (not parts or Path(name).is_absolute() or "\\" in name or "\0" in name
+            or any(not p or p != p.strip() or p.startswith(".") for p in parts)):
+        raise RunLogError(
+            f"run name {name!r}: give one or more plain folder names joined by '/', to stay "
+            f"under {os.fspath(runs_dir)} (no empty, '.', '..', hidden or absolute names)"
+        )
+    return Path(runs_dir, *parts)
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:
@@ -534,9 +573,12 @@ class RunWriter:
             value = float(value) if not isinstance(value, numbers.Integral) else int(value)
             record[key] = value if math.isfinite(value) else None
         line = json.dumps(record, allow_nan=False) + "\n"
-        with open(self.path / METRICS, "a", encoding="utf-8") as f:
-            f.write(line)
-            f.flush()
+        try:
+            with open(self.path / METRICS, "a", encoding="utf-8") as f:
+                f.write(line)
+                f.flush()
+        except OSError as exc:
+            raise os_error_at(exc, self.path / METRICS) from None
 
     # -- rollouts and other outputs
     def write_rollouts(self, step: int, split: str,
@@ -632,6 +674,30 @@ def _check_file_partition(table: pa.Table, where: str, step: int, split: str) ->
         raise RunLogError(f"{where}: rows have split {sorted(splits)}, file is for split {split!r}")
 
 
+def check_new_run(path: str | os.PathLike[str], *, exist_ok: bool = False) -> None:
+    """Refuse ``path`` as a new run directory (see :func:`create_run`) before any work is
+    done for it: an existing run, a file, a non-empty folder (unless ``exist_ok``), or a
+    file among its parents."""
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            raise RunLogError(f"{path}: exists and is not a directory; choose a new run name")
+        if (path / MANIFEST).exists():
+            raise RunLogError(
+                f"{path}: already holds a run; choose a new name (a train run continues with "
+                "dasd-probe train --resume; open_run() reopens any run)"
+            )
+        if not exist_ok and any(path.iterdir()):
+            raise RunLogError(f"{path}: directory is not empty; choose a new run name")
+        return
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise RunLogError(f"{parent}: is a file, where a folder of runs is expected; "
+                                  "move it or choose another --runs-dir")
+            return
+
+
 def create_run(
     path: str | os.PathLike[str],
     *,
@@ -651,6 +717,7 @@ def create_run(
     existing run is never overwritten: resume it with :func:`open_run` or delete it).
     """
     path = Path(path)
+    check_new_run(path, exist_ok=exist_ok)
     if not isinstance(kind, str) or not _KIND_RE.match(kind):
         raise RunLogError(f"kind must be 'train', 'eval' or 'probe:<name>', got {kind!r}")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
@@ -658,15 +725,6 @@ def create_run(
     for label, value in (("method", method), ("model", model), ("task", task)):
         if value is not None and not isinstance(value, (str, os.PathLike)):
             raise RunLogError(f"{label} must be a string or None, got {type(value).__name__}")
-    if path.exists():
-        if not path.is_dir():
-            raise RunLogError(f"{path}: exists and is not a directory")
-        if (path / MANIFEST).exists():
-            raise RunLogError(
-                f"{path}: already holds a run; resume it with open_run() or choose a new name"
-            )
-        if not exist_ok and any(path.iterdir()):
-            raise RunLogError(f"{path}: directory is not empty; choose a new run name")
     manifest_config = _jsonable(config, "config")
     if not isinstance(manifest_config, dict):
         raise RunLogError(f"config must be a mapping or a dataclass, got {type(config).__name__}")
@@ -773,7 +831,27 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"{file}: schema_version {version!r} is not supported (this dasd reads up to "
             f"{SCHEMA_VERSION}); upgrade dasd"
         )
+    if problem := _manifest_problem(manifest):
+        raise RunLogError(f"{file}: {problem}; fix or remove this run directory")
     return manifest
+
+
+def _manifest_problem(manifest: dict[str, Any]) -> str | None:
+    """What is wrong with the types of a manifest's fields, or None."""
+    kind, status = manifest["kind"], manifest["status"]
+    if not isinstance(kind, str) or not _KIND_RE.match(kind):
+        return f"field 'kind' must be 'train', 'eval' or 'probe:<name>', got {kind!r}"
+    if not isinstance(status, str) or status not in STATUSES:
+        return f"field 'status' must be one of {list(STATUSES)}, got {status!r}"
+    for key in ("method", "model", "task", "error", "created", "updated", "finished"):
+        if manifest.get(key) is not None and not isinstance(manifest[key], str):
+            return f"field {key!r} must be a string or null, got {manifest[key]!r}"
+    seed = manifest.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        return f"field 'seed' must be an integer or null, got {seed!r}"
+    if manifest.get("config") is not None and not isinstance(manifest["config"], dict):
+        return f"field 'config' must be a JSON object, got {manifest['config']!r}"
+    return None
 
 
 def _iter_metrics(file: Path) -> Iterable[tuple[int, str, dict[str, Any]]]:
@@ -936,7 +1014,7 @@ def read_rollouts(
     )
     wanted = None
     if columns is not None:
-        wanted = list(dict.fromkeys(["step", "split", *columns]))
+        wanted = list(dict.fromkeys([*ROLLOUT_KEY, *columns]))
     # Requested columns a file may lack (they read as missing values there): all but the
     # required ones; with ``columns=None`` files missing optional columns are padded alike.
     optional = [c for c in wanted or () if c not in REQUIRED_ROLLOUT_COLUMNS]
@@ -980,10 +1058,29 @@ def read_rollouts(
             f"{folder}: rollout files disagree on an extra column's type "
             f"({str(exc).splitlines()[0]})"
         ) from None
+    _check_unique(table, folder)
     names = table.column_names
-    order = wanted or [*(c for c in ROLLOUT_SCHEMA if c in names),
-                       *(c for c in names if c not in ROLLOUT_SCHEMA)]
+    order = (list(dict.fromkeys(["step", "split", *columns])) if columns is not None else
+             [*(c for c in ROLLOUT_SCHEMA if c in names),
+              *(c for c in names if c not in ROLLOUT_SCHEMA)])
     return table.select(order).to_pandas()
+
+
+def _check_unique(table: pa.Table, where: str | os.PathLike[str]) -> None:
+    """Refuse rollouts logging one response twice (the same :data:`ROLLOUT_KEY`): Pass@k and
+    Dist-3 would count it twice."""
+    if table.num_rows == 0:
+        return
+    counts = table.group_by(list(ROLLOUT_KEY)).aggregate([([], "count_all")])
+    repeated = counts.filter(pc.greater(counts.column("count_all"), 1))
+    if repeated.num_rows:
+        first = repeated.slice(0, 1).to_pylist()[0]
+        key = ", ".join(f"{k}={first[k]!r}" for k in ROLLOUT_KEY)
+        raise RunLogError(
+            f"{where}: {repeated.num_rows} response(s) logged more than once (e.g. {key}, "
+            f"{first['count_all']} rows); each (step, split, prompt_id, sample_idx) must appear "
+            "once: remove the repeated rows or the extra file"
+        )
 
 
 def read_table(path: str | os.PathLike[str], name: str) -> pd.DataFrame:
@@ -994,15 +1091,35 @@ def read_table(path: str | os.PathLike[str], name: str) -> pd.DataFrame:
     return _read_parquet(file, None, str(file)).to_pandas()
 
 
-def read_json(path: str | os.PathLike[str], name: str) -> Any:
-    """A JSON output (``write_json``) of the run at ``path``."""
+def read_json(path: str | os.PathLike[str], name: str, *, expect: type | None = None) -> Any:
+    """A JSON output (``write_json``) of the run at ``path``; with ``expect`` (``dict`` or
+    ``list``) its top level must be of that type."""
     file = _child(Path(path), name, ".json")
     if not file.exists():
         raise RunLogError(f"{file}: does not exist")
     try:
-        return json.loads(file.read_text(encoding="utf-8"))
+        data = json.loads(file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RunLogError(f"{file}: not valid JSON ({exc})") from None
+    if expect is not None and not isinstance(data, expect):
+        raise RunLogError(f"{file}: must hold a JSON {_JSON_NAMES.get(expect, expect.__name__)}"
+                          f", got a {type(data).__name__}; rerun the probe that wrote it")
+    return data
+
+
+_JSON_NAMES = {dict: "object", list: "array"}
+
+
+@contextlib.contextmanager
+def json_shape(file: str | os.PathLike[str]) -> Iterator[None]:
+    """Reading fields out of a JSON output: a missing key or a value of the wrong type
+    (``KeyError``, ``TypeError``, ``AttributeError``, ``IndexError`` in the block) becomes a
+    one-line :class:`RunLogError` naming ``file``. Wrap only the reading, not computation."""
+    try:
+        yield
+    except (KeyError, TypeError, AttributeError, IndexError) as exc:
+        raise RunLogError(f"{os.fspath(file)}: unexpected content ({type(exc).__name__}: "
+                          f"{exc}); rerun the probe that wrote it") from None
 
 
 _NO_DESCEND = {ROLLOUTS, CHECKPOINTS}
@@ -1052,10 +1169,6 @@ def validate_run(path: str | os.PathLike[str]) -> dict[str, Any]:
         "path": str(path), "kind": manifest["kind"], "status": manifest["status"],
         "metrics_lines": 0, "rollout_files": 0, "rollout_rows": 0, "outputs": [],
     }
-    if manifest["status"] not in STATUSES:
-        problems.append(f"{path / MANIFEST}: unknown status {manifest['status']!r}")
-    if not isinstance(manifest["kind"], str) or not _KIND_RE.match(manifest["kind"]):
-        problems.append(f"{path / MANIFEST}: bad kind {manifest['kind']!r}")
     if (path / METRICS).exists():
         try:
             summary["metrics_lines"] = sum(1 for _ in _iter_metrics(path / METRICS))
@@ -1068,6 +1181,7 @@ def validate_run(path: str | os.PathLike[str]) -> dict[str, Any]:
             match = _ROLLOUT_FILE_RE.match(file.name)
             if match:
                 _check_file_partition(table, where, int(match.group(1)), match.group(2))
+            _check_unique(table, where)
             summary["rollout_files"] += 1
             summary["rollout_rows"] += table.num_rows
         except RunLogError as exc:

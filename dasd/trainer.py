@@ -49,10 +49,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,7 @@ import numpy as np
 import torch
 
 from dasd.advantages import get_method, group_advantages
+from dasd.config_checks import check_fields, check_known
 from dasd.entropy import token_entropy_and_logprob
 from dasd.evaluation import eval_metrics, sample_rollout_rows
 from dasd.importance import logprob_gap, truncated_is_weights
@@ -74,7 +77,15 @@ from dasd.records import rollout_frame, verifier_rewards
 from dasd.rollout import Rollouts, build_rollout_engine, check_rollout_engine
 from dasd.rollout.hf import encode_prompts
 from dasd.routing import ROUTING_SIGNALS, RoutingBatch, build_routing_signal
-from dasd.runlog import RunWriter, create_run, open_run, read_manifest, read_metrics
+from dasd.runlog import (
+    RunWriter,
+    check_new_run,
+    create_run,
+    open_run,
+    os_error_at,
+    read_manifest,
+    read_metrics,
+)
 from dasd.scoring import TokenScores, response_logits, score_rollouts
 from dasd.tasks import TASKS, build_task
 from dasd.tasks.base import Problem, Task
@@ -187,6 +198,7 @@ class TrainConfig:
     """``auto`` (cuda when available), ``cpu`` or ``cuda``."""
 
     def __post_init__(self) -> None:
+        check_fields(self)
         method = get_method(self.method)
         TASKS.get(self.task)
         AGGREGATIONS.get(self.loss_agg)
@@ -246,10 +258,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """The config stored in a run's manifest (unknown keys are an error)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields {unknown}; valid: {sorted(known)}")
+        check_known(cls, values)
         return cls(**values)
 
 
@@ -353,19 +362,50 @@ def _checkpoint_dirs(run_dir: Path) -> list[tuple[int, Path]]:
 def _save_checkpoint(run_dir: Path, step: int, model: Any, tokenizer: Any,
                      optimizer: torch.optim.Optimizer, keep: int) -> None:
     """``checkpoints/step-N/``: weights and tokenizer (``save_pretrained``), optimizer state,
-    trainer state; written under a temporary name and renamed, so a kill leaves none or all."""
+    trainer state; written under a temporary name and renamed, so a kill leaves none or all
+    (a temporary left by a kill is removed at the next save; one left by an error, e.g. a full
+    disk, at once)."""
     root = run_dir / CHECKPOINTS
     root.mkdir(exist_ok=True)
     final, tmp = root / f"step-{step}", root / f".tmp-step-{step}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    torch.save(optimizer.state_dict(), tmp / OPTIMIZER_STATE)
-    (tmp / TRAINER_STATE).write_text(json.dumps({"step": step}))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    for stale in root.glob(".tmp-step-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        torch.save(optimizer.state_dict(), tmp / OPTIMIZER_STATE)
+        (tmp / TRAINER_STATE).write_text(json.dumps({"step": step}))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise os_error_at(exc, tmp) from None
+        raise
     for _, old in _checkpoint_dirs(run_dir)[:-keep]:
         shutil.rmtree(old)
+
+
+def _checkpoint_state(path: Path, step: int) -> dict[str, Any]:
+    """The optimizer state of checkpoint ``path`` (of update ``step``), after checking that it
+    holds everything a resume needs (config, weights, trainer state); a one-line error naming
+    what is missing otherwise, raised before anything of the run is touched."""
+    redo = f"remove {path} to resume from the checkpoint before it"
+    weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+    if not (path / "config.json").is_file() or not any((path / w).is_file() for w in weights):
+        raise ValueError(f"{path}: checkpoint has no config.json or model weights; {redo}")
+    try:
+        state = json.loads((path / TRAINER_STATE).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path / TRAINER_STATE}: unreadable ({exc}); {redo}") from None
+    if not isinstance(state, dict) or state.get("step") != step:
+        raise ValueError(f"{path / TRAINER_STATE}: does not record step {step}; {redo}")
+    try:
+        return torch.load(path / OPTIMIZER_STATE, weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"{path / OPTIMIZER_STATE}: unreadable optimizer state ({detail}); "
+                         f"{redo}") from None
 
 
 def _due(step: int, every: int, last: int) -> bool:
@@ -379,11 +419,13 @@ class Trainer:
     a killed or finished one from its newest checkpoint.
     """
 
-    def __init__(self, cfg: TrainConfig, run: RunWriter, *, start_step: int, model_source: str,
+    def __init__(self, cfg: TrainConfig, open_writer: Callable[[], RunWriter], *,
+                 start_step: int, model_source: str,
                  optimizer_state: dict[str, Any] | None = None) -> None:
+        """Build the model, engine, task, routing and optimizer, and only then call
+        ``open_writer()`` for the run directory, so a bad model, task or option leaves no
+        run behind and a resume rewinds nothing."""
         self.cfg = cfg
-        self.run_writer = run
-        self.run_dir = run.path
         self.start_step = start_step
         device = cfg.device
         if device == "auto":
@@ -406,42 +448,65 @@ class Trainer:
         if optimizer_state is not None:
             self.optimizer.load_state_dict(optimizer_state)
         self.eval_problems = self.task.sample(cfg.eval_prompts, split="eval", seed=cfg.seed)
+        self.run_writer = open_writer()
+        self.run_dir = self.run_writer.path
 
     @classmethod
     def start(cls, cfg: TrainConfig, run_dir: Path) -> Trainer:
-        run = create_run(run_dir, kind="train", config=asdict(cfg), seed=cfg.seed,
-                         method=cfg.method, model=cfg.model, task=cfg.task)
-        return cls(cfg, run, start_step=0, model_source=cfg.model)
+        check_new_run(run_dir)
+        return cls(cfg, partial(create_run, run_dir, kind="train", config=asdict(cfg),
+                                seed=cfg.seed, method=cfg.method, model=cfg.model,
+                                task=cfg.task),
+                   start_step=0, model_source=cfg.model)
 
     @classmethod
     def resume(cls, run_dir: Path, *, steps: int | None = None) -> Trainer:
         """Continue the run at ``run_dir`` from its newest checkpoint (or from the base model
-        when none was written); ``steps`` extends a finished run."""
+        when none was written); ``steps`` extends a finished run, and must not be below what
+        the run has logged. The checkpoint is checked and loaded before the run's records of
+        later steps are rewound (``open_run``), so a broken checkpoint loses nothing."""
         manifest = read_manifest(run_dir)
         if manifest["kind"] != "train":
             raise ValueError(f"{run_dir} is a {manifest['kind']} run, not a train run")
-        cfg = TrainConfig.from_dict(manifest["config"])
-        if steps is not None:
-            cfg = replace(cfg, steps=steps)
+        where = Path(run_dir) / "manifest.json"
+        if not isinstance(manifest.get("config"), dict):
+            raise ValueError(f"{where}: holds no config to resume from")
+        try:
+            cfg = TrainConfig.from_dict(manifest["config"])
+        except ValueError as err:
+            raise ValueError(f"{where}: config: {err}") from None
         checkpoints = _checkpoint_dirs(Path(run_dir))
         step, source, optimizer_state = 0, cfg.model, None
         if checkpoints:
             step, path = checkpoints[-1]
             source = str(path)
-            optimizer_state = torch.load(path / OPTIMIZER_STATE, weights_only=True)
-        run = open_run(run_dir, rewind_to=step)
+            optimizer_state = _checkpoint_state(path, step)
         if steps is not None:
-            run.update_manifest(config=asdict(cfg))
-        return cls(cfg, run, start_step=step, model_source=source, optimizer_state=optimizer_state)
+            logged = read_metrics(run_dir)["step"]
+            done = max(step, int(logged.max()) if len(logged) else 0)
+            if steps < done:
+                raise ValueError(f"--steps {steps} is below what {run_dir} has logged (step "
+                                 f"{done}); give --steps {done} or more, or leave it out")
+            cfg = replace(cfg, steps=steps)
+
+        def open_writer() -> RunWriter:
+            run = open_run(run_dir, rewind_to=step)
+            if steps is not None:
+                run.update_manifest(config=asdict(cfg))
+            return run
+
+        return cls(cfg, open_writer, start_step=step, model_source=source,
+                   optimizer_state=optimizer_state)
 
     def run(self, callback: Callable[[int, dict[str, float]], None] | None = None) -> Path:
         """Train to ``cfg.steps``; ``callback(step, metrics)`` after every logged step."""
         cfg = self.cfg
         with self.run_writer as run:
-            if not self._eval_logged(self.start_step):
-                metrics = self.evaluate(self.start_step)
+            # The base model's evaluation; a resumed run's was logged before its checkpoint.
+            if self.start_step == 0 and not self._eval_logged(0):
+                metrics = self.evaluate(0)
                 if callback:
-                    callback(self.start_step, metrics)
+                    callback(0, metrics)
             for step in range(self.start_step + 1, cfg.steps + 1):
                 metrics = self.update(step)
                 run.log_metrics(step, "train", metrics)

@@ -28,7 +28,7 @@ import pandas as pd
 
 from dasd.passk import avg_at_k, pass_at_k, per_prompt_counts
 from analysis.stats import quantile_bins, spearman
-from dasd.runlog import read_json, read_table
+from dasd.runlog import json_shape, read_json, read_table
 
 from .registry import Missing, register_figure
 from .runs import Group, Run, group_runs, model_size
@@ -539,9 +539,11 @@ def _causal_entries(runs: Sequence[Run]) -> list[tuple[str, dict]]:
     prefixed to the label when there are several runs."""
     out = []
     for run in runs:
-        for entry in read_json(run.path, "summary").get("checkpoints", []):
-            prefix = f"{run.name}: " if len(runs) > 1 else ""
-            out.append((prefix + str(entry["label"]), entry))
+        summary = read_json(run.path, "summary", expect=dict)
+        with json_shape(run.path / "summary.json"):
+            for entry in summary.get("checkpoints", []):
+                prefix = f"{run.name}: " if len(runs) > 1 else ""
+                out.append((prefix + str(entry["label"]), dict(entry)))
     return out
 
 
@@ -636,7 +638,8 @@ def fig7_causal(runs: Sequence[Run]) -> Figure | Missing:
          lambda e: [_contrast(e, "revisions", "preserve", "suppress", "correct")]),
     )
     for ax, title, ylabel, groups, cells in panels:
-        bars = [(label, method_color(e.get("method")), cells(e)) for label, e in entries]
+        with json_shape(" or ".join(str(r.path / "summary.json") for r in chosen)):
+            bars = [(label, method_color(e.get("method")), cells(e)) for label, e in entries]
         if not _ci_bars(ax, groups, bars):
             _note(ax, "not logged")
         ax.set(title=title, ylabel=ylabel)

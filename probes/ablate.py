@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,7 @@ import pandas as pd
 
 from analysis.intervals import t_interval
 from analysis.paper import ABLATION_ROWS, paper_value
+from dasd.config_checks import as_tuple, check_fields, check_known
 from dasd.registry import Registry
 from dasd.runlog import read_metrics
 from dasd.trainer import TrainConfig
@@ -231,8 +232,10 @@ class AblateConfig:
     field the panel varies); fields not given take the trainer's defaults."""
 
     def __post_init__(self) -> None:
+        names = as_tuple(self.variants)
+        object.__setattr__(self, "variants", names)
+        check_fields(self)
         panel = PANELS.get(self.panel)
-        names = (self.variants,) if isinstance(self.variants, str) else tuple(self.variants)
         for name in names:
             panel.variant(name)
         if len(set(names)) != len(names):
@@ -242,9 +245,7 @@ class AblateConfig:
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
         if "method" in self.train:
             raise ValueError("the ablations train method dasd; do not set train.method")
-        known = {f.name for f in fields(TrainConfig)} - {"method"}
-        if unknown := sorted(set(self.train) - known):
-            raise ValueError(f"unknown TrainConfig fields {unknown}; valid: {sorted(known)}")
+        check_known(TrainConfig, self.train, exclude={"method"})
         if panel.sets in self.train or panel.sets in (self.train.get("method_options") or {}):
             raise ValueError(f"the {panel.name} panel sets {panel.sets}; choose it with "
                              "--variants, not in the shared settings")

@@ -43,13 +43,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
+from dasd.config_checks import as_tuple, check_fields, check_known
 from dasd.trainer import CHECKPOINTS, OPTIMIZER_STATE, TrainConfig, Trainer
 from probes.parent_run import open_parent, run_child
 from probes.sign_flip import summarize as summarize_arms
@@ -117,7 +118,9 @@ class ArmFlipConfig:
     The method is ``dasd``; ``method_options`` other than ``flip`` are shared too."""
 
     def __post_init__(self) -> None:
-        arms = (self.arms,) if isinstance(self.arms, str) else tuple(self.arms)
+        arms = as_tuple(self.arms)
+        object.__setattr__(self, "arms", arms)
+        check_fields(self)
         if not arms:
             raise ValueError(f"arms must name at least one of {', '.join(ARMS)}")
         for arm in arms:
@@ -129,9 +132,7 @@ class ArmFlipConfig:
             raise ValueError("the arm-flip probe trains method dasd; do not set train.method")
         if "flip" in (self.train.get("method_options") or {}):
             raise ValueError("the arms set method_options.flip; choose them with arms")
-        known = {f.name for f in fields(TrainConfig)} - {"method"}
-        if unknown := sorted(set(self.train) - known):
-            raise ValueError(f"unknown TrainConfig fields {unknown}; valid: {sorted(known)}")
+        check_known(TrainConfig, self.train, exclude={"method"})
         resolved = asdict(TrainConfig(method="dasd", **self.train))
         del resolved["method"]
         if isinstance(self.flip_at, bool) or not isinstance(self.flip_at, int) \

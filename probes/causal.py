@@ -70,6 +70,7 @@ from transformers import PreTrainedTokenizerBase
 from dasd.health import REV_MAX_OVERLAP, REV_WINDOW, response_health, trigrams, words
 from dasd.markers import DEFAULT_MARKERS, find_markers
 from analysis.stats import paired_difference, per_prompt_sums
+from dasd.config_checks import as_tuple, check_fields
 from dasd.evaluation import sample_rollout_rows
 from dasd.models import load_model
 from dasd.registry import Registry
@@ -308,8 +309,9 @@ class CausalConfig:
 
     def __post_init__(self) -> None:
         for name in ("checkpoints", "parts", "cuts", "markers"):
-            value = getattr(self, name)
-            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
+            object.__setattr__(self, name, as_tuple(getattr(self, name)))
+        check_fields(self)
+        for name in ("checkpoints", "parts", "cuts", "markers"):
             if not getattr(self, name):
                 raise ValueError(f"{name} must not be empty")
         for part in self.parts:

@@ -64,6 +64,7 @@ import torch
 from torch import Tensor, nn
 
 from analysis.stats import binned_means, spearman_cis, tv_from_logits
+from dasd.config_checks import check_fields
 from dasd.entropy import token_entropy_and_logprob, token_reverse_kl
 from dasd.losses import aggregate, aggregate_denominator
 from dasd.models import load_model
@@ -144,6 +145,7 @@ class EntropyTVConfig:
     """Seed of the problems, the samples and the bootstrap."""
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.n_prompts < 1 or self.k < 1:
             raise ValueError(f"n_prompts ({self.n_prompts}) and k ({self.k}) must be >= 1")
         if not (np.isfinite(self.lr) and self.lr >= 0):

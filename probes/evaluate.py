@@ -25,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from dasd.config_checks import check_fields
 from dasd.evaluation import eval_metrics, measure_mechanism, sample_rollout_rows
 from dasd.models import load_model
 from dasd.rollout import build_rollout_engine, check_rollout_engine
@@ -76,6 +77,7 @@ class EvalConfig:
     sees its answer); None lets the verifier decide."""
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.n_prompts < 1 or self.k < 1:
             raise ValueError(f"n_prompts ({self.n_prompts}) and k ({self.k}) must be >= 1")
         if self.temperature < 0 or not 0 < self.top_p <= 1:

@@ -84,9 +84,12 @@ def run_child(config: TrainConfig, run_dir: Path, report: Report | None, *, labe
                 report(config.steps, {})
             return "skipped"
         trainer, action = Trainer.resume(run_dir), "resumed"
-    if prepare is not None:
-        prepare(trainer)
-    if report is not None:
-        report(trainer.start_step, {})
-    trainer.run(report)
+    # The arm's run is open from here: an error before training marks it failed too (``run``
+    # finishes it itself; the outer ``with`` then has nothing left to do).
+    with trainer.run_writer:
+        if prepare is not None:
+            prepare(trainer)
+        if report is not None:
+            report(trainer.start_step, {})
+        trainer.run(report)
     return action

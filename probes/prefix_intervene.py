@@ -53,6 +53,7 @@ import pandas as pd
 from dasd.health import response_health
 from analysis.paper import TABLE1_BUCKETS, TABLE1_METRICS, TABLE1_MODES, paper_value
 from analysis.stats import paired_relative_change, per_prompt_sums
+from dasd.config_checks import check_fields
 from dasd.models import load_model
 from dasd.records import rollout_frame
 from dasd.rollout.lockstep import (
@@ -126,6 +127,7 @@ class PrefixInterveneConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.bucket != "all" and self.bucket not in BUCKETS:
             raise ValueError(f"unknown bucket {self.bucket!r}; valid: all, {', '.join(BUCKETS)}")
         if self.positions not in POSITIONS:

@@ -45,6 +45,7 @@ from typing import Any, Protocol
 
 from analysis.calibration import Row, read_calibration
 from analysis.findings import write_findings
+from dasd.config_checks import check_fields
 from dasd.runlog import read_manifest
 from dasd.trainer import TrainConfig
 from probes.parent_run import open_parent, run_child
@@ -149,6 +150,7 @@ class ReproduceConfig:
     task: str = "countdown"
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.budget not in BUDGETS:
             raise ValueError(f"unknown budget {self.budget!r}; valid: {', '.join(BUDGETS)}")
         if self.seeds is None:

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from typing import Any
 import pandas as pd
 
 from dasd.runlog import read_metrics
+from dasd.config_checks import as_tuple, check_fields, check_known
 from dasd.trainer import TrainConfig
 from probes.parent_run import open_parent, run_child
 
@@ -103,7 +104,9 @@ class SignFlipConfig:
     fields not given take the trainer's defaults."""
 
     def __post_init__(self) -> None:
-        arms = (self.arms,) if isinstance(self.arms, str) else tuple(self.arms)
+        arms = as_tuple(self.arms)
+        object.__setattr__(self, "arms", arms)
+        check_fields(self)
         if not arms:
             raise ValueError(f"arms must name at least one of {', '.join(ARMS)}")
         for arm in arms:
@@ -113,9 +116,7 @@ class SignFlipConfig:
             raise ValueError(f"arms must not repeat, got {', '.join(arms)}")
         if "method" in self.train:
             raise ValueError("the arms set the method; choose them with arms, not train.method")
-        known = {f.name for f in fields(TrainConfig)} - {"method"}
-        if unknown := sorted(set(self.train) - known):
-            raise ValueError(f"unknown TrainConfig fields {unknown}; valid: {sorted(known)}")
+        check_known(TrainConfig, self.train, exclude={"method"})
         resolved = asdict(TrainConfig(method=arms[0], **self.train))
         del resolved["method"]
         for arm in arms[1:]:

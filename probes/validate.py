@@ -32,6 +32,7 @@ from typing import Any
 
 from analysis.calibration import ROLES, Row, write_calibration
 from analysis.findings import CONTROLS_KIND, Claim, findings
+from dasd.config_checks import check_fields
 from probes.parent_run import open_parent
 from probes.reproduce import (
     BUDGETS,
@@ -133,6 +134,7 @@ class ValidateConfig:
     task: str = "countdown"
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.budget not in BUDGET_NAMES:
             raise ValueError(f"unknown budget {self.budget!r}; valid: {', '.join(BUDGET_NAMES)}")
         if len(self.worlds) != len(ROLES):

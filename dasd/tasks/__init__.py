@@ -9,8 +9,10 @@ model, passing the model's tokenizer to tasks that take one.
 from __future__ import annotations
 
 import inspect
+import typing
 from typing import Any
 
+from dasd.config_checks import check_value
 from dasd.registry import Registry
 from dasd.tasks.base import Problem, Task
 from dasd.tasks.countdown import CountdownTask
@@ -45,6 +47,9 @@ def build_task(name: str, *, tokenizer: Any = None, **options: Any) -> Task:
     if unknown:
         valid = ", ".join(p for p in params if p != "tokenizer") or "none"
         raise ValueError(f"task {name!r} takes no option {', '.join(unknown)}; its options: {valid}")
+    hints = typing.get_type_hints(cls.__init__)
+    for key, value in options.items():
+        check_value(value, hints.get(key, Any), f"task {name!r} option {key}")
     if "tokenizer" in params:
         options["tokenizer"] = tokenizer
     return cls(**options)
