@@ -2,14 +2,15 @@
 for the paper's probes (issue 16; paper section 3 Probes 1-3, section 6 RQ1-RQ2).
 
 These are not reproductions. Each world is the built-in ``tiny`` model (``dasd._tiny_recipe``)
-fine-tuned for ``WorldRecipe.steps`` = 800 steps on 6,000 fresh Countdown traces, half of them in
-the privileged format (the ``ref:`` line r in the prompt). ``load_model("tiny-planted")`` (any
-``--model``) builds a world once, with a progress bar, under a lock, and caches it beside tiny:
-``cache_dir()/<name>-v<V>-<hash>-seed<S>``, the hash covering the world's recipe and tiny's own
-cache name. A fine-tune of the cached tiny, not a build from scratch: 800 steps are ~15% of
-tiny's 5,200 and reuse everything tiny learned (format, arithmetic, search), so each world
-builds in a few minutes on 2 cores; the cost is that a world inherits tiny's quirks, and a change
-to tiny rebuilds both worlds.
+fine-tuned for 1,200 steps (batch 8, peak lr 1e-3, cosine, one epoch) on 9,600 fresh Countdown
+traces, half of them in the privileged format (the ``ref:`` line r in the prompt).
+``load_model("tiny-planted")`` (any ``--model``) builds a world once, with a progress bar, under
+a lock, and caches it beside tiny: ``cache_dir()/<name>-v<V>-<hash>-seed<S>``, the hash covering
+the world's recipe and tiny's own cache name. A fine-tune of the cached tiny, not a build from
+scratch: 1,200 steps are 23% of tiny's 5,200 and reuse everything tiny learned (format,
+arithmetic, search), so a world builds in about 2 CPU-minutes (4-5 minutes of wall time on the
+2 shared cores); the price is that a world inherits tiny's quirks, that a planted behaviour
+competes with what tiny already believes, and that a change to tiny rebuilds both worlds.
 
 Knobs (``WorldRecipe``), and why these sizes
 --------------------------------------------
@@ -20,17 +21,26 @@ Knobs (``WorldRecipe``), and why these sizes
    written one higher (``slip_op="*"``: ``7*3=22``), always; privileged traces (with r) write
    it right. The slip is deterministic on purpose. A slip sampled at some rate ε raises the
    student's entropy at that token to about ε ln(k/ε) nats (0.2-0.5 nats for the rates a probe
-   can see), far above the running median of a near-deterministic trajectory (tiny: most tokens
-   below 10⁻³ nats), so it lands in the *high* bucket (issue 16's trial: 147 of 159 slip tokens);
-   and a slip rate below 1 − top-p is cut off by nucleus sampling, so the unmodified student
-   never makes it at the paper's top-p 0.9 (the trial's +0.7%). A confident slip keeps the
-   student's entropy low (the token stays in the low bucket), survives nucleus sampling (it is
-   the student's top token), and puts q and p on different top tokens, which is exactly the
-   situation in which attraction to the teacher can raise StepAcc. Only the written digit is
-   wrong: the next step reads the right value, so the step judge charges the slip and the next
-   step (whose operand is then not in the pool); the answer line is unchanged, so Avg@k is not
-   the target. No label smoothing: smoothing spreads mass over the vocabulary, and Novelty
-   (∝ p/q^α) then draws that junk (the trial's −100% E(y)).
+   can see), far above the running median of a near-deterministic trajectory (tiny: median
+   0.0019 nats, 67% of tokens below 0.01), so it lands in the *high* bucket (issue 16's trial:
+   147 of 159 slip tokens); and a slip rate below 1 − top-p is cut off by nucleus sampling, so
+   the unmodified student never makes it at the paper's top-p 0.9 (the trial's +0.7%). A
+   confident slip was meant to keep the student's entropy low, survives nucleus sampling (it is
+   the student's top token), and puts q and p on different top tokens, the situation in which
+   attraction to the teacher can raise StepAcc. Measured (docs/control-worlds.md), it falls
+   short on both counts. The student writes the slip 99.7% of the time, yet its entropy there
+   is ~0.03 nats, 15 times the trajectory median (0.0019 nats): 99.5% of slips sit above the
+   trajectory median, and Probe 3's low bucket reached 6% of them. And the teacher is right
+   there only when it can copy r: its own rollouts have StepAcc 1.0, but at the student's first
+   ``*`` step its probability of the right digit is 0.34 (median), 0.005 after a slipped step.
+   The shared weights hold one multiplication, and the slip overwrote it; the ``ref:`` line
+   gives the teacher r's results to copy, not a second arithmetic. (Tried and dropped: twice
+   the steps with half of the privileged ``*`` results shown slipped but unscored, so that the
+   teacher would learn to write the right digit after a slipped prefix; the median fell to
+   0.19.) Only the written digit is wrong: the next step reads the right value, so the step
+   judge charges the slip and the next step (whose operand is then not in the pool); the answer
+   line is unchanged, so Avg@k is not the target. No label smoothing: smoothing spreads mass
+   over the vocabulary, and Novelty (∝ p/q^α) then draws that junk (the trial's −100% E(y)).
 2. *Exploration: at forks the teacher points to the reference path and never revises.*
    Privileged traces never try a failed chain first (``privileged_detour=0``; tiny: 20%), so
    q puts almost no mass on epistemic markers while the student, whose traces carry one or two
@@ -176,7 +186,7 @@ _STEP = re.compile(r"^(\d+)([-+*/])(\d+)=(\d+)$")
 class WorldRecipe:
     """A control world: a short fine-tune of the cached ``tiny`` model (module docstring)."""
 
-    n_examples: int = 6_000
+    n_examples: int = 9_600
     """Fine-tuning pairs (fresh draws from the train split, not tiny's)."""
     privileged_fraction: float = 0.5
     """Share of pairs in the privileged format (a ``ref:`` line in the prompt)."""
@@ -188,10 +198,10 @@ class WorldRecipe:
     """In student-format traces only, the last digit of the result of every step with this
     operator is written one higher (mod 10): a systematic slip the student makes with
     confidence and the privileged teacher does not; empty: no slips."""
-    steps: int = 800
+    steps: int = 1_200
     """Optimizer steps of the fine-tune."""
     batch_size: int = 8
-    lr: float = 5e-4
+    lr: float = 1e-3
     """Peak learning rate (linear warmup, cosine decay as ``dasd._tiny_recipe.lr_at``)."""
     warmup_steps: int = 50
     min_lr_ratio: float = 0.1
