@@ -28,19 +28,21 @@ Knobs (``WorldRecipe``), and why these sizes
    confident slip was meant to keep the student's entropy low, survives nucleus sampling (it is
    the student's top token), and puts q and p on different top tokens, the situation in which
    attraction to the teacher can raise StepAcc. Measured (docs/control-worlds.md), it falls
-   short on both counts. The student writes the slip 99.7% of the time, yet its entropy there
-   is ~0.03 nats, 15 times the trajectory median (0.0019 nats): 99.5% of slips sit above the
-   trajectory median, and Probe 3's low bucket reached 6% of them. And the teacher is right
-   there only when it can copy r: its own rollouts have StepAcc 1.0, but at the student's first
-   ``*`` step its probability of the right digit is 0.34 (median), 0.005 after a slipped step.
+   short on both counts. 99.7% of the student's ``*`` results are wrong (84% exactly the
+   planted slip), yet its entropy at the slipped digit is 0.033 nats (median), 17 times the
+   trajectory median (0.0019 nats): 99.5% of slips sit above the trajectory median, and Probe
+   3's low bucket reached 6% of them. And the teacher is right there only when it can copy r:
+   its own rollouts have StepAcc 1.0, but at the student's first ``*`` step its probability of
+   the right digit is 0.60 (median), 0.01 after a slipped step (``scripts/world_stats.py``).
    The shared weights hold one multiplication, and the slip overwrote it; the ``ref:`` line
    gives the teacher r's results to copy, not a second arithmetic. (Tried and dropped: twice
    the steps with half of the privileged ``*`` results shown slipped but unscored, so that the
-   teacher would learn to write the right digit after a slipped prefix; the median fell to
-   0.19.) Only the written digit is wrong: the next step reads the right value, so the step
-   judge charges the slip and the next step (whose operand is then not in the pool); the answer
-   line is unchanged, so Avg@k is not the target. No label smoothing: smoothing spreads mass
-   over the vocabulary, and Novelty (∝ p/q^α) then draws that junk (the trial's −100% E(y)).
+   teacher would learn to write the right digit after a slipped prefix; on top-p 0.9 samples
+   the median at the first ``*`` step went from 0.34 to 0.19.) Only the written digit is wrong:
+   the next step reads the right value, so the step judge charges the slip and the next step
+   (whose operand is then not in the pool); the answer line is unchanged, so Avg@k is not the
+   target. No label smoothing: smoothing spreads mass over the vocabulary, and Novelty (∝
+   p/q^α) then draws that junk (the trial's −100% E(y)).
 2. *Exploration: at forks the teacher points to the reference path and never revises.*
    Privileged traces never try a failed chain first (``privileged_detour=0``; tiny: 20%), so
    q puts almost no mass on epistemic markers while the student, whose traces carry one or two
@@ -134,7 +136,9 @@ if only one arm were truncated, every cell would mix the effect of the intervent
 effect of truncation (Novelty's untruncated π̃ amplifies the junk tail: the trial's −100% E(y)).
 At top-p 0.9 the probe is blind to any mechanism that lives in a tail lighter than 10%, at both
 arms; that is a limit of the protocol, which this world respects by planting a confident slip
-rather than a tail.
+rather than a tail. Measured on tiny-planted at top-p 1.0, low-H Novelty loses 14% of StepAcc,
+but to junk characters from the amplified tail, more so in the high and random buckets, and the
+fork cells' marker rise vanishes under the junk (docs/control-worlds.md).
 """
 
 from __future__ import annotations
