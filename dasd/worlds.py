@@ -106,6 +106,9 @@ every in-bucket position after a burn-in of 8):
 * low-H_t Novelty ΔStepAcc: planted −1 and null −1, by tempering at scaffolding tokens whose π̃
   keeps some mass inside the nucleus (tiny: −1.4% [−2.6, −0.5]); at the planted slip itself
   π̃ keeps the wrong digit (p/q^α is largest where q is smallest), so nothing planted adds to it.
+  Measured after the table was written: wrong on both worlds at top-p 0.9 (the flattened π̃ of
+  a token with p_top > 0.9998 still has a top token above 0.9, so the nucleus cuts its tail),
+  right at top-p 1.0 (docs/control-worlds.md). The table is left as predicted.
 
 RQ1 (DASD, then one routing arm flipped):
 
