@@ -8,7 +8,7 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -50,8 +50,11 @@ __all__ = [
     "TINY_RECIPE",
     "TINY_RECIPE_VERSION",
     "TinyRecipe",
+    "atomic_build",
+    "build_progress_bar",
     "build_tiny_model",
     "cache_dir",
+    "ensure_cached",
     "ensure_tiny_model",
     "load_model",
     "make_char_tokenizer",
@@ -117,7 +120,8 @@ def tiny_model_path(*, seed: int = 0, recipe: TinyRecipe = TINY_RECIPE) -> Path:
     return cache_dir() / f"tiny-v{TINY_RECIPE_VERSION}-{key}-seed{seed}"
 
 
-def _progress_bar(enabled: bool) -> Progress:
+def build_progress_bar(enabled: bool) -> Progress:
+    """The progress bar of a model build (stderr; ``enabled=False`` shows nothing)."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -135,7 +139,7 @@ def _build_into(out_dir: Path, *, seed: int, progress: bool, recipe: TinyRecipe)
     """Generate the traces, train, and save model, tokenizer and ``RECIPE_FILE`` in ``out_dir``."""
     wall0, cpu0 = time.perf_counter(), time.process_time()
     tokenizer = make_char_tokenizer()
-    with _progress_bar(progress) as bar, torch.random.fork_rng(devices=[]):
+    with build_progress_bar(progress) as bar, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         data_row = bar.add_task(f"{recipe.task} traces", total=1, note="")
         pairs = get_task(recipe.task).sft_examples(
@@ -186,14 +190,24 @@ def build_tiny_model(
     half model; if a concurrent build renamed its copy first, that copy is kept. The recipe is
     ``dasd._tiny_recipe`` (its docstring lists the choices made).
     """
+    return atomic_build(out_dir, lambda tmp: _build_into(tmp, seed=seed, progress=progress,
+                                                         recipe=recipe))
+
+
+def atomic_build(out_dir: Path, build: Callable[[Path], None]) -> Path:
+    """Run ``build(tmp)`` in a temporary directory beside ``out_dir``, then rename it into place.
+
+    A killed build leaves nothing; if a concurrent build renamed its copy first, that copy is
+    kept. Raises ``FileExistsError`` if ``out_dir`` exists.
+    """
     out_dir = Path(out_dir)
     if out_dir.exists():
-        raise FileExistsError(f"tiny model directory {out_dir} already exists; delete it to rebuild")
+        raise FileExistsError(f"model directory {out_dir} already exists; delete it to rebuild")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     tmp.mkdir()
     try:
-        _build_into(tmp, seed=seed, progress=progress, recipe=recipe)
+        build(tmp)
         try:
             os.replace(tmp, out_dir)
         except OSError:
@@ -209,12 +223,28 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
     """Hold an exclusive advisory lock on ``lock_path`` (released if the process dies).
 
     Without ``fcntl`` (Windows) there is no lock: concurrent builds then both train, and the
-    atomic rename in ``build_tiny_model`` keeps the first finished copy.
+    atomic rename in ``atomic_build`` keeps the first finished copy.
     """
     with open(lock_path, "a") as handle:
         if fcntl is not None:
             fcntl.flock(handle, fcntl.LOCK_EX)
         yield
+
+
+def ensure_cached(path: Path, build: Callable[[Path], object]) -> Path:
+    """``path`` if it is a directory, else ``build(path)`` under a lock file beside it.
+
+    Concurrent callers wait on the lock; leftovers of killed builds are removed first.
+    """
+    if path.is_dir():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(path.with_name(path.name + ".lock")):
+        if not path.is_dir():
+            for stale in path.parent.glob(f".{path.name}.tmp-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            build(path)
+    return path
 
 
 def ensure_tiny_model(
@@ -225,25 +255,25 @@ def ensure_tiny_model(
     Concurrent callers wait on a lock file beside the model; leftovers of killed builds are
     removed before building.
     """
-    path = tiny_model_path(seed=seed, recipe=recipe)
-    if path.is_dir():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive(path.with_name(path.name + ".lock")):
-        if not path.is_dir():
-            for stale in path.parent.glob(f".{path.name}.tmp-*"):
-                shutil.rmtree(stale, ignore_errors=True)
-            build_tiny_model(path, seed=seed, progress=progress, recipe=recipe)
-    return path
+    return ensure_cached(tiny_model_path(seed=seed, recipe=recipe), lambda path: build_tiny_model(
+        path, seed=seed, progress=progress, recipe=recipe))
 
 
 def _resolve(name: str | os.PathLike[str]) -> Path | str:
-    """``tiny`` -> its cached directory; an existing directory -> itself; a hub id -> itself."""
+    """``tiny`` -> its cached directory; a control world (``dasd.worlds.WORLDS``) -> its cached
+    directory; an existing directory -> itself; a hub id -> itself."""
+    from dasd.worlds import WORLDS, ensure_world
+
     if str(name) == "tiny":
         return ensure_tiny_model()
+    if str(name) in WORLDS:
+        return ensure_world(str(name))
     path = Path(name).expanduser()
     if path.is_dir():
         return path
+    if str(name).startswith("tiny-"):
+        raise ValueError(f"unknown built-in world {name!r}; valid: tiny, {', '.join(WORLDS)} "
+                         "(or an existing model directory)")
     if path.exists():
         raise ValueError(f"model path {name} is a file; pass a directory saved with "
                          "save_pretrained, 'tiny', or a hub id such as Qwen/Qwen3-1.7B")
@@ -277,7 +307,10 @@ def load_model(
 
     ``"tiny"`` builds (first call, a few minutes, with a progress bar) or loads the cached
     built-in model (DESIGN.md section 5; write ``./tiny`` for a local directory of that
-    name); an existing local directory loads with
+    name); ``"tiny-planted"`` and ``"tiny-null"`` are the control worlds of ``dasd.worlds``
+    (fine-tunes of ``tiny``, built and cached the same way; any other ``tiny-*`` name that is
+    not a local directory raises a ``ValueError`` listing them); an existing local directory
+    loads with
     ``AutoModelForCausalLM`` / ``AutoTokenizer``; any other hub-id-shaped name is passed to
     ``from_pretrained``. A name that looks like a path but does not exist raises a one-line
     ``FileNotFoundError``. The tokenizer pads on the left; without a pad token it pads with

@@ -570,21 +570,24 @@ class CountdownTask:
         return offsets
 
     def sft_examples(
-        self, n: int, *, seed: int, privileged_fraction: float = 0.4
+        self, n: int, *, seed: int, privileged_fraction: float = 0.4,
+        privileged_detour: float = _PRIVILEGED_DETOUR,
     ) -> list[tuple[str, str]]:
         """(prompt, response) pairs of solver traces from the train split (DESIGN.md section 5).
 
         Plain examples (prompt x): half go straight to a solution, the rest first try one or two
         failed chains (valid steps using every number, ending off target), each followed by a
         marker line, then a random solution and the answer line. Privileged examples (a share
-        ``privileged_fraction``, prompt = teacher prompt): 80% write r's steps then the answer,
-        20% try one failed chain first. Responses carry no end-of-sequence token. Deterministic
-        in ``seed``.
+        ``privileged_fraction``, prompt = teacher prompt): a share ``privileged_detour`` (default
+        20%) try one failed chain first, the rest write r's steps then the answer. Responses
+        carry no end-of-sequence token. Deterministic in ``seed``.
         """
         if not 0.0 <= privileged_fraction <= 1.0:
             raise ValueError(
                 f"privileged_fraction must be in [0, 1], got {privileged_fraction}"
             )
+        if not 0.0 <= privileged_detour <= 1.0:
+            raise ValueError(f"privileged_detour must be in [0, 1], got {privileged_detour}")
         problems = self.sample(n, split="train", seed=seed)
         rng = random.Random(f"countdown-sft-{seed}")
         privileged = set(rng.sample(range(n), round(n * privileged_fraction)))
@@ -593,7 +596,7 @@ class CountdownTask:
             if k in privileged:
                 prompt = self.teacher_prompt(problem)
                 final = _reference_steps(problem)
-                n_failed = int(rng.random() < _PRIVILEGED_DETOUR)
+                n_failed = int(rng.random() < privileged_detour)
             else:
                 prompt = self.student_prompt(problem)
                 numbers, target = _problem_numbers(problem)
