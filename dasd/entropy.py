@@ -6,6 +6,9 @@ tensor, computed without ever materialising a full ``(N, V)`` float32 log-softma
 - ``token_entropy_and_logprob``: the student entropy H_t = -sum_v p(v) log p(v) that drives the
   entropy router (eq. 4; Algorithm 1 line 9) and the log-probability log p(o_t) of the emitted
   token (the PPO ratio of eq. 1 and 5, and delta_t of eq. 4).
+- ``head_entropy_and_logprob``: the same two quantities from the output layer's input (hidden
+  states and the lm_head weight), the logits formed in float32 one chunk at a time, so the PPO
+  forward and the scoring passes never hold ``(N, V)`` logits, nor their gradient.
 - ``token_reverse_kl``: the full-vocabulary reverse KL(p || sg[q]) per position (eq. 2 and the
   KL inside eq. 3), used by ``dasd.losses.reverse_kl_loss``.
 
@@ -37,7 +40,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["token_entropy_and_logprob", "token_reverse_kl"]
+__all__ = ["head_entropy_and_logprob", "token_entropy_and_logprob", "token_reverse_kl"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,9 +75,10 @@ def _log_softmax_into(chunk: Tensor, logp: Tensor, p: Tensor, temperature: float
     """Fill ``logp`` with log softmax(chunk / T) and ``p`` with softmax(chunk / T); return lse.
 
     ``logp`` and ``p`` are preallocated ``(n, V)`` buffers of the compute dtype; no other
-    ``(n, V)`` temporary is created.
+    ``(n, V)`` temporary is created. ``chunk`` may be ``logp`` itself (logits already there).
     """
-    logp.copy_(chunk)
+    if chunk is not logp:
+        logp.copy_(chunk)
     if temperature != 1.0:
         logp.div_(temperature)
     m = logp.amax(dim=-1, keepdim=True)
@@ -98,6 +102,30 @@ def _check_finite(name: str, *stats: Tensor) -> None:
             f"{name} contain NaN/inf (first at flattened position {pos}); "
             "check the model's forward pass or the temperature"
         )
+
+
+def _check_temperature(temperature: float) -> float:
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    return float(temperature)
+
+
+def _flat_ids(token_ids: Tensor, lead: torch.Size, v: int, device: torch.device,
+              what: str) -> Tensor:
+    """``token_ids (...)`` checked (shape ``lead``, integer, in ``[0, v)``), flattened ``(N,)``
+    int64 on ``device``."""
+    if token_ids.shape != lead:
+        raise ValueError(
+            f"token_ids shape {tuple(token_ids.shape)} must equal {what} {tuple(lead)}"
+        )
+    if token_ids.is_floating_point() or token_ids.is_complex() or token_ids.dtype == torch.bool:
+        raise ValueError(f"token_ids must be an integer tensor, got {token_ids.dtype}")
+    ids = token_ids.reshape(-1).to(device=device, dtype=torch.long)
+    if ids.numel() and bool(((ids < 0) | (ids >= v)).any()):
+        raise ValueError(
+            f"token_ids must lie in [0, {v}); got min {int(ids.min())}, max {int(ids.max())}"
+        )
+    return ids
 
 
 def _check_common(logits: Tensor, chunk_size: int, name: str = "logits") -> None:
@@ -139,6 +167,31 @@ def _entropy_logprob_fwd(
     return ent, lp
 
 
+def _rows_of(x: Tensor | None, s: int, e: int) -> Tensor | None:
+    return None if x is None else x[s:e]
+
+
+def _entropy_logprob_grad_into(g: Tensor, p: Tensor, ent: Tensor, ids: Tensor,
+                               g_ent: Tensor | None, g_lp: Tensor | None,
+                               temperature: float) -> None:
+    """Turn ``g`` (holding log p of a chunk ``(n, V)``) into dL/dx of the logits x, given the
+    upstream gradients ``g_ent``, ``g_lp`` ``(n,)`` of entropy and emitted-token log-prob.
+
+    dH/dz_j = -p_j (log p_j + H);  d log p(o)/dz_j = 1[j = o] - p_j;  z = x / T.
+    """
+    if g_ent is not None:
+        g.add_(ent[:, None]).mul_(g_ent[:, None])
+        if g_lp is not None:
+            g.add_(g_lp[:, None])
+    else:
+        g.copy_(g_lp[:, None].expand_as(g))
+    g.mul_(p).neg_()
+    if g_lp is not None:
+        g.scatter_add_(1, ids[:, None], g_lp[:, None])
+    if temperature != 1.0:
+        g.div_(temperature)
+
+
 class _EntropyLogprob(torch.autograd.Function):
     """Autograd wrapper: saves logits and O(N) stats, recomputes softmax chunkwise in backward."""
 
@@ -174,18 +227,8 @@ class _EntropyLogprob(torch.autograd.Function):
             g, p = buf_g[: e - s], buf_p[: e - s]
             # g <- log p, p <- p, recomputed exactly as in forward
             _log_softmax_into(rows(s, e), g, p, t)
-            # dH/dz_j = -p_j (log p_j + H);  d log p(o)/dz_j = 1[j = o] - p_j;  z = x / T
-            if g_ent is not None:
-                g.add_(ent[s:e, None]).mul_(g_ent[s:e, None])
-                if g_lp is not None:
-                    g.add_(g_lp[s:e, None])
-            else:
-                g.copy_(g_lp[s:e, None].expand_as(g))
-            g.mul_(p).neg_()
-            if g_lp is not None:
-                g.scatter_add_(1, ids[s:e, None], g_lp[s:e, None])
-            if t != 1.0:
-                g.div_(t)
+            _entropy_logprob_grad_into(g, p, ent[s:e], ids[s:e], _rows_of(g_ent, s, e),
+                                       _rows_of(g_lp, s, e), t)
             grad_flat[s:e].copy_(g)
         return grad, None, None, None
 
@@ -216,28 +259,152 @@ def token_entropy_and_logprob(
             range.
     """
     _check_common(logits, chunk_size)
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if token_ids.shape != logits.shape[:-1]:
-        raise ValueError(
-            f"token_ids shape {tuple(token_ids.shape)} must equal logits.shape[:-1] "
-            f"{tuple(logits.shape[:-1])}"
-        )
-    if token_ids.is_floating_point() or token_ids.is_complex() or token_ids.dtype == torch.bool:
-        raise ValueError(f"token_ids must be an integer tensor, got {token_ids.dtype}")
     lead = logits.shape[:-1]
-    ids = token_ids.reshape(-1).to(device=logits.device, dtype=torch.long)
-    v = logits.shape[-1]
-    if bool(((ids < 0) | (ids >= v)).any()):
-        raise ValueError(
-            f"token_ids must lie in [0, {v}); got min {int(ids.min())}, max {int(ids.max())}"
-        )
-    temperature = float(temperature)
+    ids = _flat_ids(token_ids, lead, logits.shape[-1], logits.device, "logits.shape[:-1]")
+    temperature = _check_temperature(temperature)
     if torch.is_grad_enabled() and logits.requires_grad:
         ent, lp = _EntropyLogprob.apply(logits, ids, chunk_size, temperature)
     else:
         ent, lp = _entropy_logprob_fwd(logits, ids, chunk_size, temperature)
         ent, lp = ent.float(), lp.float()
+    return ent.view(lead), lp.view(lead)
+
+
+# ---------------------------------------------------------------------------------------------
+# the output layer fused with entropy and emitted-token log-prob
+
+
+def _head_logits_into(out: Tensor, hidden: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``out (n, V) <- hidden (n, d) @ weight.T (+ bias)`` in ``out``'s dtype (the weight is
+    already in it); autocast never applies (the logits stay float32)."""
+    torch.matmul(hidden.to(out.dtype), weight.t(), out=out)
+    if bias is not None:
+        out.add_(bias)
+    return out
+
+
+def _head_fwd(hidden: Tensor, weight: Tensor, bias: Tensor | None, ids: Tensor, chunk_size: int,
+              temperature: float) -> tuple[Tensor, Tensor]:
+    """Entropy and token log-prob ``(N,)`` of softmax((hidden @ W.T + b) / T), chunk by chunk,
+    in the compute dtype; ``weight`` and ``bias`` are already in it."""
+    n, v = hidden.shape[0], weight.shape[0]
+    cd, dev = weight.dtype, hidden.device
+    ent = torch.empty(n, dtype=cd, device=dev)
+    lp = torch.empty(n, dtype=cd, device=dev)
+    lse = torch.empty(n, dtype=cd, device=dev)
+    c = max(min(chunk_size, n), 1)
+    buf_logp = torch.empty((c, v), dtype=cd, device=dev)
+    buf_p = torch.empty((c, v), dtype=cd, device=dev)
+    for s in range(0, n, c):
+        e = min(s + c, n)
+        logp, p = buf_logp[: e - s], buf_p[: e - s]
+        _head_logits_into(logp, hidden[s:e], weight, bias)
+        lse[s:e] = _log_softmax_into(logp, logp, p, temperature)
+        lp[s:e] = logp.gather(1, ids[s:e, None]).squeeze(1)
+        ent[s:e] = -p.mul_(logp).sum(dim=-1)
+    _check_finite("logits", ent, lse)
+    return ent, lp
+
+
+class _HeadEntropyLogprob(torch.autograd.Function):
+    """Autograd wrapper of ``_head_fwd``: saves hidden states, weight and O(N) stats; backward
+    recomputes each chunk's logits and softmax and accumulates the gradients of the hidden
+    states, the weight and the bias chunk by chunk."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, ids, chunk_size, temperature):
+        cd = _compute_dtype(hidden, weight)
+        with torch.autocast(hidden.device.type, enabled=False):
+            w = weight.to(cd)
+            b = None if bias is None else bias.to(cd)
+            ent, lp = _head_fwd(hidden, w, b, ids, chunk_size, temperature)
+        ctx.save_for_backward(hidden, weight, bias, ids, ent)
+        ctx.chunk_size, ctx.temperature = chunk_size, temperature
+        ctx.set_materialize_grads(False)
+        return ent.to(torch.float32, copy=True), lp.float()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_ent, g_lp):
+        hidden, weight, bias, ids, ent = ctx.saved_tensors
+        if g_ent is None and g_lp is None:
+            return None, None, None, None, None, None
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        t, cd, dev = ctx.temperature, ent.dtype, hidden.device
+        n, v = hidden.shape[0], weight.shape[0]
+        with torch.autocast(dev.type, enabled=False):
+            w = weight.to(cd)
+            b = None if bias is None else bias.to(cd)
+            grad_h = torch.empty(hidden.shape, dtype=hidden.dtype, device=dev) if need_h else None
+            grad_w = torch.zeros(w.shape, dtype=cd, device=dev) if need_w else None
+            grad_b = torch.zeros(v, dtype=cd, device=dev) if need_b else None
+            g_ent = None if g_ent is None else g_ent.reshape(-1).to(cd)
+            g_lp = None if g_lp is None else g_lp.reshape(-1).to(cd)
+            c = max(min(ctx.chunk_size, n), 1)
+            buf_g = torch.empty((c, v), dtype=cd, device=dev)
+            buf_p = torch.empty((c, v), dtype=cd, device=dev)
+            for s in range(0, n, c):
+                e = min(s + c, n)
+                g, p = buf_g[: e - s], buf_p[: e - s]
+                _head_logits_into(g, hidden[s:e], w, b)
+                _log_softmax_into(g, g, p, t)
+                _entropy_logprob_grad_into(g, p, ent[s:e], ids[s:e], _rows_of(g_ent, s, e),
+                                           _rows_of(g_lp, s, e), t)
+                if need_h:
+                    grad_h[s:e] = g @ w
+                if need_w:
+                    grad_w.addmm_(g.t(), hidden[s:e].to(cd))
+                if need_b:
+                    grad_b += g.sum(dim=0)
+        grad_w = None if grad_w is None else grad_w.to(weight.dtype)
+        grad_b = None if grad_b is None else grad_b.to(bias.dtype)
+        return grad_h, grad_w, grad_b, None, None, None
+
+
+def head_entropy_and_logprob(
+    hidden: Tensor,
+    weight: Tensor,
+    token_ids: Tensor,
+    *,
+    bias: Tensor | None = None,
+    chunk_size: int = 1024,
+    temperature: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """``token_entropy_and_logprob`` of the logits ``hidden @ weight.T + bias`` without ever
+    holding them: the output layer (lm_head) is applied ``chunk_size`` positions at a time.
+
+    The logits are formed in float32 (float64 if an input is float64) from the hidden states
+    and weight as given, whatever their dtype and whatever autocast is active: a bf16 model's
+    entropy and log-probs are those of its float32-upcast output layer (as TRL's
+    ``cast_lm_head_to_fp32``), not of bf16-rounded logits. Peak extra memory is two
+    ``(chunk_size, V)`` buffers in forward and backward, plus a float32 copy of the weight
+    when it is not float32, and in backward its float32 gradient; never ``(N, V)``.
+
+    Args:
+        hidden: ``(..., d)`` the output layer's input (after the final norm), any float dtype.
+        weight: ``(V, d)`` the output layer's weight; ``bias`` its ``(V,)`` bias or None.
+        token_ids: ``(...)`` integer, the emitted token at each position, in ``[0, V)``.
+        chunk_size: positions per chunk.
+        temperature: T > 0; the distribution is softmax(logits / T).
+
+    Returns:
+        ``(entropy, logprob)``, float32 ``(...)``, differentiable (first order) w.r.t.
+        ``hidden``, ``weight`` and ``bias``.
+
+    Raises:
+        ValueError: as ``token_entropy_and_logprob``; a weight that is not ``(V, d)``.
+    """
+    _check_common(hidden, chunk_size, "hidden")
+    if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(f"weight {tuple(weight.shape)} must be (V, d) with d = "
+                         f"hidden.shape[-1] = {hidden.shape[-1]}")
+    if bias is not None and bias.shape != weight.shape[:1]:
+        raise ValueError(f"bias {tuple(bias.shape)} must be (V,) = ({weight.shape[0]},)")
+    lead = hidden.shape[:-1]
+    ids = _flat_ids(token_ids, lead, weight.shape[0], hidden.device, "hidden.shape[:-1]")
+    temperature = _check_temperature(temperature)
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    ent, lp = _HeadEntropyLogprob.apply(flat, weight, bias, ids, chunk_size, temperature)
     return ent.view(lead), lp.view(lead)
 
 
@@ -334,8 +501,7 @@ def token_reverse_kl(
     """
     _check_common(student_logits, chunk_size, "student_logits")
     _check_common(teacher_logits, chunk_size, "teacher_logits")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    _check_temperature(temperature)
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
             f"student_logits {tuple(student_logits.shape)} and teacher_logits "

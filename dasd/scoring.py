@@ -15,10 +15,12 @@ Departures and choices:
    only needs its token ids.
 3. Micro-batches are formed from rows sorted by prompt + response length (results come back
    in input order), so short responses are not padded to the longest of the whole batch.
-4. Memory: the model's logits for one micro-batch, ``(batch_size, T + 1, V)`` in the model's
-   dtype, are held at once (only the response positions are projected to the vocabulary when
-   the model takes ``logits_to_keep``); the float32 softmax work is bounded by ``chunk_size``
-   positions (``dasd.entropy``).
+4. Memory and precision: with a plain output layer (``output_layer``; Qwen3, Llama, Qwen2)
+   the logits are formed in float32 from the final hidden states ``chunk_size`` positions at
+   a time (``dasd.entropy.head_entropy_and_logprob``), so a pass holds no ``(batch_size, T,
+   V)`` logits and a bf16 model's scores are those of its float32-upcast output layer (bf16
+   logits would be off by ~0.04 nats, the size of delta). Other models fall back to their own
+   logits, upcast to float32 before the softmax work.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from dasd.entropy import token_entropy_and_logprob
+from dasd.entropy import head_entropy_and_logprob, token_entropy_and_logprob
 from dasd.rollout.hf import (
     Rollouts,
     encode_prompts,
@@ -38,7 +40,16 @@ from dasd.rollout.hf import (
     positions_from_mask,
 )
 
-__all__ = ["TokenScores", "response_logits", "score_responses", "score_rollouts"]
+__all__ = [
+    "TokenScores",
+    "head_logits",
+    "output_layer",
+    "response_hidden",
+    "response_logits",
+    "response_token_stats",
+    "score_responses",
+    "score_rollouts",
+]
 
 
 @dataclass
@@ -188,6 +199,64 @@ def _check_pair(name: str, ids: torch.Tensor, mask: torch.Tensor, *, n: int | No
         raise ValueError(f"{name}_ids has {ids.shape[0]} rows for {n} responses; pass one per response")
 
 
+def output_layer(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """The ``(weight (V, d), bias (V,) or None)`` of ``model``'s output layer when its logits are
+    exactly ``lm_head(decoder(x))`` (a plain ``nn.Linear``, no logit scaling or soft-capping,
+    a ``get_decoder()`` giving the final-normed hidden states), else None."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    config = getattr(model, "config", None)
+    if not isinstance(head, nn.Linear) or not hasattr(model, "get_decoder"):
+        return None
+    if any(getattr(config, key, None) not in (None, 1.0) for key in _LOGIT_TRANSFORMS):
+        return None
+    return head.weight, head.bias
+
+
+#: Config keys of models whose logits are not just ``lm_head(hidden)``.
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
+def _joined(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
+            device: torch.device) -> dict[str, torch.Tensor]:
+    """The forward kwargs of left-padded prompts followed by their responses."""
+    prompt_mask = prompt_mask.bool()
+    if not bool(prompt_mask.any(-1).all()):
+        raise ValueError("a prompt has no tokens (its mask row is all False); pass non-empty prompts")
+    first = int(prompt_mask.any(0).nonzero()[0])
+    ids = torch.cat([prompt_ids[:, first:].long(), response_ids.long()], dim=1).to(device)
+    attn = torch.cat([prompt_mask[:, first:], torch.ones_like(response_ids, dtype=torch.bool)], dim=1)
+    attn = attn.long().to(device)
+    return {"input_ids": ids, "attention_mask": attn, "position_ids": positions_from_mask(attn),
+            "use_cache": False}
+
+
+def response_hidden(
+    model: nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+) -> torch.Tensor:
+    """The output layer's input ``(b, t, d)`` (final-normed hidden states) at the positions
+    predicting each token of ``response_ids (b, t)`` after the left-padded prompts
+    ``prompt_ids, prompt_mask (b, P)``; differentiable, on the model's device. Needs a model
+    with ``output_layer(model)`` not None."""
+    device = next(model.parameters()).device
+    t = response_ids.shape[1]
+    out = model.get_decoder()(**_joined(prompt_ids, prompt_mask, response_ids, device))
+    return out.last_hidden_state[:, -t - 1 : -1]
+
+
+def head_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """float32 logits ``(..., V)`` of the output layer at ``hidden (..., d)``: the layer applied
+    in float32 (weights upcast, autocast off), so a bf16 model's logits are not rounded to bf16
+    before the softmax work."""
+    weight, bias = output_layer(model)
+    cd = torch.float64 if torch.float64 in (hidden.dtype, weight.dtype) else torch.float32
+    with torch.autocast(hidden.device.type, enabled=False):
+        return nn.functional.linear(hidden.to(cd), weight.to(cd),
+                                    None if bias is None else bias.to(cd))
+
+
 def response_logits(
     model: nn.Module,
     prompt_ids: torch.Tensor,
@@ -196,25 +265,44 @@ def response_logits(
 ) -> torch.Tensor:
     """Logits ``(b, t, V)`` predicting each token of ``response_ids (b, t)`` after the
     left-padded prompts ``prompt_ids, prompt_mask (b, P)``; differentiable (the trainer's
-    PPO forward uses it with gradient), on the model's device.
+    reverse-KL forward uses it with gradient), on the model's device; float32 (``head_logits``)
+    for a model with a plain output layer, else the model's own logits upcast to float32.
 
     Position ids count attended tokens only, so the amount of left padding changes nothing.
     Positions after a row's last valid response token hold logits of padding; callers mask them.
     """
+    if output_layer(model) is not None:
+        return head_logits(model, response_hidden(model, prompt_ids, prompt_mask, response_ids))
     device = next(model.parameters()).device
-    prompt_mask = prompt_mask.bool()
-    if not bool(prompt_mask.any(-1).all()):
-        raise ValueError("a prompt has no tokens (its mask row is all False); pass non-empty prompts")
-    first = int(prompt_mask.any(0).nonzero()[0])
     t = response_ids.shape[1]
-    ids = torch.cat([prompt_ids[:, first:].long(), response_ids.long()], dim=1).to(device)
-    attn = torch.cat([prompt_mask[:, first:], torch.ones_like(response_ids, dtype=torch.bool)], dim=1)
-    attn = attn.long().to(device)
     _, has_keep = model_call_kwargs(model)
     keep_kw = {"logits_to_keep": t + 1} if has_keep else {}
-    pos = positions_from_mask(attn)
-    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False, **keep_kw).logits
-    return logits[:, -t - 1 : -1]
+    kwargs = _joined(prompt_ids, prompt_mask, response_ids, device)
+    return model(**kwargs, **keep_kw).logits[:, -t - 1 : -1].float()
+
+
+def response_token_stats(
+    model: nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    *,
+    chunk_size: int = 1024,
+    temperature: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Entropy and log-prob ``(b, t)`` float32 of each token of ``response_ids (b, t)`` after
+    the left-padded prompts, on the model's device; differentiable. With a plain output layer
+    the logits are never held whole (``dasd.entropy.head_entropy_and_logprob``); otherwise
+    from ``response_logits``."""
+    targets = response_ids.long().to(next(model.parameters()).device)
+    layer = output_layer(model)
+    if layer is None:
+        logits = response_logits(model, prompt_ids, prompt_mask, response_ids)
+        return token_entropy_and_logprob(logits, targets, chunk_size=chunk_size,
+                                         temperature=temperature)
+    hidden = response_hidden(model, prompt_ids, prompt_mask, response_ids)
+    return head_entropy_and_logprob(hidden, layer[0], targets, bias=layer[1],
+                                    chunk_size=chunk_size, temperature=temperature)
 
 
 def _score_block(
@@ -228,7 +316,6 @@ def _score_block(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Entropy and log-prob ``(b, t)`` of ``response_ids (b, t)`` after left-padded
     ``prompt_ids, prompt_mask (b, P)``; on the device of ``response_ids``."""
-    logits = response_logits(model, prompt_ids, prompt_mask, response_ids)
-    targets = response_ids.long().to(logits.device)
-    ent, lp = token_entropy_and_logprob(logits, targets, chunk_size=chunk_size, temperature=temperature)
+    ent, lp = response_token_stats(model, prompt_ids, prompt_mask, response_ids,
+                                   chunk_size=chunk_size, temperature=temperature)
     return ent.to(response_ids.device), lp.to(response_ids.device)

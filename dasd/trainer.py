@@ -44,8 +44,8 @@ import json
 import math
 import os
 import shutil
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -62,13 +62,21 @@ from dasd.losses import (
     ppo_clip_loss,
     reverse_kl_loss,
 )
+from dasd.memory import (
+    GIB,
+    REVERSE_KL_LOGIT_COPIES,
+    generation_rows,
+    logits_bytes_per_row,
+    rows_within,
+)
 from dasd.models import load_model
+from dasd.perf import build_reporter, check_report_to, peak_flops, synced_time, update_metrics
 from dasd.records import rollout_frame
 from dasd.rollout import Rollouts, build_rollout_engine, check_rollout_engine
 from dasd.rollout.hf import encode_prompts
 from dasd.routing import ROUTING_SIGNALS, RoutingBatch, build_routing_signal
 from dasd.runlog import RunWriter, create_run, open_run, read_manifest, read_metrics
-from dasd.scoring import TokenScores, response_logits, score_rollouts
+from dasd.scoring import TokenScores, response_logits, response_token_stats, score_rollouts
 from dasd.tasks import TASKS, build_task
 from dasd.tasks.base import Problem, Task
 
@@ -165,6 +173,24 @@ class TrainConfig:
     """Recompute each decoder layer's activations in the backward pass of the PPO forward
     (``use_reentrant=False``) instead of storing them: less memory at long responses, about one
     more forward pass of time. Scoring and rollouts are unaffected."""
+    mixed_precision: str = "auto"
+    """Autocast of the policy's passes (rollouts, scoring, routing, the PPO forward): ``auto``
+    (bf16 on CUDA, none on a CPU), ``bf16`` or ``no``. Parameters and AdamW state stay in
+    ``param_dtype`` (float32 master weights by default), and log-probs and entropies come from
+    float32 logits either way (``dasd.scoring``)."""
+    kv_cache_budget_gb: float = 16.0
+    """KV cache a generation batch of the ``hf`` engine may hold: its prompts are at most
+    ``generation_batch_size`` and as many as fit (``dasd.memory``)."""
+    logits_budget_gb: float = 8.0
+    """float32 logits (or attention probabilities) a pass that holds them whole may take: the
+    reverse-KL micro-steps are cut to fit it, as are the ``grad_norm`` and ``attention``
+    routing passes (``dasd.memory``)."""
+    report_to: str = "none"
+    """Also stream the logged metrics to ``tensorboard`` or ``wandb`` (optional extras);
+    ``metrics.jsonl`` is written either way."""
+    peak_tflops: float = 0.0
+    """Peak FLOP/s of the accelerator for ``perf/mfu`` (TFLOP/s); 0: the card's dense bf16 peak
+    from ``dasd.perf.PEAK_BF16_TFLOPS``, no MFU where unknown."""
     seed: int = 0
     device: str = "auto"
     """``auto`` (cuda when available), ``cpu`` or ``cuda``."""
@@ -211,6 +237,14 @@ class TrainConfig:
         if not 0 < self.vllm_gpu_memory_utilization < 1:
             raise ValueError("vllm_gpu_memory_utilization must be in (0, 1), got "
                              f"{self.vllm_gpu_memory_utilization}")
+        if self.mixed_precision not in ("auto", "bf16", "no"):
+            raise ValueError(f"mixed_precision must be auto, bf16 or no, got "
+                             f"{self.mixed_precision!r}")
+        if not (self.kv_cache_budget_gb > 0 and self.logits_budget_gb > 0
+                and self.peak_tflops >= 0):
+            raise ValueError("need kv_cache_budget_gb > 0, logits_budget_gb > 0 and "
+                             "peak_tflops >= 0")
+        check_report_to(self.report_to)
         if self.param_dtype not in PARAM_DTYPES:
             raise ValueError(f"param_dtype must be one of {', '.join(PARAM_DTYPES)}, got "
                              f"{self.param_dtype!r}")
@@ -316,6 +350,13 @@ def _teacher_prompts(
     return prompts
 
 
+def _with_prompts(rollouts: Rollouts, tokenizer: Any, prompts: list[str]) -> Rollouts:
+    """``rollouts`` with its responses placed after ``prompts`` instead (the teacher's
+    context), tokenized as the sampler tokenizes prompts."""
+    ids, mask = encode_prompts(tokenizer, prompts)
+    return replace(rollouts, prompts=prompts, prompt_ids=ids, prompt_mask=mask)
+
+
 def _checkpoint_dirs(run_dir: Path) -> list[tuple[int, Path]]:
     found = []
     for path in (run_dir / CHECKPOINTS).glob("step-*"):
@@ -362,8 +403,13 @@ class Trainer:
         device = cfg.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
         self.model, self.tokenizer = load_model(model_source, device=device,
                                                 dtype=PARAM_DTYPES[cfg.param_dtype])
+        self.autocast = cfg.mixed_precision == "bf16" or (cfg.mixed_precision == "auto"
+                                                          and self.device.type == "cuda")
+        self.n_params = sum(p.numel() for p in self.model.parameters())
+        self.peak_flops = peak_flops(self.device, cfg.peak_tflops)
         if cfg.gradient_checkpointing:
             _enable_checkpointing(self.model)
         self.generate = build_rollout_engine(
@@ -379,6 +425,7 @@ class Trainer:
         if optimizer_state is not None:
             self.optimizer.load_state_dict(optimizer_state)
         self.eval_problems = self.task.sample(cfg.eval_prompts, split="eval", seed=cfg.seed)
+        self.reporter = build_reporter(cfg.report_to, self.run_dir, asdict(cfg))
 
     @classmethod
     def start(cls, cfg: TrainConfig, run_dir: Path) -> Trainer:
@@ -410,14 +457,14 @@ class Trainer:
     def run(self, callback: Callable[[int, dict[str, float]], None] | None = None) -> Path:
         """Train to ``cfg.steps``; ``callback(step, metrics)`` after every logged step."""
         cfg = self.cfg
-        with self.run_writer as run:
+        with self.run_writer, self._closing_reporter():
             if not self._eval_logged(self.start_step):
                 metrics = self.evaluate(self.start_step)
                 if callback:
                     callback(self.start_step, metrics)
             for step in range(self.start_step + 1, cfg.steps + 1):
                 metrics = self.update(step)
-                run.log_metrics(step, "train", metrics)
+                self._log(step, "train", metrics)
                 if _due(step, cfg.eval_every, cfg.steps):
                     metrics |= self.evaluate(step)
                 if _due(step, cfg.checkpoint_every, cfg.steps):
@@ -426,6 +473,32 @@ class Trainer:
                 if callback:
                     callback(step, metrics)
         return self.run_dir
+
+    @contextmanager
+    def _closing_reporter(self) -> Iterator[None]:
+        try:
+            yield
+        finally:
+            if self.reporter is not None:
+                self.reporter.close()
+
+    def _log(self, step: int, split: str, metrics: dict[str, float]) -> None:
+        """Append to metrics.jsonl (the source of truth), then to the ``report_to`` sink."""
+        self.run_writer.log_metrics(step, split, metrics)
+        if self.reporter is not None:
+            self.reporter.log(step, split, metrics)
+
+    def _precision(self) -> Any:
+        """The autocast context of the policy's passes (``mixed_precision``)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast)
+
+    def _generation_batch(self, prompts: Sequence[str]) -> int:
+        """Prompts per ``hf`` generation batch: ``generation_batch_size`` at most, and no more
+        than the KV cache of (longest prompt + max_new_tokens) tokens each fits the budget."""
+        width = encode_prompts(self.tokenizer, list(prompts))[0].shape[1]
+        dtype = torch.bfloat16 if self.autocast else next(self.model.parameters()).dtype
+        return generation_rows(self.model.config, dtype, width + self.cfg.max_new_tokens,
+                               self.cfg.kv_cache_budget_gb * GIB, self.cfg.generation_batch_size)
 
     def _eval_logged(self, step: int) -> bool:
         if not (self.run_dir / "metrics.jsonl").exists():
@@ -436,59 +509,81 @@ class Trainer:
     def evaluate(self, step: int) -> dict[str, float]:
         """Held-out Avg@k, Pass@k and reasoning health of the current policy, logged at ``step``."""
         cfg = self.cfg
-        frame = sample_rollout_rows(
-            self.model, self.tokenizer, self.task, self.eval_problems, k=cfg.eval_k, step=step,
-            split="eval", max_new_tokens=cfg.max_new_tokens, temperature=cfg.eval_temperature,
-            top_p=cfg.eval_top_p, batch_size=cfg.generation_batch_size,
-            teacher=cfg.eval_teacher, generator=_generator(cfg.seed, 0, _EVAL),
-            engine=self.generate, score_batch_size=cfg.micro_batch_size,
-        )
+        batch_size = self._generation_batch([self.task.student_prompt(p)
+                                             for p in self.eval_problems])
+        with self._precision():
+            frame = sample_rollout_rows(
+                self.model, self.tokenizer, self.task, self.eval_problems, k=cfg.eval_k,
+                step=step, split="eval", max_new_tokens=cfg.max_new_tokens,
+                temperature=cfg.eval_temperature, top_p=cfg.eval_top_p, batch_size=batch_size,
+                teacher=cfg.eval_teacher, generator=_generator(cfg.seed, 0, _EVAL),
+                engine=self.generate, score_batch_size=cfg.micro_batch_size,
+            )
         self.run_writer.write_rollouts(step, "eval", frame)
         metrics = eval_metrics(frame)
-        self.run_writer.log_metrics(step, "eval", metrics)
+        self._log(step, "eval", metrics)
         return metrics
 
     def update(self, step: int) -> dict[str, float]:
         """One policy update (Algorithm 1 lines 3-25) at 1-based index ``step``."""
         cfg = self.cfg
-        t0 = time.perf_counter()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        t0 = synced_time(self.device)
         problems = training_problems(self.task, cfg, step)
         prompts = [self.task.student_prompt(p) for p in problems for _ in range(cfg.group_size)]
-        rollouts = self.generate(
-            self.model, self.tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.generation_batch_size,
-            generator=_generator(cfg.seed, step, _SAMPLING),
-        )
+        with self._precision():
+            rollouts = self.generate(
+                self.model, self.tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
+                temperature=cfg.temperature, top_p=cfg.top_p,
+                batch_size=self._generation_batch(prompts),
+                generator=_generator(cfg.seed, step, _SAMPLING),
+            )
         rewards = torch.tensor([
             self.task.reward(problems[i // cfg.group_size], response)
             for i, response in enumerate(rollouts.responses)
         ], dtype=torch.float64)
         correct = rewards > 0.5
-        t_rollout = time.perf_counter()
+        t_rollout = synced_time(self.device)
         teacher_prompts = _teacher_prompts(self.task, self.method, problems, rollouts, correct,
                                            cfg.group_size)
-        scores = score_rollouts(self.model, self.tokenizer, rollouts, teacher_prompts,
-                                batch_size=cfg.micro_batch_size, temperature=cfg.temperature)
-        mask = rollouts.response_mask
-        group_adv = group_advantages(rewards, cfg.group_size, eps=cfg.eps)
-        options = dict(cfg.method_options)
-        if self.method.needs_correct:
-            options["correct"] = correct
-        routing = self.routing(self.model, RoutingBatch.from_rollouts(rollouts, scores.entropy),
-                               temperature=cfg.temperature)
+        with self._precision():
+            scores = score_rollouts(self.model, self.tokenizer, rollouts, None,
+                                    batch_size=cfg.micro_batch_size, temperature=cfg.temperature)
+            t_student = synced_time(self.device)
+            if teacher_prompts is not None:
+                teacher = score_rollouts(self.model, self.tokenizer,
+                                         _with_prompts(rollouts, self.tokenizer, teacher_prompts),
+                                         None, batch_size=cfg.micro_batch_size,
+                                         temperature=cfg.temperature)
+                scores = replace(scores, teacher_logp=teacher.student_logp)
+            t_teacher = synced_time(self.device)
+            mask = rollouts.response_mask
+            group_adv = group_advantages(rewards, cfg.group_size, eps=cfg.eps)
+            options = dict(cfg.method_options)
+            if self.method.needs_correct:
+                options["correct"] = correct
+            routing = self.routing(self.model,
+                                   RoutingBatch.from_rollouts(rollouts, scores.entropy),
+                                   temperature=cfg.temperature,
+                                   memory_budget=cfg.logits_budget_gb * GIB)
         shaped = self.method(group_adv.float(), routing, scores.student_logp,
                              scores.teacher_logp, mask, beta=cfg.beta, rho=cfg.rho, eps=cfg.eps,
                              **options)
-        t_score = time.perf_counter()
+        t_score = synced_time(self.device)
         teacher_ids = teacher_mask = None
         if self.method.reverse_kl:
             teacher_ids, teacher_mask = encode_prompts(self.tokenizer, teacher_prompts)
         batch = _Batch(rollouts.prompt_ids, rollouts.prompt_mask, rollouts.response_ids, mask,
                        scores.student_logp, shaped.advantages, teacher_ids, teacher_mask)
         losses = self._ppo(batch, step)
-        t_update = time.perf_counter()
+        t_update = synced_time(self.device)
 
         valid = mask.sum().clamp(min=1)
+        response_tokens = int(mask.sum())
+        trained_tokens = cfg.ppo_epochs * (int(rollouts.prompt_mask.sum()) + response_tokens)
+        teacher_tokens = 0 if teacher_mask is None else cfg.ppo_epochs * (
+            int(teacher_mask.sum()) + response_tokens)
         metrics = {
             "train/reward": float(rewards.mean()),
             "train/accuracy": float(correct.float().mean()),
@@ -502,6 +597,10 @@ class Trainer:
             "time/score_s": t_score - t_rollout,
             "time/update_s": t_update - t_score,
             "time/step_s": t_update - t0,
+            **update_metrics(device=self.device, peak=self.peak_flops, n_params=self.n_params,
+                             rollout_s=t_rollout - t0, update_s=t_update - t_score,
+                             teacher_s=t_teacher - t_student, generated_tokens=response_tokens,
+                             trained_tokens=trained_tokens, teacher_forward_tokens=teacher_tokens),
             **losses,
         }
         if _due(step, cfg.log_rollouts_every, cfg.steps) or step == 1:
@@ -551,31 +650,40 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         stats = {"loss/total": 0.0, "loss/policy": 0.0, "loss/kl": 0.0, "loss/clip_frac": 0.0,
                  "loss/approx_kl": 0.0}
-        for start in range(0, len(rows), cfg.micro_batch_size):
-            micro = rows[start:start + cfg.micro_batch_size]
+        start = 0
+        while start < len(rows):
+            take = self._micro_rows(int(batch.response_mask[rows[start]].sum()))
+            micro = rows[start:start + take]
+            start += take
             mask = batch.response_mask[micro]
             width = max(int(mask.sum(1).max()), 1)
             mask = mask[:, :width].to(device)
             ids = batch.response_ids[micro, :width].masked_fill(~mask.cpu(), 0)
             weight = float(aggregate_denominator(mask, cfg.loss_agg) / total)
-            logits = response_logits(self.model, batch.prompt_ids[micro],
-                                     batch.prompt_mask[micro], ids)
-            _, logp = token_entropy_and_logprob(logits, ids.to(device),
-                                                temperature=cfg.temperature)
-            policy, ppo_stats = ppo_clip_loss(
-                logp, batch.old_logp[micro, :width].to(device),
-                batch.advantages[micro, :width].to(device), mask,
-                clip_low=cfg.clip_low, clip_high=cfg.clip_high, agg=cfg.loss_agg,
-            )
-            loss = policy
-            if self.method.reverse_kl:
-                with torch.no_grad():
-                    teacher_logits = response_logits(self.model, batch.teacher_ids[micro],
-                                                     batch.teacher_mask[micro], ids)
-                kl, _ = reverse_kl_loss(logits, teacher_logits, mask, agg=cfg.loss_agg,
-                                        temperature=cfg.temperature)
-                loss = loss + cfg.beta * kl
-                stats["loss/kl"] += weight * float(kl.detach())
+            with self._precision():
+                if self.method.reverse_kl:
+                    logits = response_logits(self.model, batch.prompt_ids[micro],
+                                             batch.prompt_mask[micro], ids)
+                    _, logp = token_entropy_and_logprob(logits, ids.to(device),
+                                                        temperature=cfg.temperature)
+                else:
+                    _, logp = response_token_stats(self.model, batch.prompt_ids[micro],
+                                                   batch.prompt_mask[micro], ids,
+                                                   temperature=cfg.temperature)
+                policy, ppo_stats = ppo_clip_loss(
+                    logp, batch.old_logp[micro, :width].to(device),
+                    batch.advantages[micro, :width].to(device), mask,
+                    clip_low=cfg.clip_low, clip_high=cfg.clip_high, agg=cfg.loss_agg,
+                )
+                loss = policy
+                if self.method.reverse_kl:
+                    with torch.no_grad():
+                        teacher_logits = response_logits(self.model, batch.teacher_ids[micro],
+                                                         batch.teacher_mask[micro], ids)
+                    kl, _ = reverse_kl_loss(logits, teacher_logits, mask, agg=cfg.loss_agg,
+                                            temperature=cfg.temperature)
+                    loss = loss + cfg.beta * kl
+                    stats["loss/kl"] += weight * float(kl.detach())
             (loss * weight).backward()
             stats["loss/total"] += weight * float(loss.detach())
             stats["loss/policy"] += weight * float(policy.detach())
@@ -589,6 +697,17 @@ class Trainer:
         self.optimizer.step()
         stats["optim/grad_norm"] = float(grad_norm)
         return stats
+
+    def _micro_rows(self, longest: int) -> int:
+        """Responses in the next PPO forward (its longest has ``longest`` tokens):
+        ``micro_batch_size``, fewer for a reverse-KL method when its float32 student logits,
+        their gradient and the teacher logits would exceed ``logits_budget_gb``."""
+        cfg = self.cfg
+        if not self.method.reverse_kl:
+            return cfg.micro_batch_size
+        per_row = logits_bytes_per_row(max(longest, 1), self.model.config.vocab_size,
+                                       REVERSE_KL_LOGIT_COPIES)
+        return rows_within(cfg.logits_budget_gb * GIB, per_row, cfg.micro_batch_size)
 
 
 def train(cfg: TrainConfig, run_dir: Path,
