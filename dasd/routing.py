@@ -72,7 +72,8 @@ from torch import Tensor, nn
 from dasd.memory import GIB, attention_bytes_per_row, logits_bytes_per_row, rows_within
 from dasd.registry import Registry
 from dasd.rollout.hf import Rollouts, eval_mode
-from dasd.scoring import head_logits, output_layer, response_hidden, response_logits
+from dasd.head import head_logits, output_layer
+from dasd.scoring import response_hidden, response_logits
 
 __all__ = [
     "FREQUENCY_CORPUS_SIZE",

@@ -15,7 +15,7 @@ Departures and choices:
    only needs its token ids.
 3. Micro-batches are formed from rows sorted by prompt + response length (results come back
    in input order), so short responses are not padded to the longest of the whole batch.
-4. Memory and precision: with a plain output layer (``output_layer``; Qwen3, Llama, Qwen2)
+4. Memory and precision: with a plain output layer (``dasd.head``; Qwen3, Llama, Qwen2)
    the logits are formed in float32 from the final hidden states ``chunk_size`` positions at
    a time (``dasd.entropy.head_entropy_and_logprob``), so a pass holds no ``(batch_size, T,
    V)`` logits and a bf16 model's scores are those of its float32-upcast output layer (bf16
@@ -32,6 +32,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from dasd.entropy import head_entropy_and_logprob, token_entropy_and_logprob
+from dasd.head import head_logits, output_layer
 from dasd.rollout.hf import (
     Rollouts,
     encode_prompts,
@@ -42,8 +43,6 @@ from dasd.rollout.hf import (
 
 __all__ = [
     "TokenScores",
-    "head_logits",
-    "output_layer",
     "response_hidden",
     "response_logits",
     "response_token_stats",
@@ -199,23 +198,6 @@ def _check_pair(name: str, ids: torch.Tensor, mask: torch.Tensor, *, n: int | No
         raise ValueError(f"{name}_ids has {ids.shape[0]} rows for {n} responses; pass one per response")
 
 
-def output_layer(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    """The ``(weight (V, d), bias (V,) or None)`` of ``model``'s output layer when its logits are
-    exactly ``lm_head(decoder(x))`` (a plain ``nn.Linear``, no logit scaling or soft-capping,
-    a ``get_decoder()`` giving the final-normed hidden states), else None."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    config = getattr(model, "config", None)
-    if not isinstance(head, nn.Linear) or not hasattr(model, "get_decoder"):
-        return None
-    if any(getattr(config, key, None) not in (None, 1.0) for key in _LOGIT_TRANSFORMS):
-        return None
-    return head.weight, head.bias
-
-
-#: Config keys of models whose logits are not just ``lm_head(hidden)``.
-_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
-
-
 def _joined(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
             device: torch.device) -> dict[str, torch.Tensor]:
     """The forward kwargs of left-padded prompts followed by their responses."""
@@ -246,17 +228,6 @@ def response_hidden(
     return out.last_hidden_state[:, -t - 1 : -1]
 
 
-def head_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """float32 logits ``(..., V)`` of the output layer at ``hidden (..., d)``: the layer applied
-    in float32 (weights upcast, autocast off), so a bf16 model's logits are not rounded to bf16
-    before the softmax work."""
-    weight, bias = output_layer(model)
-    cd = torch.float64 if torch.float64 in (hidden.dtype, weight.dtype) else torch.float32
-    with torch.autocast(hidden.device.type, enabled=False):
-        return nn.functional.linear(hidden.to(cd), weight.to(cd),
-                                    None if bias is None else bias.to(cd))
-
-
 def response_logits(
     model: nn.Module,
     prompt_ids: torch.Tensor,
@@ -265,8 +236,9 @@ def response_logits(
 ) -> torch.Tensor:
     """Logits ``(b, t, V)`` predicting each token of ``response_ids (b, t)`` after the
     left-padded prompts ``prompt_ids, prompt_mask (b, P)``; differentiable (the trainer's
-    reverse-KL forward uses it with gradient), on the model's device; float32 (``head_logits``)
-    for a model with a plain output layer, else the model's own logits upcast to float32.
+    reverse-KL forward uses it with gradient), on the model's device; float32
+    (``dasd.head.head_logits``) for a model with a plain output layer, else the model's own
+    logits upcast to float32.
 
     Position ids count attended tokens only, so the amount of left padding changes nothing.
     Positions after a row's last valid response token hold logits of padding; callers mask them.

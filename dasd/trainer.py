@@ -69,7 +69,7 @@ from dasd.memory import (
     logits_bytes_per_row,
     rows_within,
 )
-from dasd.models import load_model
+from dasd.models import load_model, resolve_device
 from dasd.perf import build_reporter, check_report_to, peak_flops, synced_time, update_metrics
 from dasd.records import rollout_frame
 from dasd.rollout import Rollouts, build_rollout_engine, check_rollout_engine
@@ -400,9 +400,7 @@ class Trainer:
         self.run_writer = run
         self.run_dir = run.path
         self.start_step = start_step
-        device = cfg.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = resolve_device(cfg.device)
         self.device = torch.device(device)
         self.model, self.tokenizer = load_model(model_source, device=device,
                                                 dtype=PARAM_DTYPES[cfg.param_dtype])
@@ -628,7 +626,7 @@ class Trainer:
         self.model.train()
         try:
             for _ in range(cfg.ppo_epochs):
-                order = torch.randperm(n, generator=shuffle)
+                order = torch.randperm(n, generator=shuffle, device=batch.response_ids.device)
                 for start in range(0, n, cfg.mini_batch_size):
                     rows = order[start:start + cfg.mini_batch_size]
                     stats = self._optimizer_step(batch, rows)

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from dasd.evaluation import eval_metrics, sample_rollout_rows
-from dasd.models import load_model
+from dasd.models import load_model, resolve_device, resolve_dtype
 from dasd.rollout import build_rollout_engine, check_rollout_engine
 from dasd.runlog import create_run
 from dasd.tasks import build_task
@@ -60,6 +60,11 @@ class EvalConfig:
     """Share of the GPU's memory vLLM takes (``vllm`` engine); the rest is left to scoring."""
     device: str = "auto"
     """``auto`` (cuda when available), ``cpu`` or ``cuda``."""
+    dtype: str = "auto"
+    """Weights' dtype: ``auto`` (bf16 on CUDA, float32 on a CPU), ``float32``, ``bfloat16`` or
+    ``checkpoint`` (the checkpoint's own: a bf16 base model and its float32 trained checkpoints
+    would then be evaluated at different precisions). Log-probs and entropies come from float32
+    logits either way (``dasd.scoring``)."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -71,8 +76,7 @@ class EvalConfig:
             )
         if self.max_new_tokens < 1 or self.batch_size < 1 or self.score_batch_size < 1:
             raise ValueError("max_new_tokens, batch_size and score_batch_size must be >= 1")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        resolve_dtype(self.dtype, resolve_device(self.device))
         if not 0 < self.vllm_gpu_memory_utilization < 1:
             raise ValueError("vllm_gpu_memory_utilization must be in (0, 1), got "
                              f"{self.vllm_gpu_memory_utilization}")
@@ -87,10 +91,8 @@ def run_eval(
     ``progress`` is called with the number of responses sampled after each generation batch
     (``cfg.n_prompts * cfg.k`` in all).
     """
-    device = cfg.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, tokenizer = load_model(cfg.model, device=device)
+    device = resolve_device(cfg.device)
+    model, tokenizer = load_model(cfg.model, device=device, dtype=resolve_dtype(cfg.dtype, device))
     engine = build_rollout_engine(cfg.rollout_engine, model, seed=cfg.seed,
                                   gpu_memory_utilization=cfg.vllm_gpu_memory_utilization)
     options = {"benchmark": cfg.benchmark} if cfg.benchmark else {}

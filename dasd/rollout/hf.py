@@ -28,6 +28,8 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
+from dasd.head import head_logits, output_layer
+
 __all__ = [
     "Rollouts",
     "assemble_rollouts",
@@ -35,6 +37,7 @@ __all__ = [
     "eval_mode",
     "generate",
     "model_call_kwargs",
+    "next_token_logits",
     "positions_from_mask",
     "sample_from_logits",
     "stop_token_ids",
@@ -101,6 +104,19 @@ def model_call_kwargs(model: nn.Module) -> tuple[str, bool]:
     params = inspect.signature(model.forward).parameters
     cache_kw = "cache" if "cache" in params else "past_key_values"
     return cache_kw, "logits_to_keep" in params
+
+
+def next_token_logits(model: nn.Module, cache_kw: str, keep_kw: dict[str, int],
+                      **inputs: object) -> tuple[Tensor, object]:
+    """Next-token logits ``(B, V)`` of one cached decoding call with ``inputs`` (ids, masks,
+    positions, ``use_cache`` and the cache under ``cache_kw``), and the advanced cache. With a
+    plain output layer the logits are float32 from the final hidden state (``dasd.head``), so a
+    bf16 model samples and scores from float32 logits; otherwise the model's own."""
+    if output_layer(model) is None:
+        out = model(**inputs, **keep_kw)
+        return out.logits[:, -1], getattr(out, cache_kw)
+    out = model.get_decoder()(**inputs)
+    return head_logits(model, out.last_hidden_state[:, -1]), getattr(out, cache_kw)
 
 
 def encode_prompts(
@@ -318,17 +334,12 @@ def _decode(
     cache = None
     steps = 0
     while True:
-        out = model(
-            input_ids=ids,
-            attention_mask=attn,
-            position_ids=pos,
-            use_cache=True,
-            **{cache_kw: cache},
-            **keep_kw,
+        logits, cache = next_token_logits(
+            model, cache_kw, keep_kw, input_ids=ids, attention_mask=attn, position_ids=pos,
+            use_cache=True, **{cache_kw: cache},
         )
-        cache = getattr(out, cache_kw)
         tokens, logp = sample_from_logits(
-            out.logits[:, -1], temperature=temperature, top_p=top_p, generator=generator
+            logits, temperature=temperature, top_p=top_p, generator=generator
         )
         live = rows[alive]
         out_ids[live, steps] = tokens[alive]
