@@ -26,16 +26,24 @@ Departures from the paper and choices it leaves open:
    ``min_lr_ratio * lr``), so it needs no scheduler state.
 6. Step 0 is the base model's evaluation; a checkpoint "0" is the base model itself (not saved).
 7. Memory at long responses: every forward pass over whole responses, with gradient or without
-   (scoring, the PPO micro-batches, held-out scoring), takes ``micro_batch_size`` responses, so
-   one pass holds at most ``(micro_batch_size, T, V)`` logits in the model's dtype (the RQ3
-   routing signals that run passes of their own, ``dasd.routing``, use batches of
-   ``SIGNAL_BATCH_SIZE``); float32 softmax work is chunked (``dasd.entropy``);
-   ``gradient_checkpointing`` recomputes each decoder layer in the backward pass instead of
-   storing its activations (training passes only). The policy's parameters and AdamW state are
-   float32 by default (``param_dtype``), whatever the checkpoint's dtype: at the paper's
-   lr 3e-6 most updates of a bf16 weight (spacing ~1e-4 near 0.02) would round to nothing.
+   (scoring, the PPO micro-batches, held-out scoring), takes ``micro_batch_size`` responses;
+   with a plain output layer (``dasd.head``) none of them holds ``(rows, T, V)`` logits: the
+   output layer is applied ``chunk_size`` positions at a time inside one autograd function
+   (``dasd.entropy.head_entropy_and_logprob``). The reverse-KL methods need whole logits (student
+   and teacher); their micro-batches are cut further to fit ``logits_budget_gb``, as are the RQ3
+   routing passes (``dasd.routing``). Generation batches fit ``kv_cache_budget_gb`` of KV cache
+   (``dasd.memory``). ``gradient_checkpointing`` recomputes each decoder layer in the backward
+   pass instead of storing its activations (training passes only). The policy's parameters and
+   AdamW state are float32 by default (``param_dtype``), whatever the checkpoint's dtype: at
+   the paper's lr 3e-6 most updates of a bf16 weight (spacing ~1e-4 near 0.02) would round to
+   nothing. On CUDA the passes run under bf16 autocast (``mixed_precision``) on those float32
+   master weights; log-probs and entropies always come from float32 logits.
 8. ``rollout_engine="vllm"`` samples with vLLM on the GPU (``dasd.rollout.vllm``: the policy's
    weights are copied into vLLM before each batch of rollouts); scoring stays with the HF model.
+9. Beside the ``time/`` phase timers (rollout; scoring with routing and advantages; update),
+   each update logs ``perf/`` metrics (``dasd.perf``): generation and training tokens/s, the
+   teacher's share of scoring, and on CUDA peak memory and MFU. ``report_to`` streams every
+   logged metric to TensorBoard or W&B as well.
 """
 
 from __future__ import annotations

@@ -208,3 +208,27 @@ def test_eval_and_probe3_load_on_the_asked_device_and_dtype(model_dir, tmp_path,
             (evaluate.run_eval if module is evaluate else prefix.run_prefix_intervene)(
                 cfg, tmp_path / module.__name__)
     assert calls == [("cpu", torch.bfloat16), ("cpu", None)]
+
+
+@pytest.mark.parametrize("signal", ["grad_norm", "attention"])
+def test_routing_passes_are_cut_to_the_memory_budget(signal):
+    from dasd.models import make_char_tokenizer
+    from dasd.rollout import generate
+    from dasd.routing import RoutingBatch, build_routing_signal
+    from tests.fixtures_models import random_qwen3
+
+    tok = make_char_tokenizer()
+    model = random_qwen3(tok, seed=5)
+    rollouts = generate(model, tok, ["nums: 1 2\ntarget: 3\n", "nums: 4 5 6\n", "x\n"],
+                        max_new_tokens=7, generator=torch.Generator().manual_seed(1))
+    batch = RoutingBatch.from_rollouts(rollouts, torch.zeros(rollouts.response_mask.shape))
+    fn = build_routing_signal(signal, task=None, tokenizer=tok)
+    rows = []
+    model.get_decoder().register_forward_hook(
+        lambda module, args, out: rows.append(out.last_hidden_state.shape[0]))
+    whole = fn(model, batch, temperature=1.0)
+    assert rows == [3]
+    rows.clear()
+    cut = fn(model, batch, temperature=1.0, memory_budget=1)  # one response per pass
+    assert rows == [1, 1, 1]
+    torch.testing.assert_close(cut, whole, rtol=1e-5, atol=1e-6)
