@@ -141,30 +141,65 @@ def _check_common(logits: Tensor, chunk_size: int, name: str = "logits") -> None
 # entropy and emitted-token log-prob
 
 
-def _entropy_logprob_fwd(
-    logits: Tensor, ids: Tensor, chunk_size: int, temperature: float
+#: ``chunk(buf, s, e)``: the logits of positions ``s:e`` as ``(e - s, V)``, either a view of
+#: the caller's logits or ``buf`` (a compute-dtype buffer of that shape) filled with them.
+ChunkLogits = Callable[[Tensor, int, int], Tensor]
+
+
+def _entropy_logprob_chunks(
+    chunk: ChunkLogits, ids: Tensor, v: int, cd: torch.dtype, chunk_size: int,
+    temperature: float,
 ) -> tuple[Tensor, Tensor]:
-    """Per-position entropy and token log-prob, flattened ``(N,)``, in the compute dtype."""
-    v = logits.shape[-1]
+    """Per-position entropy and token log-prob, flattened ``(N,)``, in the compute dtype ``cd``,
+    from the logits ``chunk`` gives one chunk at a time."""
     n = ids.numel()
-    cd = _compute_dtype(logits)
-    dev = logits.device
+    dev = ids.device
     ent = torch.empty(n, dtype=cd, device=dev)
     lp = torch.empty(n, dtype=cd, device=dev)
     lse = torch.empty(n, dtype=cd, device=dev)
-    rows = _row_source(logits)
     c = max(min(chunk_size, n), 1)
     buf_logp = torch.empty((c, v), dtype=cd, device=dev)
     buf_p = torch.empty((c, v), dtype=cd, device=dev)
     for s in range(0, n, c):
         e = min(s + c, n)
         logp, p = buf_logp[: e - s], buf_p[: e - s]
-        lse[s:e] = _log_softmax_into(rows(s, e), logp, p, temperature)
+        lse[s:e] = _log_softmax_into(chunk(logp, s, e), logp, p, temperature)
         lp[s:e] = logp.gather(1, ids[s:e, None]).squeeze(1)
         # in place (no third buffer); torch.sum's cascaded summation keeps H accurate
         ent[s:e] = -p.mul_(logp).sum(dim=-1)
     _check_finite("logits", ent, lse)
     return ent, lp
+
+
+def _entropy_logprob_fwd(
+    logits: Tensor, ids: Tensor, chunk_size: int, temperature: float
+) -> tuple[Tensor, Tensor]:
+    """Per-position entropy and token log-prob of ``logits``, flattened ``(N,)``."""
+    rows = _row_source(logits)
+    return _entropy_logprob_chunks(lambda buf, s, e: rows(s, e), ids, logits.shape[-1],
+                                   _compute_dtype(logits), chunk_size, temperature)
+
+
+def _entropy_logprob_bwd_chunks(
+    chunk: ChunkLogits, ids: Tensor, ent: Tensor, g_ent: Tensor | None, g_lp: Tensor | None,
+    v: int, chunk_size: int, temperature: float, consume: Callable[[Tensor, int, int], None],
+) -> None:
+    """Recompute each chunk's softmax (exactly as in forward) and pass dL/dlogits of positions
+    ``s:e`` (a reused ``(e - s, V)`` buffer in ``ent``'s dtype) to ``consume(grad, s, e)``."""
+    n, cd, dev = ids.numel(), ent.dtype, ent.device
+    g_ent = None if g_ent is None else g_ent.reshape(-1).to(cd)
+    g_lp = None if g_lp is None else g_lp.reshape(-1).to(cd)
+    c = max(min(chunk_size, n), 1)
+    buf_g = torch.empty((c, v), dtype=cd, device=dev)
+    buf_p = torch.empty((c, v), dtype=cd, device=dev)
+    for s in range(0, n, c):
+        e = min(s + c, n)
+        g, p = buf_g[: e - s], buf_p[: e - s]
+        # g <- log p, p <- p
+        _log_softmax_into(chunk(g, s, e), g, p, temperature)
+        _entropy_logprob_grad_into(g, p, ent[s:e], ids[s:e], _rows_of(g_ent, s, e),
+                                   _rows_of(g_lp, s, e), temperature)
+        consume(g, s, e)
 
 
 def _rows_of(x: Tensor | None, s: int, e: int) -> Tensor | None:
@@ -210,26 +245,16 @@ class _EntropyLogprob(torch.autograd.Function):
         logits, ids, ent = ctx.saved_tensors
         if g_ent is None and g_lp is None:
             return None, None, None, None
-        t = ctx.temperature
         v = logits.shape[-1]
-        n = ids.numel()
-        cd = ent.dtype
         grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
         grad_flat = grad.view(-1, v)
         rows = _row_source(logits)
-        c = max(min(ctx.chunk_size, n), 1)
-        buf_g = torch.empty((c, v), dtype=cd, device=logits.device)
-        buf_p = torch.empty((c, v), dtype=cd, device=logits.device)
-        g_ent = None if g_ent is None else g_ent.reshape(-1).to(cd)
-        g_lp = None if g_lp is None else g_lp.reshape(-1).to(cd)
-        for s in range(0, n, c):
-            e = min(s + c, n)
-            g, p = buf_g[: e - s], buf_p[: e - s]
-            # g <- log p, p <- p, recomputed exactly as in forward
-            _log_softmax_into(rows(s, e), g, p, t)
-            _entropy_logprob_grad_into(g, p, ent[s:e], ids[s:e], _rows_of(g_ent, s, e),
-                                       _rows_of(g_lp, s, e), t)
+
+        def consume(g: Tensor, s: int, e: int) -> None:
             grad_flat[s:e].copy_(g)
+
+        _entropy_logprob_bwd_chunks(lambda buf, s, e: rows(s, e), ids, ent, g_ent, g_lp, v,
+                                    ctx.chunk_size, ctx.temperature, consume)
         return grad, None, None, None
 
 
@@ -287,23 +312,9 @@ def _head_fwd(hidden: Tensor, weight: Tensor, bias: Tensor | None, ids: Tensor, 
               temperature: float) -> tuple[Tensor, Tensor]:
     """Entropy and token log-prob ``(N,)`` of softmax((hidden @ W.T + b) / T), chunk by chunk,
     in the compute dtype; ``weight`` and ``bias`` are already in it."""
-    n, v = hidden.shape[0], weight.shape[0]
-    cd, dev = weight.dtype, hidden.device
-    ent = torch.empty(n, dtype=cd, device=dev)
-    lp = torch.empty(n, dtype=cd, device=dev)
-    lse = torch.empty(n, dtype=cd, device=dev)
-    c = max(min(chunk_size, n), 1)
-    buf_logp = torch.empty((c, v), dtype=cd, device=dev)
-    buf_p = torch.empty((c, v), dtype=cd, device=dev)
-    for s in range(0, n, c):
-        e = min(s + c, n)
-        logp, p = buf_logp[: e - s], buf_p[: e - s]
-        _head_logits_into(logp, hidden[s:e], weight, bias)
-        lse[s:e] = _log_softmax_into(logp, logp, p, temperature)
-        lp[s:e] = logp.gather(1, ids[s:e, None]).squeeze(1)
-        ent[s:e] = -p.mul_(logp).sum(dim=-1)
-    _check_finite("logits", ent, lse)
-    return ent, lp
+    return _entropy_logprob_chunks(
+        lambda buf, s, e: _head_logits_into(buf, hidden[s:e], weight, bias), ids,
+        weight.shape[0], weight.dtype, chunk_size, temperature)
 
 
 class _HeadEntropyLogprob(torch.autograd.Function):
@@ -330,32 +341,25 @@ class _HeadEntropyLogprob(torch.autograd.Function):
         if g_ent is None and g_lp is None:
             return None, None, None, None, None, None
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        t, cd, dev = ctx.temperature, ent.dtype, hidden.device
-        n, v = hidden.shape[0], weight.shape[0]
+        cd, dev = ent.dtype, hidden.device
         with torch.autocast(dev.type, enabled=False):
             w = weight.to(cd)
             b = None if bias is None else bias.to(cd)
             grad_h = torch.empty(hidden.shape, dtype=hidden.dtype, device=dev) if need_h else None
             grad_w = torch.zeros(w.shape, dtype=cd, device=dev) if need_w else None
-            grad_b = torch.zeros(v, dtype=cd, device=dev) if need_b else None
-            g_ent = None if g_ent is None else g_ent.reshape(-1).to(cd)
-            g_lp = None if g_lp is None else g_lp.reshape(-1).to(cd)
-            c = max(min(ctx.chunk_size, n), 1)
-            buf_g = torch.empty((c, v), dtype=cd, device=dev)
-            buf_p = torch.empty((c, v), dtype=cd, device=dev)
-            for s in range(0, n, c):
-                e = min(s + c, n)
-                g, p = buf_g[: e - s], buf_p[: e - s]
-                _head_logits_into(g, hidden[s:e], w, b)
-                _log_softmax_into(g, g, p, t)
-                _entropy_logprob_grad_into(g, p, ent[s:e], ids[s:e], _rows_of(g_ent, s, e),
-                                           _rows_of(g_lp, s, e), t)
+            grad_b = torch.zeros(w.shape[0], dtype=cd, device=dev) if need_b else None
+
+            def consume(g: Tensor, s: int, e: int) -> None:
                 if need_h:
                     grad_h[s:e] = g @ w
                 if need_w:
                     grad_w.addmm_(g.t(), hidden[s:e].to(cd))
                 if need_b:
-                    grad_b += g.sum(dim=0)
+                    grad_b.add_(g.sum(dim=0))
+
+            _entropy_logprob_bwd_chunks(
+                lambda buf, s, e: _head_logits_into(buf, hidden[s:e], w, b), ids, ent, g_ent,
+                g_lp, w.shape[0], ctx.chunk_size, ctx.temperature, consume)
         grad_w = None if grad_w is None else grad_w.to(weight.dtype)
         grad_b = None if grad_b is None else grad_b.to(bias.dtype)
         return grad_h, grad_w, grad_b, None, None, None
