@@ -33,6 +33,7 @@ from transformers import PreTrainedTokenizerBase
 
 from dasd.entropy import head_entropy_and_logprob, token_entropy_and_logprob
 from dasd.head import head_logits, output_layer
+from dasd.perf import synced_time
 from dasd.rollout.hf import (
     Rollouts,
     encode_prompts,
@@ -79,6 +80,7 @@ def score_responses(
     batch_size: int = 32,
     chunk_size: int = 1024,
     temperature: float = 1.0,
+    timings: dict[str, float] | None = None,
 ) -> TokenScores:
     """Score responses under the student context and, optionally, the teacher context.
 
@@ -99,6 +101,8 @@ def score_responses(
         batch_size: responses per forward pass (bounds the ``(batch_size, T + 1, V)`` logits).
         chunk_size: positions per chunk of the float32 softmax.
         temperature: scores are of softmax(logits / temperature).
+        timings: when given, ``"student_s"`` and ``"teacher_s"`` are incremented by the wall
+            seconds of each branch's passes (after the device's queued work is done).
 
     Returns:
         ``TokenScores`` on the device of ``response_ids``.
@@ -121,6 +125,7 @@ def score_responses(
     entropy = torch.zeros(n, width, dtype=torch.float32, device=response_ids.device)
     student_logp = torch.zeros_like(entropy)
     teacher_logp = None if teacher_prompt_ids is None else torch.zeros_like(entropy)
+    clock = _Clock(next(model.parameters()).device, timings)
     with torch.inference_mode(), eval_mode(model):
         lengths = response_mask.sum(-1)
         order = torch.argsort(lengths + student_prompt_mask.bool().sum(-1), descending=True, stable=True)
@@ -140,6 +145,7 @@ def score_responses(
             )
             entropy[rows, :t] = ent.where(mask, 0.0)
             student_logp[rows, :t] = lp.where(mask, 0.0)
+            clock.lap("student_s")
             if teacher_logp is not None:
                 _, lp = _score_block(
                     model,
@@ -150,7 +156,23 @@ def score_responses(
                     temperature=temperature,
                 )
                 teacher_logp[rows, :t] = lp.where(mask, 0.0)
+                clock.lap("teacher_s")
     return TokenScores(entropy=entropy, student_logp=student_logp, teacher_logp=teacher_logp)
+
+
+class _Clock:
+    """Adds the wall seconds since the previous lap to ``timings[key]`` (nothing without
+    ``timings``)."""
+
+    def __init__(self, device: torch.device, timings: dict[str, float] | None) -> None:
+        self.device, self.timings = device, timings
+        self.last = synced_time(device) if timings is not None else 0.0
+
+    def lap(self, key: str) -> None:
+        if self.timings is not None:
+            now = synced_time(self.device)
+            self.timings[key] = self.timings.get(key, 0.0) + now - self.last
+            self.last = now
 
 
 def score_rollouts(
@@ -162,6 +184,7 @@ def score_rollouts(
     batch_size: int = 32,
     chunk_size: int = 1024,
     temperature: float = 1.0,
+    timings: dict[str, float] | None = None,
 ) -> TokenScores:
     """``score_responses`` on ``rollouts``: the student context is the rollout's own prompt;
     the teacher context is ``teacher_prompts[i]`` (x with r), tokenized with left padding as
@@ -185,6 +208,7 @@ def score_rollouts(
         batch_size=batch_size,
         chunk_size=chunk_size,
         temperature=temperature,
+        timings=timings,
     )
 
 

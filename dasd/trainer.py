@@ -358,13 +358,6 @@ def _teacher_prompts(
     return prompts
 
 
-def _with_prompts(rollouts: Rollouts, tokenizer: Any, prompts: list[str]) -> Rollouts:
-    """``rollouts`` with its responses placed after ``prompts`` instead (the teacher's
-    context), tokenized as the sampler tokenizes prompts."""
-    ids, mask = encode_prompts(tokenizer, prompts)
-    return replace(rollouts, prompts=prompts, prompt_ids=ids, prompt_mask=mask)
-
-
 def _checkpoint_dirs(run_dir: Path) -> list[tuple[int, Path]]:
     found = []
     for path in (run_dir / CHECKPOINTS).glob("step-*"):
@@ -553,17 +546,11 @@ class Trainer:
         t_rollout = synced_time(self.device)
         teacher_prompts = _teacher_prompts(self.task, self.method, problems, rollouts, correct,
                                            cfg.group_size)
+        timings: dict[str, float] = {}
         with self._precision():
-            scores = score_rollouts(self.model, self.tokenizer, rollouts, None,
-                                    batch_size=cfg.micro_batch_size, temperature=cfg.temperature)
-            t_student = synced_time(self.device)
-            if teacher_prompts is not None:
-                teacher = score_rollouts(self.model, self.tokenizer,
-                                         _with_prompts(rollouts, self.tokenizer, teacher_prompts),
-                                         None, batch_size=cfg.micro_batch_size,
-                                         temperature=cfg.temperature)
-                scores = replace(scores, teacher_logp=teacher.student_logp)
-            t_teacher = synced_time(self.device)
+            scores = score_rollouts(self.model, self.tokenizer, rollouts, teacher_prompts,
+                                    batch_size=cfg.micro_batch_size, temperature=cfg.temperature,
+                                    timings=timings)
             mask = rollouts.response_mask
             group_adv = group_advantages(rewards, cfg.group_size, eps=cfg.eps)
             options = dict(cfg.method_options)
@@ -605,7 +592,8 @@ class Trainer:
             "time/step_s": t_update - t0,
             **update_metrics(device=self.device, peak=self.peak_flops, n_params=self.n_params,
                              rollout_s=t_rollout - t0, update_s=t_update - t_score,
-                             teacher_s=t_teacher - t_student, generated_tokens=response_tokens,
+                             teacher_s=timings.get("teacher_s", 0.0),
+                             generated_tokens=response_tokens,
                              trained_tokens=trained_tokens, teacher_forward_tokens=teacher_tokens),
             **losses,
         }

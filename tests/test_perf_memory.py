@@ -143,6 +143,7 @@ def test_budgets_cut_generation_and_reverse_kl_passes(model_dir, tmp_path):
     assert metrics["loss/kl"] > 0 and metrics["optim/grad_norm"] > 0
     assert {"perf/rollout_tokens_per_s", "perf/update_tokens_per_s",
             "perf/teacher_s"} <= metrics.keys()
+    assert metrics["perf/teacher_s"] > 0
     assert "perf/mfu" not in metrics and "perf/peak_memory_gb" not in metrics  # CPU
 
 

@@ -109,10 +109,16 @@ def model_call_kwargs(model: nn.Module) -> tuple[str, bool]:
 def next_token_logits(model: nn.Module, cache_kw: str, keep_kw: dict[str, int],
                       **inputs: object) -> tuple[Tensor, object]:
     """Next-token logits ``(B, V)`` of one cached decoding call with ``inputs`` (ids, masks,
-    positions, ``use_cache`` and the cache under ``cache_kw``), and the advanced cache. With a
-    plain output layer the logits are float32 from the final hidden state (``dasd.head``), so a
-    bf16 model samples and scores from float32 logits; otherwise the model's own."""
-    if output_layer(model) is None:
+    positions, ``use_cache`` and the cache under ``cache_kw``), and the advanced cache.
+
+    A plain output layer (``dasd.head``) in bf16/fp16, or under autocast, gives float32 logits
+    from the final hidden state, so such a model samples and scores from float32 logits; a
+    float32 output layer without autocast, or any other model, runs its own forward (the same
+    float32 logits, and forward hooks on the model still see them)."""
+    layer = output_layer(model)
+    device_type = next(model.parameters()).device.type
+    if layer is None or (layer[0].dtype in (torch.float32, torch.float64)
+                         and not torch.is_autocast_enabled(device_type)):
         out = model(**inputs, **keep_kw)
         return out.logits[:, -1], getattr(out, cache_kw)
     out = model.get_decoder()(**inputs)
