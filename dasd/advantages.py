@@ -259,11 +259,12 @@ def _order_stat_pair(x: Tensor, mask: Tensor, n: Tensor, lo: Tensor, step: Tenso
     if t == 0:  # every row is empty
         zero = x.new_zeros((b,))
         return zero, zero
-    below = (~mask).cumsum(dim=-1) <= (k - lo)[:, None]
+    below = (~mask).cumsum(dim=-1, dtype=torch.int32) <= (k - lo).to(torch.int32)[:, None]
     y = torch.where(mask, x, torch.where(below, -math.inf, math.inf))
     first = torch.kthvalue(y, k + 1, dim=-1).values
-    ties = (y <= first[:, None]).sum(dim=-1) > k + 1
-    above = torch.where(y > first[:, None], y, math.inf).amin(dim=-1)
+    at_most = y <= first[:, None]
+    ties = torch.count_nonzero(at_most, dim=-1) > k + 1
+    above = y.masked_fill(at_most, math.inf).amin(dim=-1)
     second = torch.where((step == 0) | ties, first, above)
     empty = n == 0
     return first.masked_fill(empty, 0.0), second.masked_fill(empty, 0.0)
@@ -380,7 +381,7 @@ def dasd_advantages(
     dtype = _compute_dtype(group_adv, entropy, student_logp, teacher_logp)
     with torch.no_grad():
         h = torch.where(mask, entropy.detach().to(dtype), 0.0)
-        n = mask.sum(dim=-1)
+        n = torch.count_nonzero(mask, dim=-1)
 
         # Algorithm 1 lines 13-15: per-trajectory statistics over valid tokens.
         tau = _masked_quantile(h, mask, n, rho)
@@ -397,13 +398,18 @@ def dasd_advantages(
         omega = router * g
         adv = group_adv.detach().to(dtype)[:, None] + beta * omega * delta_bar
 
+        keep = mask.to(dtype)
+
         def on_mask(x: Tensor) -> Tensor:
-            return torch.where(mask, x, 0.0)
+            # Every statistic is 0 off the mask, so x is finite there: x * 0 + 0 is +0.0 and
+            # x * 1 + 0 is x (a -0.0 becomes +0.0), as torch.where gives, at a fraction of
+            # its cost on a boolean mask.
+            return x.mul(keep).add_(0.0)
 
         return TokenAdvantages(
             advantages=on_mask(adv),
             omega=on_mask(omega),
-            delta_bar=on_mask(delta_bar),
+            delta_bar=delta_bar,  # already +0.0 off the mask (delta is)
             router=on_mask(router),
             gate=on_mask(g),
         )
@@ -609,7 +615,7 @@ def _sampled_gap(
     scale_fn = GAP_SCALES.get(gap_scale)
     delta = teacher_logp.detach().to(dtype) - student_logp.detach().to(dtype)
     delta = torch.where(mask, delta, 0.0)
-    scale = scale_fn(delta.abs(), mask, mask.sum(dim=-1), eps)
+    scale = scale_fn(delta.abs(), mask, torch.count_nonzero(mask, dim=-1), eps)
     return delta, delta / scale[:, None]
 
 
