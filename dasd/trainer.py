@@ -70,18 +70,12 @@ from dasd.losses import (
     ppo_clip_loss,
     reverse_kl_loss,
 )
-from dasd.memory import (
-    GIB,
-    REVERSE_KL_LOGIT_COPIES,
-    generation_rows,
-    logits_bytes_per_row,
-    rows_within,
-)
+from dasd.memory import GIB, REVERSE_KL_LOGIT_COPIES, logits_bytes_per_row, rows_within
 from dasd.models import load_model, resolve_device
 from dasd.perf import build_reporter, check_report_to, peak_flops, synced_time, update_metrics
 from dasd.records import rollout_frame
 from dasd.rollout import Rollouts, build_rollout_engine, check_rollout_engine
-from dasd.rollout.hf import encode_prompts
+from dasd.rollout.hf import encode_prompts, kv_budget_batch_size
 from dasd.routing import ROUTING_SIGNALS, RoutingBatch, build_routing_signal
 from dasd.runlog import RunWriter, create_run, open_run, read_manifest, read_metrics
 from dasd.scoring import TokenScores, response_logits, response_token_stats, score_rollouts
@@ -494,10 +488,10 @@ class Trainer:
     def _generation_batch(self, prompts: Sequence[str]) -> int:
         """Prompts per ``hf`` generation batch: ``generation_batch_size`` at most, and no more
         than the KV cache of (longest prompt + max_new_tokens) tokens each fits the budget."""
-        width = encode_prompts(self.tokenizer, list(prompts))[0].shape[1]
-        dtype = torch.bfloat16 if self.autocast else next(self.model.parameters()).dtype
-        return generation_rows(self.model.config, dtype, width + self.cfg.max_new_tokens,
-                               self.cfg.kv_cache_budget_gb * GIB, self.cfg.generation_batch_size)
+        return kv_budget_batch_size(
+            self.model, self.tokenizer, prompts, max_new_tokens=self.cfg.max_new_tokens,
+            budget_gb=self.cfg.kv_cache_budget_gb, cap=self.cfg.generation_batch_size,
+            dtype=torch.bfloat16 if self.autocast else None)
 
     def _eval_logged(self, step: int) -> bool:
         if not (self.run_dir / "metrics.jsonl").exists():

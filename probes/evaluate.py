@@ -24,6 +24,7 @@ import torch
 from dasd.evaluation import eval_metrics, sample_rollout_rows
 from dasd.models import load_model, resolve_device, resolve_dtype
 from dasd.rollout import build_rollout_engine, check_rollout_engine
+from dasd.rollout.hf import kv_budget_batch_size
 from dasd.runlog import create_run
 from dasd.tasks import build_task
 
@@ -47,12 +48,15 @@ class EvalConfig:
     top_p: float = 0.9
     max_new_tokens: int = 160
     batch_size: int = 128
-    """Prompts per generation micro-batch."""
+    """Prompts per generation micro-batch, at most: fewer when their KV cache (longest prompt
+    + ``max_new_tokens`` tokens each) would exceed ``kv_cache_budget_gb`` (``dasd.memory``)."""
+    kv_cache_budget_gb: float = 16.0
+    """KV cache a generation micro-batch of the ``hf`` engine may hold."""
     teacher: bool = True
     """Also score the privileged teacher's log-prob of every response token."""
     score_batch_size: int = 32
-    """Responses per scoring forward pass; bounds its ``(score_batch_size, T, V)`` logits
-    (at 8,192 tokens and Qwen3's 151,936-token vocabulary, 2.5 GB per response in bf16)."""
+    """Responses per scoring forward pass; bounds its activations (the logits are formed a
+    chunk of positions at a time for models with a plain output layer, ``dasd.scoring``)."""
     rollout_engine: str = "hf"
     """Sampler: ``hf`` (``transformers`` KV cache) or ``vllm`` (CUDA GPU and
     ``pip install 'dasd[vllm]'``)."""
@@ -76,6 +80,8 @@ class EvalConfig:
             )
         if self.max_new_tokens < 1 or self.batch_size < 1 or self.score_batch_size < 1:
             raise ValueError("max_new_tokens, batch_size and score_batch_size must be >= 1")
+        if not self.kv_cache_budget_gb > 0:
+            raise ValueError(f"kv_cache_budget_gb must be > 0, got {self.kv_cache_budget_gb}")
         resolve_dtype(self.dtype, resolve_device(self.device))
         if not 0 < self.vllm_gpu_memory_utilization < 1:
             raise ValueError("vllm_gpu_memory_utilization must be in (0, 1), got "
@@ -114,7 +120,10 @@ def run_eval(
             max_new_tokens=cfg.max_new_tokens,
             temperature=cfg.temperature,
             top_p=cfg.top_p,
-            batch_size=cfg.batch_size,
+            batch_size=kv_budget_batch_size(
+                model, tokenizer, [task.student_prompt(p) for p in problems],
+                max_new_tokens=cfg.max_new_tokens, budget_gb=cfg.kv_cache_budget_gb,
+                cap=cfg.batch_size),
             teacher=cfg.teacher,
             generator=torch.Generator().manual_seed(cfg.seed),
             progress=progress,

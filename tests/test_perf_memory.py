@@ -233,3 +233,24 @@ def test_routing_passes_are_cut_to_the_memory_budget(signal):
     cut = fn(model, batch, temperature=1.0, memory_budget=1)  # one response per pass
     assert rows == [1, 1, 1]
     torch.testing.assert_close(cut, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_kv_budget_batch_size_by_hand():
+    from dasd.models import make_char_tokenizer
+    from dasd.rollout.hf import kv_budget_batch_size
+    from tests.fixtures_models import random_qwen3
+
+    tok = make_char_tokenizer()
+    model = random_qwen3(tok)  # 2 layers, 2 KV heads of dim 16, float32: 512 B per token
+    prompts = ["abc", "abcdefg"]  # 7 tokens at most
+    per_row = 2 * 2 * 2 * 16 * 4 * (7 + 9)
+    assert kv_budget_batch_size(model, tok, prompts, max_new_tokens=9,
+                                budget_gb=3.5 * per_row / 2**30, cap=128) == 3
+    assert kv_budget_batch_size(model, tok, prompts, max_new_tokens=9,
+                                budget_gb=3.5 * per_row / 2**30, cap=2) == 2
+    assert kv_budget_batch_size(model, tok, prompts, max_new_tokens=9, dtype=torch.bfloat16,
+                                budget_gb=3.5 * per_row / 2**30, cap=128) == 7
+    import probes.evaluate as evaluate
+
+    with pytest.raises(ValueError, match="kv_cache_budget_gb"):
+        evaluate.EvalConfig(kv_cache_budget_gb=0.0)

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from dasd.head import head_logits, output_layer
+from dasd.memory import GIB, generation_rows
 
 __all__ = [
     "Rollouts",
@@ -36,6 +37,7 @@ __all__ = [
     "encode_prompts",
     "eval_mode",
     "generate",
+    "kv_budget_batch_size",
     "model_call_kwargs",
     "next_token_logits",
     "positions_from_mask",
@@ -123,6 +125,17 @@ def next_token_logits(model: nn.Module, cache_kw: str, keep_kw: dict[str, int],
         return out.logits[:, -1], getattr(out, cache_kw)
     out = model.get_decoder()(**inputs)
     return head_logits(model, out.last_hidden_state[:, -1]), getattr(out, cache_kw)
+
+
+def kv_budget_batch_size(model: nn.Module, tokenizer: PreTrainedTokenizerBase,
+                         prompts: Sequence[str], *, max_new_tokens: int, budget_gb: float,
+                         cap: int, dtype: torch.dtype | None = None) -> int:
+    """Prompts per generation batch: at most ``cap``, and no more than the KV cache of
+    (longest prompt + ``max_new_tokens``) tokens each fits ``budget_gb`` GiB
+    (``dasd.memory.generation_rows``; ``dtype``: the cache's, default the model's)."""
+    width = encode_prompts(tokenizer, list(prompts))[0].shape[1]
+    dtype = dtype or next(model.parameters()).dtype
+    return generation_rows(model.config, dtype, width + max_new_tokens, budget_gb * GIB, cap)
 
 
 def encode_prompts(
