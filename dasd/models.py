@@ -269,7 +269,7 @@ def resolve_device(name: str) -> str:
     """``auto`` -> ``cuda`` when a CUDA device is available, else ``cpu``; ``cpu`` and ``cuda``
     as given; anything else a one-line ``ValueError``."""
     if name not in DEVICES:
-        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {name!r}")
+        raise ValueError(f"device must be {', '.join(DEVICES[:-1])} or {DEVICES[-1]}, got {name!r}")
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return name

@@ -174,7 +174,7 @@ def test_sdpa_attention_is_the_default(model_dir):
 def test_device_and_dtype_options():
     assert resolve_device("cpu") == "cpu"
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
-    with pytest.raises(ValueError, match="device must be one of auto, cpu, cuda"):
+    with pytest.raises(ValueError, match="device must be auto, cpu or cuda, got 'gpu'"):
         resolve_device("gpu")
     assert resolve_dtype("auto", "cpu") == torch.float32
     assert resolve_dtype("auto", "cuda") == torch.bfloat16
