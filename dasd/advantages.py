@@ -264,7 +264,7 @@ def _order_stat_pair(x: Tensor, mask: Tensor, n: Tensor, lo: Tensor, step: Tenso
     first = torch.kthvalue(y, k + 1, dim=-1).values
     at_most = y <= first[:, None]
     ties = torch.count_nonzero(at_most, dim=-1) > k + 1
-    above = y.masked_fill(at_most, math.inf).amin(dim=-1)
+    above = torch.where(at_most, math.inf, y).amin(dim=-1)
     second = torch.where((step == 0) | ties, first, above)
     empty = n == 0
     return first.masked_fill(empty, 0.0), second.masked_fill(empty, 0.0)
@@ -398,13 +398,8 @@ def dasd_advantages(
         omega = router * g
         adv = group_adv.detach().to(dtype)[:, None] + beta * omega * delta_bar
 
-        keep = mask.to(dtype)
-
         def on_mask(x: Tensor) -> Tensor:
-            # Every statistic is 0 off the mask, so x is finite there: x * 0 + 0 is +0.0 and
-            # x * 1 + 0 is x (a -0.0 becomes +0.0), as torch.where gives, at a fraction of
-            # its cost on a boolean mask.
-            return x.mul(keep).add_(0.0)
+            return torch.where(mask, x, 0.0)
 
         return TokenAdvantages(
             advantages=on_mask(adv),
