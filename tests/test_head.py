@@ -26,7 +26,8 @@ def _naive(hidden, weight, bias, ids, temperature):
 
 def _case(seed):
     g = torch.Generator().manual_seed(seed)
-    b, t, d, v = (int(x) for x in torch.randint(1, 9, (4,), generator=g) * torch.tensor([1, 2, 3, 5]))
+    sizes = torch.randint(1, 9, (4,), generator=g) * torch.tensor([1, 2, 3, 5])
+    b, t, d, v = (int(x) for x in sizes)
     hidden = torch.randn(b, t, d, generator=g, dtype=torch.float64) * 2
     weight = torch.randn(v, d, generator=g, dtype=torch.float64) / d**0.5
     bias = torch.randn(v, generator=g, dtype=torch.float64) if seed % 2 else None
