@@ -317,6 +317,9 @@ def eval_cmd(
     rollout_engine: str = typer.Option("hf", help="Sampler: hf, or vllm (needs a CUDA GPU and "
                                        "the vllm extra of dasd)."),
     device: str = typer.Option("auto", help="auto (CUDA when available), cpu or cuda."),
+    dtype: str = typer.Option("auto", help="Weights' dtype: auto (bf16 on CUDA, float32 on "
+                              "CPU), float32, bfloat16 or checkpoint; evaluate a base model and "
+                              "its trained checkpoints at the same one."),
     seed: int = typer.Option(0, help="Seed for problem sampling and generation."),
     thinking: str = typer.Option("", help="on|off: the chat template's enable_thinking (math "
                                  "task, e.g. Qwen3; on: the answer is read after </think>); "
@@ -333,7 +336,7 @@ def eval_cmd(
         temperature=temperature,
         top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size,
         teacher=teacher, score_batch_size=score_batch_size, rollout_engine=rollout_engine,
-        device=device, seed=seed, thinking=_on_off("thinking", thinking),
+        device=device, dtype=dtype, seed=seed, thinking=_on_off("thinking", thinking),
     )
     run_dir = _run_dir(runs_dir, name, _run_name("eval", model))
     with _progress_bar(f"sampling {n_prompts} x {k}", n_prompts * k) as step:
@@ -393,6 +396,8 @@ def train_cmd(
     lr: float = typer.Option(1e-4, help="Peak learning rate (cosine decay)."),
     eval_every: int = typer.Option(10, help="Held-out evaluation every N updates (0: first/last only)."),
     seed: int = typer.Option(0, help="Seed of data order, sampling and evaluation."),
+    report_to: str = typer.Option("none", help="Also stream metrics to tensorboard or wandb "
+                                  "(optional extras); metrics.jsonl is written either way."),
     overrides: list[str] = typer.Option(
         [], "--set", help="Any other TrainConfig field as KEY=VALUE (JSON values), e.g. "
         "--set group_size=4 --set 'method_options={\"direction\": \"hard\"}'."),
@@ -413,7 +418,7 @@ def train_cmd(
             run = trainer.Trainer.resume(resume, steps=steps)
         else:
             values = dict(method=method, model=model, task=task, beta=beta, rho=rho, lr=lr,
-                          eval_every=eval_every, seed=seed)
+                          eval_every=eval_every, seed=seed, report_to=report_to)
             if steps is not None:
                 values["steps"] = steps
             values.update(_parse_overrides(overrides))
@@ -777,6 +782,7 @@ def prefix_intervene_cmd(
     n_boot: int = typer.Option(1000, help="Bootstrap resamples of the prompts (CIs)."),
     seed: int = typer.Option(0, help="Seed of problems, sampling (shared by all conditions) and "
                              "bootstrap."),
+    device: str = typer.Option("auto", help="auto (CUDA when available), cpu or cuda."),
     runs_dir: Path = typer.Option(Path("runs"), help="Parent directory of run directories."),
     name: str = typer.Option("", help="Run directory name "
                              "(default: prefix-intervene-<model>-<time>)."),
@@ -795,6 +801,7 @@ def prefix_intervene_cmd(
             positions=positions, burn_in=burn_in, random_rate=random_rate,
             n_prompts=n_prompts, k=k, temperature=temperature, top_p=top_p,
             max_new_tokens=max_new_tokens, batch_size=batch_size, n_boot=n_boot, seed=seed,
+            device=device,
         )
         total = n_prompts * k * (1 + 2 * len(cfg.buckets))
         with _progress_bar(f"sampling {total} responses", total) as step:

@@ -4,13 +4,17 @@
         [--device cpu] [--threads N]
 
 Both run in the same process on the same random float32 batch (right-padded rows of random
-length 0..T), each timed as the best of ``--repeats`` runs; the table also reports the largest
-difference between the two results, so a fast wrong answer cannot pass unnoticed.
+length 0..T), interleaved (naive, vectorized, naive, ...) so that a shared machine's load falls
+on both alike; each column is the best of ``--repeats`` runs: wall time, and the process's CPU
+time (all threads: the work done, which other jobs on the machine disturb far less than wall
+time). The table also reports the largest difference between the two results, so a fast wrong
+answer cannot pass unnoticed.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Callable
 
@@ -33,19 +37,23 @@ def make_batch(batch: int, tokens: int, seed: int = 0) -> tuple[torch.Tensor, ..
     return group_adv, entropy, student, teacher, mask
 
 
-def best_time(
-    fn: Callable[[], object], repeats: int, sync: Callable[[], None]
-) -> tuple[float, object]:
-    """Best wall time of ``repeats`` calls (after one warm-up call) and the last result."""
-    result = fn()
+def best_times(
+    fns: list[Callable[[], object]], repeats: int, sync: Callable[[], None]
+) -> list[tuple[float, float, object]]:
+    """Per function: best wall time, best CPU time (process, all threads) of ``repeats``
+    interleaved calls (after one warm-up call each), and its last result."""
+    results = [fn() for fn in fns]
     sync()
-    best = float("inf")
+    wall = [float("inf")] * len(fns)
+    cpu = [float("inf")] * len(fns)
     for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        sync()
-        best = min(best, time.perf_counter() - start)
-    return best, result
+        for i, fn in enumerate(fns):
+            w0, c0 = time.perf_counter(), time.process_time()
+            results[i] = fn()
+            sync()
+            wall[i] = min(wall[i], time.perf_counter() - w0)
+            cpu[i] = min(cpu[i], time.process_time() - c0)
+    return list(zip(wall, cpu, results, strict=True))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -67,18 +75,22 @@ def main(argv: list[str] | None = None) -> None:
     kw = dict(beta=1.0, rho=0.2)
     sync = torch.cuda.synchronize if on_device[0].is_cuda else (lambda: None)
 
-    t_vec, vec = best_time(lambda: dasd_advantages(*on_device, **kw), args.repeats, sync)
-    t_naive, ref = best_time(lambda: naive_advantages.dasd_advantages(*as_numpy, **kw),
-                             args.repeats, lambda: None)
+    (t_naive, c_naive, ref), (t_vec, c_vec, vec) = best_times(
+        [lambda: naive_advantages.dasd_advantages(*as_numpy, **kw),
+         lambda: dasd_advantages(*on_device, **kw)], args.repeats, sync)
     diff = np.abs(vec.advantages.cpu().numpy() - ref["advantages"]).max()
 
     n_valid = int(batch[-1].sum())
     threads = torch.get_num_threads()
     print(f"dasd_advantages, B={args.batch} T={args.tokens} float32, {n_valid} valid tokens, "
-          f"best of {args.repeats}; torch {torch.__version__}, {threads} CPU threads")
-    print(f"{'implementation':<34}{'device':>8}{'time (ms)':>12}{'speed-up':>10}")
-    print(f"{'naive row loop (numpy)':<34}{'cpu':>8}{t_naive * 1e3:>12.1f}{1.0:>9.1f}x")
-    print(f"{'vectorized (torch)':<34}{args.device:>8}{t_vec * 1e3:>12.1f}{t_naive / t_vec:>9.1f}x")
+          f"best of {args.repeats} interleaved; torch {torch.__version__}, {threads} CPU threads; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(f"{'implementation':<26}{'device':>8}{'wall (ms)':>11}{'speed-up':>10}"
+          f"{'cpu (ms)':>10}{'cpu ratio':>11}")
+    print(f"{'naive row loop (numpy)':<26}{'cpu':>8}{t_naive * 1e3:>11.1f}{1.0:>9.1f}x"
+          f"{c_naive * 1e3:>10.1f}{1.0:>10.1f}x")
+    print(f"{'vectorized (torch)':<26}{args.device:>8}{t_vec * 1e3:>11.1f}{t_naive / t_vec:>9.1f}x"
+          f"{c_vec * 1e3:>10.1f}{c_naive / c_vec:>10.1f}x")
     print(f"max |A_hat vectorized - A_hat naive| = {diff:.2e}")
 
 

@@ -242,20 +242,33 @@ def _gap_scale_none(abs_delta: Tensor, mask: Tensor, n: Tensor, eps: float) -> T
 # --------------------------------------------------------------------------- masked statistics
 
 
-def _pair_at_ranks(sorted_x: Tensor, n: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
-    """Order statistics ``sorted_x[b, lo[b]]`` and ``sorted_x[b, hi[b]]``; 0 where n == 0."""
-    if sorted_x.shape[-1] == 0:  # T == 0: every row is empty
-        zero = sorted_x.new_zeros(sorted_x.shape[:-1])
+def _order_stat_pair(x: Tensor, mask: Tensor, n: Tensor, lo: Tensor, step: Tensor,
+                     k: int) -> tuple[Tensor, Tensor]:
+    """The order statistics of rank ``lo[b]`` and ``lo[b] + step[b]`` (0-based, ``step`` in
+    {0, 1}, both ranks < n[b]) of each row's valid entries in ``x (B, T)``; 0 where n == 0.
+    No sort.
+
+    ``lo`` must be a function lo(n) of the row's count that never falls as n grows and grows by
+    at most 1 per valid entry (the median's and the quantile's ranks do), and ``k = lo(T)``.
+    Every row is then padded so that its rank-``lo`` value sits at rank k of the whole row: of
+    its T - n invalid entries the first k - lo (<= T - n) become -inf, the rest +inf. One
+    ``torch.kthvalue`` (a selection, O(T) per row) finds it for all rows at once; the next
+    order statistic is a tie of it (more than k + 1 entries <= it) or the smallest entry
+    above it.
+    """
+    b, t = x.shape
+    if t == 0:  # every row is empty
+        zero = x.new_zeros((b,))
         return zero, zero
-    a = sorted_x.gather(-1, lo.unsqueeze(-1)).squeeze(-1)
-    b = sorted_x.gather(-1, hi.unsqueeze(-1)).squeeze(-1)
+    below = (~mask).cumsum(dim=-1, dtype=torch.int32) <= (k - lo).to(torch.int32)[:, None]
+    y = torch.where(mask, x, torch.where(below, -math.inf, math.inf))
+    first = torch.kthvalue(y, k + 1, dim=-1).values
+    at_most = y <= first[:, None]
+    ties = torch.count_nonzero(at_most, dim=-1) > k + 1
+    above = torch.where(at_most, math.inf, y).amin(dim=-1)
+    second = torch.where((step == 0) | ties, first, above)
     empty = n == 0
-    return a.masked_fill(empty, 0.0), b.masked_fill(empty, 0.0)
-
-
-def _sort_valid_first(x: Tensor, mask: Tensor) -> Tensor:
-    """Each row sorted ascending with its invalid entries pushed to the end (as +inf)."""
-    return torch.where(mask, x, math.inf).sort(dim=-1).values
+    return first.masked_fill(empty, 0.0), second.masked_fill(empty, 0.0)
 
 
 def _masked_median(x: Tensor, mask: Tensor, n: Tensor) -> Tensor:
@@ -263,9 +276,9 @@ def _masked_median(x: Tensor, mask: Tensor, n: Tensor) -> Tensor:
 
     ``x`` must be finite where ``mask`` is True; ``n`` is ``mask.sum(-1)``.
     """
-    sorted_x = _sort_valid_first(x, mask)
     last = (n - 1).clamp(min=0)
-    a, b = _pair_at_ranks(sorted_x, n, last // 2, n // 2)
+    a, b = _order_stat_pair(x, mask, n, last // 2, n // 2 - last // 2,
+                            k=max(x.shape[-1] - 1, 0) // 2)
     return (a + b) / 2  # odd n: a == b; even n: numpy's mean of the two middle values
 
 
@@ -275,13 +288,13 @@ def _masked_quantile(x: Tensor, mask: Tensor, n: Tensor, q: float) -> Tensor:
     The virtual rank is q (n - 1) in float64; the value interpolates between the order
     statistics at its floor and ceiling with numpy's two-sided lerp. 0 for empty rows.
     """
-    sorted_x = _sort_valid_first(x, mask)
     last = (n - 1).clamp(min=0)
     rank = last.to(torch.float64) * q
     lo = rank.floor()
     gamma = rank - lo
     lo = lo.long()
-    a, b = _pair_at_ranks(sorted_x, n, lo, torch.minimum(lo + 1, last))
+    a, b = _order_stat_pair(x, mask, n, lo, torch.minimum(lo + 1, last) - lo,
+                            k=math.floor(max(x.shape[-1] - 1, 0) * q))
     diff = b - a
     return torch.where(
         gamma >= 0.5,
@@ -369,7 +382,7 @@ def dasd_advantages(
     dtype = _compute_dtype(group_adv, entropy, student_logp, teacher_logp)
     with torch.no_grad():
         h = torch.where(mask, entropy.detach().to(dtype), 0.0)
-        n = mask.sum(dim=-1)
+        n = torch.count_nonzero(mask, dim=-1)
 
         # Algorithm 1 lines 13-15: per-trajectory statistics over valid tokens.
         tau = _masked_quantile(h, mask, n, rho)
@@ -392,7 +405,7 @@ def dasd_advantages(
         return TokenAdvantages(
             advantages=on_mask(adv),
             omega=on_mask(omega),
-            delta_bar=on_mask(delta_bar),
+            delta_bar=delta_bar,  # already +0.0 off the mask (delta is)
             router=on_mask(router),
             gate=on_mask(g),
         )
@@ -599,7 +612,7 @@ def _sampled_gap(
     scale_fn = GAP_SCALES.get(gap_scale)
     delta = teacher_logp.detach().to(dtype) - student_logp.detach().to(dtype)
     delta = torch.where(mask, delta, 0.0)
-    scale = scale_fn(delta.abs(), mask, mask.sum(dim=-1), eps)
+    scale = scale_fn(delta.abs(), mask, torch.count_nonzero(mask, dim=-1), eps)
     return delta, delta / scale[:, None]
 
 

@@ -113,7 +113,7 @@ def aggregate_denominator(mask: Tensor, mode: str = "seq_mean_token_mean") -> Te
     equals ``aggregate(l_M, mask_M)`` exactly, with ``d = aggregate_denominator``.
     """
     mask = mask.bool()
-    return AGGREGATIONS.get(mode)(torch.zeros(mask.shape), mask)[1]
+    return AGGREGATIONS.get(mode)(torch.zeros(mask.shape, device=mask.device), mask)[1]
 
 
 def _check_bt(mask: Tensor, **tensors: Tensor) -> None:

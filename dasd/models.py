@@ -46,6 +46,8 @@ except ImportError:
 
 __all__ = [
     "CHARSET",
+    "DEVICES",
+    "MODEL_DTYPES",
     "RECIPE_FILE",
     "TINY_RECIPE",
     "TINY_RECIPE_VERSION",
@@ -58,6 +60,8 @@ __all__ = [
     "ensure_tiny_model",
     "load_model",
     "make_char_tokenizer",
+    "resolve_device",
+    "resolve_dtype",
     "tiny_model_path",
 ]
 
@@ -295,6 +299,34 @@ def _unloadable(name: str | os.PathLike[str]) -> Iterator[None]:
         raise ValueError(f"model {name}: cannot be loaded ({detail[:300]}); pass a directory "
                          "saved with save_pretrained (config.json, weights, tokenizer), "
                          "'tiny', or a hub id") from None
+#: ``device`` options of the configs: ``auto`` is cuda when available, else cpu.
+DEVICES = ("auto", "cpu", "cuda")
+#: ``dtype`` options of the evaluation configs -> what ``load_model`` gets (``auto``: bf16 on
+#: CUDA, float32 on a CPU; ``checkpoint``: the checkpoint's own, None).
+MODEL_DTYPES: dict[str, torch.dtype | None] = {
+    "float32": torch.float32, "bfloat16": torch.bfloat16, "checkpoint": None,
+}
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when a CUDA device is available, else ``cpu``; ``cpu`` and ``cuda``
+    as given; anything else a one-line ``ValueError``."""
+    if name not in DEVICES:
+        raise ValueError(f"device must be {', '.join(DEVICES[:-1])} or {DEVICES[-1]}, got {name!r}")
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def resolve_dtype(name: str, device: str) -> torch.dtype | None:
+    """The ``load_model`` dtype of a ``dtype`` option (``auto`` or a ``MODEL_DTYPES`` name) on
+    ``device``, so that a base model and its trained checkpoints (saved in float32) are loaded
+    alike; an unknown name is a one-line ``ValueError``."""
+    if name == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if name not in MODEL_DTYPES:
+        raise ValueError(f"dtype must be auto or one of {', '.join(MODEL_DTYPES)}, got {name!r}")
+    return MODEL_DTYPES[name]
 
 
 def load_model(

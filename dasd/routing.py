@@ -43,7 +43,7 @@ Departures from the paper (which names the signals in one line each, Table 12):
    token. We use its closed-form part for the output layer: grad_{W_U} log softmax(W_U h_t /
    T)_{o_t} = (e_{o_t} - p_t) h_t^T / T, whose Frobenius norm is ||e_{o_t} - p_t||_2
    ||h_t||_2 / T, exact for W_U and a lower bound of the full norm. h_t is the input of the
-   output layer (after the final norm), captured with a forward hook; with tied embeddings
+   output layer (after the final norm), the decoder's last hidden state; with tied embeddings
    only the output-side use of the shared matrix is counted.
 4. Attention entropy: "mean attention-head entropy at token t" is read as the mean over all
    layers and heads of -sum_k a_k log a_k for the query at the position that predicts o_t
@@ -53,7 +53,9 @@ Departures from the paper (which names the signals in one line each, Table 12):
    layer reduced to per-token entropies as it finishes (a forward hook on every module named
    ``self_attn``, the ``transformers`` convention).
 5. Forward passes run without gradient in eval mode on the policy that sampled the batch,
-   ``SIGNAL_BATCH_SIZE`` responses at a time, longest first.
+   longest first, at most ``SIGNAL_BATCH_SIZE`` responses at a time and fewer when the
+   pass's float32 logits (``grad_norm``) or one layer's attention probabilities
+   (``attention``) would exceed ``memory_budget`` bytes (``dasd.memory``).
 """
 
 from __future__ import annotations
@@ -67,14 +69,17 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from dasd.memory import GIB, attention_bytes_per_row, logits_bytes_per_row, rows_within
 from dasd.registry import Registry
 from dasd.rollout.hf import Rollouts, eval_mode
-from dasd.scoring import response_logits
+from dasd.head import head_logits, output_layer
+from dasd.scoring import response_hidden, response_logits
 
 __all__ = [
     "FREQUENCY_CORPUS_SIZE",
     "ROUTING_SIGNALS",
     "SIGNAL_BATCH_SIZE",
+    "SIGNAL_MEMORY_BUDGET",
     "RoutingBatch",
     "RoutingSignal",
     "attention_entropy",
@@ -88,8 +93,10 @@ __all__ = [
 
 #: Training problems whose reference solutions form the ``frequency`` signal's corpus.
 FREQUENCY_CORPUS_SIZE = 1024
-#: Responses per forward pass of the ``grad_norm`` and ``attention`` signals.
+#: Responses per forward pass of the ``grad_norm`` and ``attention`` signals, at most.
 SIGNAL_BATCH_SIZE = 32
+#: Default byte budget of one such pass's logits or attention probabilities.
+SIGNAL_MEMORY_BUDGET = 2 * GIB
 
 
 @dataclass(frozen=True)
@@ -115,9 +122,10 @@ class RoutingBatch:
 
 
 class RoutingSignal(Protocol):
-    def __call__(self, model: nn.Module, batch: RoutingBatch, *,
-                 temperature: float) -> Tensor:
-        """``(B, T)`` float32 signal (higher: more fork-like), 0 off ``batch.response_mask``."""
+    def __call__(self, model: nn.Module, batch: RoutingBatch, *, temperature: float,
+                 memory_budget: float = SIGNAL_MEMORY_BUDGET) -> Tensor:
+        """``(B, T)`` float32 signal (higher: more fork-like), 0 off ``batch.response_mask``;
+        a pass of its own holds at most ``memory_budget`` bytes of logits or attention."""
         ...
 
 
@@ -241,42 +249,52 @@ def eager_attention(model: nn.Module) -> Iterator[nn.Module]:
 
 
 PerToken = Callable[[nn.Module, Tensor, Tensor, Tensor], Tensor]
+#: Bytes one row of a pass needs, from the model and the row's prompt + response length.
+RowBytes = Callable[[nn.Module, int, int], int]
 
 
-def _per_token(model: nn.Module, batch: RoutingBatch, fn: PerToken, *,
-               batch_size: int = SIGNAL_BATCH_SIZE) -> Tensor:
+def _per_token(model: nn.Module, batch: RoutingBatch, fn: PerToken, row_bytes: RowBytes, *,
+               memory_budget: float, batch_size: int = SIGNAL_BATCH_SIZE) -> Tensor:
     """``fn(model, prompt_ids, prompt_mask, response_ids) -> (b, t)`` over micro-batches of
-    ``batch_size`` responses of ``batch`` (longest first), assembled into ``(B, T)`` float32,
-    0 off the mask."""
+    ``batch`` (longest first) of at most ``batch_size`` responses and ``memory_budget`` bytes
+    (``row_bytes(model, prompt + response length, response length)`` each), assembled into
+    ``(B, T)`` float32, 0 off the mask."""
     mask = batch.response_mask.bool()
-    out = torch.zeros(mask.shape, dtype=torch.float32)
+    out = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
     lengths = mask.sum(-1)
     order = torch.argsort(lengths + batch.prompt_mask.bool().sum(-1), descending=True,
                           stable=True)
+    width = batch.prompt_mask.shape[-1]
     with torch.inference_mode(), eval_mode(model):
-        for s in range(0, len(order), batch_size):
-            rows = order[s:s + batch_size]
-            t = int(lengths[rows].max())
+        s = 0
+        while s < len(order):
+            t = int(lengths[order[s]])
             if t == 0:
                 break
+            take = rows_within(memory_budget, row_bytes(model, width + t, t), batch_size)
+            rows = order[s:s + take]
+            s += take
             ids = batch.response_ids[rows, :t].long().masked_fill(~mask[rows, :t], 0)
             values = fn(model, batch.prompt_ids[rows], batch.prompt_mask[rows], ids)
-            out[rows, :t] = values.float().cpu().where(mask[rows, :t], 0.0)
+            out[rows, :t] = values.float().to(out.device).where(mask[rows, :t], 0.0)
     return out
+
+
+def _logits_row_bytes(model: nn.Module, length: int, t: int) -> int:
+    return logits_bytes_per_row(t, model.config.vocab_size)
+
+
+def _attention_row_bytes(model: nn.Module, length: int, t: int) -> int:
+    return attention_bytes_per_row(model.config, length)
 
 
 def _grad_norm_block(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor,
                      ids: Tensor, *, temperature: float) -> Tensor:
-    captured: list[Tensor] = []
-    head = model.get_output_embeddings()
-    handle = head.register_forward_hook(lambda module, args, output: captured.append(args[0]))
-    try:
-        logits = response_logits(model, prompt_ids, prompt_mask, ids)
-    finally:
-        handle.remove()
-    t = ids.shape[1]
-    hidden = captured[-1][:, -t - 1:-1]
-    return output_grad_norm(logits, hidden, ids, temperature=temperature)
+    if output_layer(model) is None:
+        raise ValueError(f"the grad_norm routing signal needs a plain linear output layer; "
+                         f"{type(model).__name__} transforms its logits (use another signal)")
+    hidden = response_hidden(model, prompt_ids, prompt_mask, ids)
+    return output_grad_norm(head_logits(model, hidden), hidden, ids, temperature=temperature)
 
 
 def _attention_block(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor,
@@ -294,7 +312,8 @@ def _attention_block(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor,
     handles = [m.register_forward_hook(keep) for m in modules]
     try:
         with eager_attention(model):
-            response_logits(model, prompt_ids, prompt_mask, ids)
+            forward = response_logits if output_layer(model) is None else response_hidden
+            forward(model, prompt_ids, prompt_mask, ids)
     finally:
         for handle in handles:
             handle.remove()
@@ -306,14 +325,16 @@ def _attention_block(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor,
 
 @ROUTING_SIGNALS.register("entropy")
 def _entropy(*, task: Any, tokenizer: Any) -> RoutingSignal:
-    def signal(model: nn.Module, batch: RoutingBatch, *, temperature: float) -> Tensor:
+    def signal(model: nn.Module, batch: RoutingBatch, *, temperature: float,
+               memory_budget: float = SIGNAL_MEMORY_BUDGET) -> Tensor:
         return batch.entropy
     return signal
 
 
 @ROUTING_SIGNALS.register("position")
 def _position(*, task: Any, tokenizer: Any) -> RoutingSignal:
-    def signal(model: nn.Module, batch: RoutingBatch, *, temperature: float) -> Tensor:
+    def signal(model: nn.Module, batch: RoutingBatch, *, temperature: float,
+               memory_budget: float = SIGNAL_MEMORY_BUDGET) -> Tensor:
         return relative_position(batch.response_mask)
     return signal
 
@@ -324,22 +345,26 @@ def _frequency(*, task: Any, tokenizer: Any) -> RoutingSignal:
     ids = tokenizer(corpus, add_special_tokens=False)["input_ids"]
     counts = corpus_counts(ids, len(tokenizer))
 
-    def signal(model: nn.Module, batch: RoutingBatch, *, temperature: float) -> Tensor:
+    def signal(model: nn.Module, batch: RoutingBatch, *, temperature: float,
+               memory_budget: float = SIGNAL_MEMORY_BUDGET) -> Tensor:
         return token_rarity(batch.response_ids, batch.response_mask, counts)
     return signal
 
 
 @ROUTING_SIGNALS.register("grad_norm")
 def _grad_norm(*, task: Any, tokenizer: Any) -> RoutingSignal:
-    def signal(model: nn.Module, batch: RoutingBatch, *, temperature: float) -> Tensor:
+    def signal(model: nn.Module, batch: RoutingBatch, *, temperature: float,
+               memory_budget: float = SIGNAL_MEMORY_BUDGET) -> Tensor:
         def block(m: nn.Module, p: Tensor, pm: Tensor, ids: Tensor) -> Tensor:
             return _grad_norm_block(m, p, pm, ids, temperature=temperature)
-        return _per_token(model, batch, block)
+        return _per_token(model, batch, block, _logits_row_bytes, memory_budget=memory_budget)
     return signal
 
 
 @ROUTING_SIGNALS.register("attention")
 def _attention(*, task: Any, tokenizer: Any) -> RoutingSignal:
-    def signal(model: nn.Module, batch: RoutingBatch, *, temperature: float) -> Tensor:
-        return _per_token(model, batch, _attention_block)
+    def signal(model: nn.Module, batch: RoutingBatch, *, temperature: float,
+               memory_budget: float = SIGNAL_MEMORY_BUDGET) -> Tensor:
+        return _per_token(model, batch, _attention_block, _attention_row_bytes,
+                          memory_budget=memory_budget)
     return signal

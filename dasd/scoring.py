@@ -15,10 +15,12 @@ Departures and choices:
    only needs its token ids.
 3. Micro-batches are formed from rows sorted by prompt + response length (results come back
    in input order), so short responses are not padded to the longest of the whole batch.
-4. Memory: the model's logits for one micro-batch, ``(batch_size, T + 1, V)`` in the model's
-   dtype, are held at once (only the response positions are projected to the vocabulary when
-   the model takes ``logits_to_keep``); the float32 softmax work is bounded by ``chunk_size``
-   positions (``dasd.entropy``).
+4. Memory and precision: with a plain output layer (``dasd.head``; Qwen3, Llama, Qwen2)
+   the logits are formed in float32 from the final hidden states ``chunk_size`` positions at
+   a time (``dasd.entropy.head_entropy_and_logprob``), so a pass holds no ``(batch_size, T,
+   V)`` logits and a bf16 model's scores are those of its float32-upcast output layer (bf16
+   logits would be off by ~0.04 nats, the size of delta). Other models fall back to their own
+   logits, upcast to float32 before the softmax work.
 """
 
 from __future__ import annotations
@@ -29,7 +31,14 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from dasd.entropy import token_entropy_and_logprob, token_entropy_logprob_and_tail
+from dasd.entropy import (
+    head_entropy_and_logprob,
+    head_entropy_logprob_and_tail,
+    token_entropy_and_logprob,
+    token_entropy_logprob_and_tail,
+)
+from dasd.head import head_logits, output_layer
+from dasd.perf import synced_time
 from dasd.rollout.hf import (
     Rollouts,
     encode_prompts,
@@ -38,7 +47,14 @@ from dasd.rollout.hf import (
     positions_from_mask,
 )
 
-__all__ = ["TokenScores", "response_logits", "score_responses", "score_rollouts"]
+__all__ = [
+    "TokenScores",
+    "response_hidden",
+    "response_logits",
+    "response_token_stats",
+    "score_responses",
+    "score_rollouts",
+]
 
 
 @dataclass
@@ -74,6 +90,7 @@ def score_responses(
     batch_size: int = 32,
     chunk_size: int = 1024,
     temperature: float = 1.0,
+    timings: dict[str, float] | None = None,
     tail: bool = False,
     position_offset: int = 0,
 ) -> TokenScores:
@@ -96,6 +113,8 @@ def score_responses(
         batch_size: responses per forward pass (bounds the ``(batch_size, T + 1, V)`` logits).
         chunk_size: positions per chunk of the float32 softmax.
         temperature: scores are of softmax(logits / temperature).
+        timings: when given, ``"student_s"`` and ``"teacher_s"`` are incremented by the wall
+            seconds of each branch's passes (after the device's queued work is done).
         tail: also give the tail masses 1 - max_v of both distributions (same pass).
         position_offset: added to every position id (``response_logits``).
 
@@ -122,6 +141,7 @@ def score_responses(
     teacher_logp = None if teacher_prompt_ids is None else torch.zeros_like(entropy)
     student_tail = torch.zeros_like(entropy) if tail else None
     teacher_tail = torch.zeros_like(entropy) if tail and teacher_logp is not None else None
+    clock = _Clock(next(model.parameters()).device, timings)
     with torch.inference_mode(), eval_mode(model):
         lengths = response_mask.sum(-1)
         order = torch.argsort(lengths + student_prompt_mask.bool().sum(-1), descending=True, stable=True)
@@ -145,6 +165,7 @@ def score_responses(
             student_logp[rows, :t] = lp.where(mask, 0.0)
             if student_tail is not None:
                 student_tail[rows, :t] = tl.where(mask, 0.0)
+            clock.lap("student_s")
             if teacher_logp is not None:
                 _, lp, tl = _score_block(
                     model,
@@ -159,8 +180,24 @@ def score_responses(
                 teacher_logp[rows, :t] = lp.where(mask, 0.0)
                 if teacher_tail is not None:
                     teacher_tail[rows, :t] = tl.where(mask, 0.0)
+                clock.lap("teacher_s")
     return TokenScores(entropy=entropy, student_logp=student_logp, teacher_logp=teacher_logp,
                        student_tail=student_tail, teacher_tail=teacher_tail)
+
+
+class _Clock:
+    """Adds the wall seconds since the previous lap to ``timings[key]`` (nothing without
+    ``timings``)."""
+
+    def __init__(self, device: torch.device, timings: dict[str, float] | None) -> None:
+        self.device, self.timings = device, timings
+        self.last = synced_time(device) if timings is not None else 0.0
+
+    def lap(self, key: str) -> None:
+        if self.timings is not None:
+            now = synced_time(self.device)
+            self.timings[key] = self.timings.get(key, 0.0) + now - self.last
+            self.last = now
 
 
 def score_rollouts(
@@ -172,6 +209,7 @@ def score_rollouts(
     batch_size: int = 32,
     chunk_size: int = 1024,
     temperature: float = 1.0,
+    timings: dict[str, float] | None = None,
     tail: bool = False,
 ) -> TokenScores:
     """``score_responses`` on ``rollouts``: the student context is the rollout's own prompt;
@@ -196,6 +234,7 @@ def score_rollouts(
         batch_size=batch_size,
         chunk_size=chunk_size,
         temperature=temperature,
+        timings=timings,
         tail=tail,
     )
 
@@ -210,6 +249,42 @@ def _check_pair(name: str, ids: torch.Tensor, mask: torch.Tensor, *, n: int | No
         raise ValueError(f"{name}_ids has {ids.shape[0]} rows for {n} responses; pass one per response")
 
 
+def _joined(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
+            device: torch.device, position_offset: int = 0) -> dict[str, torch.Tensor]:
+    """The forward kwargs of left-padded prompts followed by their responses; position ids
+    count attended tokens only, plus ``position_offset`` (a no-op in exact arithmetic for a
+    model with rotary positions, which depend only on relative positions; it changes the
+    rounding)."""
+    prompt_mask = prompt_mask.bool()
+    if not bool(prompt_mask.any(-1).all()):
+        raise ValueError("a prompt has no tokens (its mask row is all False); pass non-empty prompts")
+    first = int(prompt_mask.any(0).nonzero()[0])
+    ids = torch.cat([prompt_ids[:, first:].long(), response_ids.long()], dim=1).to(device)
+    attn = torch.cat([prompt_mask[:, first:], torch.ones_like(response_ids, dtype=torch.bool)], dim=1)
+    attn = attn.long().to(device)
+    return {"input_ids": ids, "attention_mask": attn,
+            "position_ids": positions_from_mask(attn) + position_offset, "use_cache": False}
+
+
+def response_hidden(
+    model: nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    *,
+    position_offset: int = 0,
+) -> torch.Tensor:
+    """The output layer's input ``(b, t, d)`` (final-normed hidden states) at the positions
+    predicting each token of ``response_ids (b, t)`` after the left-padded prompts
+    ``prompt_ids, prompt_mask (b, P)``; differentiable, on the model's device. Needs a model
+    with ``output_layer(model)`` not None."""
+    device = next(model.parameters()).device
+    t = response_ids.shape[1]
+    out = model.get_decoder()(**_joined(prompt_ids, prompt_mask, response_ids, device,
+                                        position_offset))
+    return out.last_hidden_state[:, -t - 1 : -1]
+
+
 def response_logits(
     model: nn.Module,
     prompt_ids: torch.Tensor,
@@ -220,27 +295,53 @@ def response_logits(
 ) -> torch.Tensor:
     """Logits ``(b, t, V)`` predicting each token of ``response_ids (b, t)`` after the
     left-padded prompts ``prompt_ids, prompt_mask (b, P)``; differentiable (the trainer's
-    PPO forward uses it with gradient), on the model's device.
+    reverse-KL forward uses it with gradient), on the model's device; float32
+    (``dasd.head.head_logits``) for a model with a plain output layer, else the model's own
+    logits upcast to float32.
 
     Position ids count attended tokens only, so the amount of left padding changes nothing;
-    ``position_offset`` is added to all of them (a no-op in exact arithmetic for a model with
-    rotary positions, which depend only on relative positions; it changes the rounding).
-    Positions after a row's last valid response token hold logits of padding; callers mask them.
+    ``position_offset`` is added to all of them (``_joined``). Positions after a row's last
+    valid response token hold logits of padding; callers mask them.
     """
+    if output_layer(model) is not None:
+        return head_logits(model, response_hidden(model, prompt_ids, prompt_mask, response_ids,
+                                                  position_offset=position_offset))
     device = next(model.parameters()).device
-    prompt_mask = prompt_mask.bool()
-    if not bool(prompt_mask.any(-1).all()):
-        raise ValueError("a prompt has no tokens (its mask row is all False); pass non-empty prompts")
-    first = int(prompt_mask.any(0).nonzero()[0])
     t = response_ids.shape[1]
-    ids = torch.cat([prompt_ids[:, first:].long(), response_ids.long()], dim=1).to(device)
-    attn = torch.cat([prompt_mask[:, first:], torch.ones_like(response_ids, dtype=torch.bool)], dim=1)
-    attn = attn.long().to(device)
     _, has_keep = model_call_kwargs(model)
     keep_kw = {"logits_to_keep": t + 1} if has_keep else {}
-    pos = positions_from_mask(attn) + position_offset
-    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False, **keep_kw).logits
-    return logits[:, -t - 1 : -1]
+    kwargs = _joined(prompt_ids, prompt_mask, response_ids, device, position_offset)
+    return model(**kwargs, **keep_kw).logits[:, -t - 1 : -1].float()
+
+
+def response_token_stats(
+    model: nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    *,
+    chunk_size: int = 1024,
+    temperature: float = 1.0,
+    tail: bool = False,
+    position_offset: int = 0,
+) -> tuple[torch.Tensor, ...]:
+    """Entropy and log-prob ``(b, t)`` float32 of each token of ``response_ids (b, t)`` after
+    the left-padded prompts, on the model's device; differentiable. With a plain output layer
+    the logits are never held whole (``dasd.entropy.head_entropy_and_logprob``); otherwise
+    from ``response_logits``. With ``tail`` (not differentiable) a third ``(b, t)`` tensor, the
+    tail mass 1 - max_v p(v) (``dasd.entropy.token_entropy_logprob_and_tail``)."""
+    targets = response_ids.long().to(next(model.parameters()).device)
+    kw = {"chunk_size": chunk_size, "temperature": temperature}
+    layer = output_layer(model)
+    if layer is None:
+        logits = response_logits(model, prompt_ids, prompt_mask, response_ids,
+                                 position_offset=position_offset)
+        stats = token_entropy_logprob_and_tail if tail else token_entropy_and_logprob
+        return stats(logits, targets, **kw)
+    hidden = response_hidden(model, prompt_ids, prompt_mask, response_ids,
+                             position_offset=position_offset)
+    stats = head_entropy_logprob_and_tail if tail else head_entropy_and_logprob
+    return stats(hidden, layer[0], targets, bias=layer[1], **kw)
 
 
 def _score_block(
@@ -257,13 +358,9 @@ def _score_block(
     """Entropy, log-prob and (with ``tail``, else None) tail mass ``(b, t)`` of
     ``response_ids (b, t)`` after left-padded ``prompt_ids, prompt_mask (b, P)``; on the device
     of ``response_ids``."""
-    logits = response_logits(model, prompt_ids, prompt_mask, response_ids,
-                             position_offset=position_offset)
-    targets = response_ids.long().to(logits.device)
-    kw = {"chunk_size": chunk_size, "temperature": temperature}
-    if tail:
-        ent, lp, tl = token_entropy_logprob_and_tail(logits, targets, **kw)
-        tl = tl.to(response_ids.device)
-    else:
-        (ent, lp), tl = token_entropy_and_logprob(logits, targets, **kw), None
-    return ent.to(response_ids.device), lp.to(response_ids.device), tl
+    out = response_token_stats(model, prompt_ids, prompt_mask, response_ids,
+                               chunk_size=chunk_size, temperature=temperature, tail=tail,
+                               position_offset=position_offset)
+    ent, lp, tl = out if tail else (*out, None)
+    dev = response_ids.device
+    return ent.to(dev), lp.to(dev), None if tl is None else tl.to(dev)

@@ -26,22 +26,30 @@ Departures from the paper and choices it leaves open:
    ``min_lr_ratio * lr``), so it needs no scheduler state.
 6. Step 0 is the base model's evaluation; a checkpoint "0" is the base model itself (not saved).
 7. Memory at long responses: every forward pass over whole responses, with gradient or without
-   (scoring, the PPO micro-batches, held-out scoring), takes ``micro_batch_size`` responses, so
-   one pass holds at most ``(micro_batch_size, T, V)`` logits in the model's dtype (the RQ3
-   routing signals that run passes of their own, ``dasd.routing``, use batches of
-   ``SIGNAL_BATCH_SIZE``); float32 softmax work is chunked (``dasd.entropy``);
-   ``gradient_checkpointing`` recomputes each decoder layer in the backward pass instead of
-   storing its activations (training passes only). The policy's parameters and AdamW state are
-   float32 by default (``param_dtype``), whatever the checkpoint's dtype: at the paper's
-   lr 3e-6 most updates of a bf16 weight (spacing ~1e-4 near 0.02) would round to nothing.
+   (scoring, the PPO micro-batches, held-out scoring), takes ``micro_batch_size`` responses;
+   with a plain output layer (``dasd.head``) none of them holds ``(rows, T, V)`` logits: the
+   output layer is applied ``chunk_size`` positions at a time inside one autograd function
+   (``dasd.entropy.head_entropy_and_logprob``). The reverse-KL methods need whole logits (student
+   and teacher); their micro-batches are cut further to fit ``logits_budget_gb``, as are the RQ3
+   routing passes (``dasd.routing``). Generation batches fit ``kv_cache_budget_gb`` of KV cache
+   (``dasd.memory``). ``gradient_checkpointing`` recomputes each decoder layer in the backward
+   pass instead of storing its activations (training passes only). The policy's parameters and
+   AdamW state are float32 by default (``param_dtype``), whatever the checkpoint's dtype: at
+   the paper's lr 3e-6 most updates of a bf16 weight (spacing ~1e-4 near 0.02) would round to
+   nothing. On CUDA the passes run under bf16 autocast (``mixed_precision``) on those float32
+   master weights; log-probs and entropies always come from float32 logits.
 8. ``rollout_engine="vllm"`` samples with vLLM on the GPU (``dasd.rollout.vllm``: the policy's
    weights are copied into vLLM before each batch of rollouts); scoring stays with the HF model.
-   The advantages are multiplied by truncated importance weights min(pi_old / pi_vLLM, C) per
-   token (``dasd.importance``, as TRL's ``vllm_importance_sampling_correction``), which also
-   makes top-p < 1 admissible there; ``train/sampler_logp_gap`` logs the mean
-   |log pi_sampler - log pi_old| with either engine.
+    The advantages are multiplied by truncated importance weights min(pi_old / pi_vLLM, C) per
+    token (``dasd.importance``, as TRL's ``vllm_importance_sampling_correction``), which also
+    makes top-p < 1 admissible there; ``train/sampler_logp_gap`` logs the mean
+    |log pi_sampler - log pi_old| with either engine.
 9. A response with no EOS within ``max_new_tokens`` is rewarded ``truncated_reward`` (0) without
    asking the verifier; ``train/truncated_frac`` and ``eval/truncated_frac`` log how many.
+10. Beside the ``time/`` phase timers (rollout; scoring with routing and advantages; update),
+    each update logs ``perf/`` metrics (``dasd.perf``): generation and training tokens/s, the
+    teacher's share of scoring, and on CUDA peak memory and MFU. ``report_to`` streams every
+    logged metric to TensorBoard or W&B as well.
 """
 
 from __future__ import annotations
@@ -51,8 +59,8 @@ import math
 import os
 import pickle
 import shutil
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -72,10 +80,12 @@ from dasd.losses import (
     ppo_clip_loss,
     reverse_kl_loss,
 )
-from dasd.models import load_model
+from dasd.memory import GIB, REVERSE_KL_LOGIT_COPIES, logits_bytes_per_row, rows_within
+from dasd.models import load_model, resolve_device
+from dasd.perf import build_reporter, check_report_to, peak_flops, synced_time, update_metrics
 from dasd.records import rollout_frame, verifier_rewards
 from dasd.rollout import Rollouts, build_rollout_engine, check_rollout_engine
-from dasd.rollout.hf import encode_prompts
+from dasd.rollout.hf import encode_prompts, kv_budget_batch_size
 from dasd.routing import ROUTING_SIGNALS, RoutingBatch, build_routing_signal
 from dasd.runlog import (
     RunWriter,
@@ -86,7 +96,7 @@ from dasd.runlog import (
     read_manifest,
     read_metrics,
 )
-from dasd.scoring import TokenScores, response_logits, score_rollouts
+from dasd.scoring import TokenScores, response_logits, response_token_stats, score_rollouts
 from dasd.tasks import TASKS, build_task
 from dasd.tasks.base import Problem, Task
 
@@ -193,6 +203,24 @@ class TrainConfig:
     """Recompute each decoder layer's activations in the backward pass of the PPO forward
     (``use_reentrant=False``) instead of storing them: less memory at long responses, about one
     more forward pass of time. Scoring and rollouts are unaffected."""
+    mixed_precision: str = "auto"
+    """Autocast of the policy's passes (rollouts, scoring, routing, the PPO forward): ``auto``
+    (bf16 on CUDA, none on a CPU), ``bf16`` or ``no``. Parameters and AdamW state stay in
+    ``param_dtype`` (float32 master weights by default), and log-probs and entropies come from
+    float32 logits either way (``dasd.scoring``)."""
+    kv_cache_budget_gb: float = 16.0
+    """KV cache a generation batch of the ``hf`` engine may hold: its prompts are at most
+    ``generation_batch_size`` and as many as fit (``dasd.memory``)."""
+    logits_budget_gb: float = 8.0
+    """float32 logits (or attention probabilities) a pass that holds them whole may take: the
+    reverse-KL micro-steps are cut to fit it, as are the ``grad_norm`` and ``attention``
+    routing passes (``dasd.memory``)."""
+    report_to: str = "none"
+    """Also stream the logged metrics to ``tensorboard`` or ``wandb`` (optional extras);
+    ``metrics.jsonl`` is written either way."""
+    peak_tflops: float = 0.0
+    """Peak FLOP/s of the accelerator for ``perf/mfu`` (TFLOP/s); 0: the card's dense bf16 peak
+    from ``dasd.perf.PEAK_BF16_TFLOPS``, no MFU where unknown."""
     seed: int = 0
     device: str = "auto"
     """``auto`` (cuda when available), ``cpu`` or ``cuda``."""
@@ -249,6 +277,14 @@ class TrainConfig:
         if not 0 < self.vllm_gpu_memory_utilization < 1:
             raise ValueError("vllm_gpu_memory_utilization must be in (0, 1), got "
                              f"{self.vllm_gpu_memory_utilization}")
+        if self.mixed_precision not in ("auto", "bf16", "no"):
+            raise ValueError(f"mixed_precision must be auto, bf16 or no, got "
+                             f"{self.mixed_precision!r}")
+        if not (self.kv_cache_budget_gb > 0 and self.logits_budget_gb > 0
+                and self.peak_tflops >= 0):
+            raise ValueError("need kv_cache_budget_gb > 0, logits_budget_gb > 0 and "
+                             "peak_tflops >= 0")
+        check_report_to(self.report_to)
         if self.param_dtype not in PARAM_DTYPES:
             raise ValueError(f"param_dtype must be one of {', '.join(PARAM_DTYPES)}, got "
                              f"{self.param_dtype!r}")
@@ -427,11 +463,14 @@ class Trainer:
         run behind and a resume rewinds nothing."""
         self.cfg = cfg
         self.start_step = start_step
-        device = cfg.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = resolve_device(cfg.device)
+        self.device = torch.device(device)
         self.model, self.tokenizer = load_model(model_source, device=device,
                                                 dtype=PARAM_DTYPES[cfg.param_dtype])
+        self.autocast = cfg.mixed_precision == "bf16" or (cfg.mixed_precision == "auto"
+                                                          and self.device.type == "cuda")
+        self.n_params = sum(p.numel() for p in self.model.parameters())
+        self.peak_flops = peak_flops(self.device, cfg.peak_tflops)
         if cfg.gradient_checkpointing:
             _enable_checkpointing(self.model)
         self.generate = build_rollout_engine(
@@ -450,6 +489,7 @@ class Trainer:
         self.eval_problems = self.task.sample(cfg.eval_prompts, split="eval", seed=cfg.seed)
         self.run_writer = open_writer()
         self.run_dir = self.run_writer.path
+        self.reporter = build_reporter(cfg.report_to, self.run_dir, asdict(cfg))
 
     @classmethod
     def start(cls, cfg: TrainConfig, run_dir: Path) -> Trainer:
@@ -501,7 +541,7 @@ class Trainer:
     def run(self, callback: Callable[[int, dict[str, float]], None] | None = None) -> Path:
         """Train to ``cfg.steps``; ``callback(step, metrics)`` after every logged step."""
         cfg = self.cfg
-        with self.run_writer as run:
+        with self.run_writer, self._closing_reporter():
             # The base model's evaluation; a resumed run's was logged before its checkpoint.
             if self.start_step == 0 and not self._eval_logged(0):
                 metrics = self.evaluate(0)
@@ -509,7 +549,7 @@ class Trainer:
                     callback(0, metrics)
             for step in range(self.start_step + 1, cfg.steps + 1):
                 metrics = self.update(step)
-                run.log_metrics(step, "train", metrics)
+                self._log(step, "train", metrics)
                 if _due(step, cfg.eval_every, cfg.steps):
                     metrics |= self.evaluate(step)
                 if _due(step, cfg.checkpoint_every, cfg.steps):
@@ -518,6 +558,32 @@ class Trainer:
                 if callback:
                     callback(step, metrics)
         return self.run_dir
+
+    @contextmanager
+    def _closing_reporter(self) -> Iterator[None]:
+        try:
+            yield
+        finally:
+            if self.reporter is not None:
+                self.reporter.close()
+
+    def _log(self, step: int, split: str, metrics: dict[str, float]) -> None:
+        """Append to metrics.jsonl (the source of truth), then to the ``report_to`` sink."""
+        self.run_writer.log_metrics(step, split, metrics)
+        if self.reporter is not None:
+            self.reporter.log(step, split, metrics)
+
+    def _precision(self) -> Any:
+        """The autocast context of the policy's passes (``mixed_precision``)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast)
+
+    def _generation_batch(self, prompts: Sequence[str]) -> int:
+        """Prompts per ``hf`` generation batch: ``generation_batch_size`` at most, and no more
+        than the KV cache of (longest prompt + max_new_tokens) tokens each fits the budget."""
+        return kv_budget_batch_size(
+            self.model, self.tokenizer, prompts, max_new_tokens=self.cfg.max_new_tokens,
+            budget_gb=self.cfg.kv_cache_budget_gb, cap=self.cfg.generation_batch_size,
+            dtype=torch.bfloat16 if self.autocast else None)
 
     def _eval_logged(self, step: int) -> bool:
         if not (self.run_dir / "metrics.jsonl").exists():
@@ -528,45 +594,57 @@ class Trainer:
     def evaluate(self, step: int) -> dict[str, float]:
         """Held-out Avg@k, Pass@k and reasoning health of the current policy, logged at ``step``."""
         cfg = self.cfg
-        frame = sample_rollout_rows(
-            self.model, self.tokenizer, self.task, self.eval_problems, k=cfg.eval_k, step=step,
-            split="eval", max_new_tokens=cfg.max_new_tokens, temperature=cfg.eval_temperature,
-            top_p=cfg.eval_top_p, batch_size=cfg.generation_batch_size,
-            teacher=cfg.eval_teacher, generator=_generator(cfg.seed, 0, _EVAL),
-            engine=self.generate, score_batch_size=cfg.micro_batch_size,
-            truncated_reward=cfg.truncated_reward,
-        )
+        batch_size = self._generation_batch([self.task.student_prompt(p)
+                                             for p in self.eval_problems])
+        with self._precision():
+            frame = sample_rollout_rows(
+                self.model, self.tokenizer, self.task, self.eval_problems, k=cfg.eval_k,
+                step=step, split="eval", max_new_tokens=cfg.max_new_tokens,
+                temperature=cfg.eval_temperature, top_p=cfg.eval_top_p, batch_size=batch_size,
+                teacher=cfg.eval_teacher, generator=_generator(cfg.seed, 0, _EVAL),
+                engine=self.generate, score_batch_size=cfg.micro_batch_size,
+                truncated_reward=cfg.truncated_reward,
+            )
         self.run_writer.write_rollouts(step, "eval", frame)
         metrics = eval_metrics(frame)
-        self.run_writer.log_metrics(step, "eval", metrics)
+        self._log(step, "eval", metrics)
         return metrics
 
     def update(self, step: int) -> dict[str, float]:
         """One policy update (Algorithm 1 lines 3-25) at 1-based index ``step``."""
         cfg = self.cfg
-        t0 = time.perf_counter()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        t0 = synced_time(self.device)
         problems = training_problems(self.task, cfg, step)
         prompts = [self.task.student_prompt(p) for p in problems for _ in range(cfg.group_size)]
-        rollouts = self.generate(
-            self.model, self.tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.generation_batch_size,
-            generator=_generator(cfg.seed, step, _SAMPLING),
-        )
+        with self._precision():
+            rollouts = self.generate(
+                self.model, self.tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
+                temperature=cfg.temperature, top_p=cfg.top_p,
+                batch_size=self._generation_batch(prompts),
+                generator=_generator(cfg.seed, step, _SAMPLING),
+            )
         rewards = torch.from_numpy(verifier_rewards(self.task, problems, rollouts,
                                                     truncated_reward=cfg.truncated_reward))
         correct = rewards > 0.5
-        t_rollout = time.perf_counter()
+        t_rollout = synced_time(self.device)
         teacher_prompts = _teacher_prompts(self.task, self.method, problems, rollouts, correct,
                                            cfg.group_size)
-        scores = score_rollouts(self.model, self.tokenizer, rollouts, teacher_prompts,
-                                batch_size=cfg.micro_batch_size, temperature=cfg.temperature)
-        mask = rollouts.response_mask
-        group_adv = group_advantages(rewards, cfg.group_size, eps=cfg.eps)
-        options = dict(cfg.method_options)
-        if self.method.needs_correct:
-            options["correct"] = correct
-        routing = self.routing(self.model, RoutingBatch.from_rollouts(rollouts, scores.entropy),
-                               temperature=cfg.temperature)
+        timings: dict[str, float] = {}
+        with self._precision():
+            scores = score_rollouts(self.model, self.tokenizer, rollouts, teacher_prompts,
+                                    batch_size=cfg.micro_batch_size, temperature=cfg.temperature,
+                                    timings=timings)
+            mask = rollouts.response_mask
+            group_adv = group_advantages(rewards, cfg.group_size, eps=cfg.eps)
+            options = dict(cfg.method_options)
+            if self.method.needs_correct:
+                options["correct"] = correct
+            routing = self.routing(self.model,
+                                   RoutingBatch.from_rollouts(rollouts, scores.entropy),
+                                   temperature=cfg.temperature,
+                                   memory_budget=cfg.logits_budget_gb * GIB)
         shaped = self.method(group_adv.float(), routing, scores.student_logp,
                              scores.teacher_logp, mask, beta=cfg.beta, rho=cfg.rho, eps=cfg.eps,
                              **options)
@@ -574,16 +652,20 @@ class Trainer:
         if cfg.rollout_engine == "vllm" and cfg.vllm_is_cap > 0:
             advantages = advantages * truncated_is_weights(
                 scores.student_logp, rollouts.logprobs, mask, cap=cfg.vllm_is_cap)
-        t_score = time.perf_counter()
+        t_score = synced_time(self.device)
         teacher_ids = teacher_mask = None
         if self.method.reverse_kl:
             teacher_ids, teacher_mask = encode_prompts(self.tokenizer, teacher_prompts)
         batch = _Batch(rollouts.prompt_ids, rollouts.prompt_mask, rollouts.response_ids, mask,
                        scores.student_logp, advantages, teacher_ids, teacher_mask)
         losses = self._ppo(batch, step)
-        t_update = time.perf_counter()
+        t_update = synced_time(self.device)
 
         valid = mask.sum().clamp(min=1)
+        response_tokens = int(mask.sum())
+        trained_tokens = cfg.ppo_epochs * (int(rollouts.prompt_mask.sum()) + response_tokens)
+        teacher_tokens = 0 if teacher_mask is None else cfg.ppo_epochs * (
+            int(teacher_mask.sum()) + response_tokens)
         metrics = {
             "train/reward": float(rewards.mean()),
             "train/accuracy": float(correct.float().mean()),
@@ -600,6 +682,11 @@ class Trainer:
             "time/score_s": t_score - t_rollout,
             "time/update_s": t_update - t_score,
             "time/step_s": t_update - t0,
+            **update_metrics(device=self.device, peak=self.peak_flops, n_params=self.n_params,
+                             rollout_s=t_rollout - t0, update_s=t_update - t_score,
+                             teacher_s=timings.get("teacher_s", 0.0),
+                             generated_tokens=response_tokens,
+                             trained_tokens=trained_tokens, teacher_forward_tokens=teacher_tokens),
             **losses,
         }
         if _due(step, cfg.log_rollouts_every, cfg.steps) or step == 1:
@@ -628,7 +715,7 @@ class Trainer:
         self.model.train()
         try:
             for _ in range(cfg.ppo_epochs):
-                order = torch.randperm(n, generator=shuffle)
+                order = torch.randperm(n, generator=shuffle, device=batch.response_ids.device)
                 for start in range(0, n, cfg.mini_batch_size):
                     rows = order[start:start + cfg.mini_batch_size]
                     stats = self._optimizer_step(batch, rows)
@@ -650,31 +737,40 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         stats = {"loss/total": 0.0, "loss/policy": 0.0, "loss/kl": 0.0, "loss/clip_frac": 0.0,
                  "loss/approx_kl": 0.0}
-        for start in range(0, len(rows), cfg.micro_batch_size):
-            micro = rows[start:start + cfg.micro_batch_size]
+        start = 0
+        while start < len(rows):
+            take = self._micro_rows(int(batch.response_mask[rows[start]].sum()))
+            micro = rows[start:start + take]
+            start += take
             mask = batch.response_mask[micro]
             width = max(int(mask.sum(1).max()), 1)
             mask = mask[:, :width].to(device)
             ids = batch.response_ids[micro, :width].masked_fill(~mask.cpu(), 0)
             weight = float(aggregate_denominator(mask, cfg.loss_agg) / total)
-            logits = response_logits(self.model, batch.prompt_ids[micro],
-                                     batch.prompt_mask[micro], ids)
-            _, logp = token_entropy_and_logprob(logits, ids.to(device),
-                                                temperature=cfg.temperature)
-            policy, ppo_stats = ppo_clip_loss(
-                logp, batch.old_logp[micro, :width].to(device),
-                batch.advantages[micro, :width].to(device), mask,
-                clip_low=cfg.clip_low, clip_high=cfg.clip_high, agg=cfg.loss_agg,
-            )
-            loss = policy
-            if self.method.reverse_kl:
-                with torch.no_grad():
-                    teacher_logits = response_logits(self.model, batch.teacher_ids[micro],
-                                                     batch.teacher_mask[micro], ids)
-                kl, _ = reverse_kl_loss(logits, teacher_logits, mask, agg=cfg.loss_agg,
-                                        temperature=cfg.temperature)
-                loss = loss + cfg.beta * kl
-                stats["loss/kl"] += weight * float(kl.detach())
+            with self._precision():
+                if self.method.reverse_kl:
+                    logits = response_logits(self.model, batch.prompt_ids[micro],
+                                             batch.prompt_mask[micro], ids)
+                    _, logp = token_entropy_and_logprob(logits, ids.to(device),
+                                                        temperature=cfg.temperature)
+                else:
+                    _, logp = response_token_stats(self.model, batch.prompt_ids[micro],
+                                                   batch.prompt_mask[micro], ids,
+                                                   temperature=cfg.temperature)
+                policy, ppo_stats = ppo_clip_loss(
+                    logp, batch.old_logp[micro, :width].to(device),
+                    batch.advantages[micro, :width].to(device), mask,
+                    clip_low=cfg.clip_low, clip_high=cfg.clip_high, agg=cfg.loss_agg,
+                )
+                loss = policy
+                if self.method.reverse_kl:
+                    with torch.no_grad():
+                        teacher_logits = response_logits(self.model, batch.teacher_ids[micro],
+                                                         batch.teacher_mask[micro], ids)
+                    kl, _ = reverse_kl_loss(logits, teacher_logits, mask, agg=cfg.loss_agg,
+                                            temperature=cfg.temperature)
+                    loss = loss + cfg.beta * kl
+                    stats["loss/kl"] += weight * float(kl.detach())
             (loss * weight).backward()
             stats["loss/total"] += weight * float(loss.detach())
             stats["loss/policy"] += weight * float(policy.detach())
@@ -688,6 +784,17 @@ class Trainer:
         self.optimizer.step()
         stats["optim/grad_norm"] = float(grad_norm)
         return stats
+
+    def _micro_rows(self, longest: int) -> int:
+        """Responses in the next PPO forward (its longest has ``longest`` tokens):
+        ``micro_batch_size``, fewer for a reverse-KL method when its float32 student logits,
+        their gradient and the teacher logits would exceed ``logits_budget_gb``."""
+        cfg = self.cfg
+        if not self.method.reverse_kl:
+            return cfg.micro_batch_size
+        per_row = logits_bytes_per_row(max(longest, 1), self.model.config.vocab_size,
+                                       REVERSE_KL_LOGIT_COPIES)
+        return rows_within(cfg.logits_budget_gb * GIB, per_row, cfg.micro_batch_size)
 
 
 def train(cfg: TrainConfig, run_dir: Path,

@@ -119,7 +119,8 @@ RQ1 (DASD, then one routing arm flipped):
 * high-H_t arm flipped − unperturbed, E(y): planted −1 (unperturbed repulsion rewards sampled
   markers, the flip penalizes them); null 0.
 
-RQ2 (causal, on a DASD checkpoint of the world):
+RQ2 (causal; `dasd-probe validate` probes the world's base model, so the claims read ``base: ...``;
+the reasoning below holds for the base model and a DASD checkpoint alike):
 
 * teacher top token at the highest-H_t position − unmodified, correct: both 0. Planted's
   teacher points at r's next step at a fork, which helps if the student can follow r without
@@ -399,8 +400,8 @@ PREDICTED_SIGN: dict[str, dict[str, int]] = {
         "low-H_t Novelty, ΔStepAcc % < 0": -1,
         "low-H_t arm flipped − unperturbed, StepAcc < 0": -1,
         "high-H_t arm flipped − unperturbed, E(y) < 0": -1,
-        "DASD: teacher top token at the highest-H_t position − unmodified, correct < 0": 0,
-        "DASD: preserve − suppress at revision prefixes, correct > 0": 0,
+        "base: teacher top token at the highest-H_t position − unmodified, correct < 0": 0,
+        "base: preserve − suppress at revision prefixes, correct > 0": 0,
     },
     "tiny-null": {
         "Conformity − Base, Pass@k < 0": 0,
@@ -416,7 +417,7 @@ PREDICTED_SIGN: dict[str, dict[str, int]] = {
         "low-H_t Novelty, ΔStepAcc % < 0": -1,
         "low-H_t arm flipped − unperturbed, StepAcc < 0": 0,
         "high-H_t arm flipped − unperturbed, E(y) < 0": 0,
-        "DASD: teacher top token at the highest-H_t position − unmodified, correct < 0": 0,
-        "DASD: preserve − suppress at revision prefixes, correct > 0": 0,
+        "base: teacher top token at the highest-H_t position − unmodified, correct < 0": 0,
+        "base: preserve − suppress at revision prefixes, correct > 0": 0,
     },
 }

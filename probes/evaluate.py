@@ -27,8 +27,9 @@ import torch
 
 from dasd.config_checks import check_fields
 from dasd.evaluation import eval_metrics, measure_mechanism, sample_rollout_rows
-from dasd.models import load_model
+from dasd.models import load_model, resolve_device, resolve_dtype
 from dasd.rollout import build_rollout_engine, check_rollout_engine
+from dasd.rollout.hf import kv_budget_batch_size
 from dasd.runlog import create_run
 from dasd.tasks import build_task
 
@@ -52,12 +53,15 @@ class EvalConfig:
     top_p: float = 0.9
     max_new_tokens: int = 160
     batch_size: int = 128
-    """Prompts per generation micro-batch."""
+    """Prompts per generation micro-batch, at most: fewer when their KV cache (longest prompt
+    + ``max_new_tokens`` tokens each) would exceed ``kv_cache_budget_gb`` (``dasd.memory``)."""
+    kv_cache_budget_gb: float = 16.0
+    """KV cache a generation micro-batch of the ``hf`` engine may hold."""
     teacher: bool = True
     """Also score the privileged teacher's log-prob of every response token."""
     score_batch_size: int = 32
-    """Responses per scoring forward pass; bounds its ``(score_batch_size, T, V)`` logits
-    (at 8,192 tokens and Qwen3's 151,936-token vocabulary, 2.5 GB per response in bf16)."""
+    """Responses per scoring forward pass; bounds its activations (the logits are formed a
+    chunk of positions at a time for models with a plain output layer, ``dasd.scoring``)."""
     floor_responses: int = 64
     """Responses scored a second time, alone, for the round-off floor of the mechanism
     statistics (``dasd.evaluation.measure_mechanism``); 0 skips the floor."""
@@ -68,6 +72,11 @@ class EvalConfig:
     """Share of the GPU's memory vLLM takes (``vllm`` engine); the rest is left to scoring."""
     device: str = "auto"
     """``auto`` (cuda when available), ``cpu`` or ``cuda``."""
+    dtype: str = "auto"
+    """Weights' dtype: ``auto`` (bf16 on CUDA, float32 on a CPU), ``float32``, ``bfloat16`` or
+    ``checkpoint`` (the checkpoint's own: a bf16 base model and its float32 trained checkpoints
+    would then be evaluated at different precisions). Log-probs and entropies come from float32
+    logits either way (``dasd.scoring``)."""
     seed: int = 0
     thinking: bool | None = None
     """The chat template's ``enable_thinking`` (``math`` task, e.g. Qwen3); None: the
@@ -88,8 +97,9 @@ class EvalConfig:
             raise ValueError("max_new_tokens, batch_size and score_batch_size must be >= 1")
         if self.floor_responses < 0:
             raise ValueError(f"floor_responses must be >= 0, got {self.floor_responses}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if not self.kv_cache_budget_gb > 0:
+            raise ValueError(f"kv_cache_budget_gb must be > 0, got {self.kv_cache_budget_gb}")
+        resolve_dtype(self.dtype, resolve_device(self.device))
         if not 0 < self.vllm_gpu_memory_utilization < 1:
             raise ValueError("vllm_gpu_memory_utilization must be in (0, 1), got "
                              f"{self.vllm_gpu_memory_utilization}")
@@ -104,10 +114,8 @@ def run_eval(
     ``progress`` is called with the number of responses sampled after each generation batch
     (``cfg.n_prompts * cfg.k`` in all).
     """
-    device = cfg.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, tokenizer = load_model(cfg.model, device=device)
+    device = resolve_device(cfg.device)
+    model, tokenizer = load_model(cfg.model, device=device, dtype=resolve_dtype(cfg.dtype, device))
     engine = build_rollout_engine(cfg.rollout_engine, model, seed=cfg.seed,
                                   max_new_tokens=cfg.max_new_tokens,
                                   gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
@@ -133,7 +141,10 @@ def run_eval(
             max_new_tokens=cfg.max_new_tokens,
             temperature=cfg.temperature,
             top_p=cfg.top_p,
-            batch_size=cfg.batch_size,
+            batch_size=kv_budget_batch_size(
+                model, tokenizer, [task.student_prompt(p) for p in problems],
+                max_new_tokens=cfg.max_new_tokens, budget_gb=cfg.kv_cache_budget_gb,
+                cap=cfg.batch_size),
             teacher=cfg.teacher,
             generator=torch.Generator().manual_seed(cfg.seed),
             progress=progress,

@@ -54,7 +54,7 @@ from dasd.health import response_health
 from analysis.paper import TABLE1_BUCKETS, TABLE1_METRICS, TABLE1_MODES, paper_value
 from analysis.stats import paired_relative_change, per_prompt_sums
 from dasd.config_checks import check_fields
-from dasd.models import load_model
+from dasd.models import load_model, resolve_device
 from dasd.records import rollout_frame
 from dasd.rollout.lockstep import (
     BUCKETS,
@@ -125,9 +125,12 @@ class PrefixInterveneConfig:
     ci: float = 0.95
     """Confidence level of the intervals."""
     seed: int = 0
+    device: str = "auto"
+    """``auto`` (cuda when available), ``cpu`` or ``cuda``: where the model runs."""
 
     def __post_init__(self) -> None:
         check_fields(self)
+        resolve_device(self.device)
         if self.bucket != "all" and self.bucket not in BUCKETS:
             raise ValueError(f"unknown bucket {self.bucket!r}; valid: all, {', '.join(BUCKETS)}")
         if self.positions not in POSITIONS:
@@ -253,7 +256,7 @@ def run_prefix_intervene(
     (``n_prompts * k * (1 + 2 * len(cfg.buckets))`` in all). Returns the summary written to
     ``summary.json``.
     """
-    model, tokenizer = load_model(cfg.model)
+    model, tokenizer = load_model(cfg.model, device=resolve_device(cfg.device))
     options = {"benchmark": cfg.benchmark} if cfg.benchmark else {}
     task = build_task(cfg.task, tokenizer=tokenizer, **options)
     problems = task.sample(cfg.n_prompts, split="eval", seed=cfg.seed)

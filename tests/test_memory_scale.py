@@ -113,10 +113,16 @@ def test_every_forward_pass_over_responses_holds_at_most_a_micro_batch(model_dir
                       eval_prompts=2, eval_k=4, eval_every=1, eval_teacher=True, device="cpu")
     trainer = Trainer.start(cfg, tmp_path / "run")
     shapes = []
-    trainer.model.register_forward_hook(lambda module, args, out: shapes.append(out.logits.shape))
+    # every pass over whole responses runs the decoder without a KV cache (scoring and the PPO
+    # forward apply the output layer themselves, ``dasd.scoring.response_hidden``)
+
+    def record(module, args, kwargs, out):
+        if kwargs.get("use_cache") is False:
+            shapes.append(out.last_hidden_state.shape)
+
+    trainer.model.get_decoder().register_forward_hook(record, with_kwargs=True)
     trainer.update(1)
     trainer.evaluate(1)
-    whole = [s for s in shapes if s[1] > 1]  # decoding steps keep one position's logits
     # scoring (student and teacher), the PPO micro-batches and held-out scoring all ran
-    assert len(whole) >= 4 + 4 + 4
-    assert max(s[0] for s in whole) == cfg.micro_batch_size
+    assert len(shapes) >= 4 + 4 + 4
+    assert max(s[0] for s in shapes) == cfg.micro_batch_size

@@ -93,7 +93,7 @@ def test_dasd_with_beta_zero_equals_grpo(model_dir, tmp_path):
 
 
 def _comparable(metrics: pd.DataFrame) -> pd.DataFrame:
-    keep = [c for c in metrics.columns if not c.startswith("time/")]
+    keep = [c for c in metrics.columns if not c.startswith(("time/", "perf/"))]
     return metrics[keep].reset_index(drop=True)
 
 

@@ -98,7 +98,11 @@ def test_fallback_predictions_name_real_claims_and_follow_the_paper_on_the_posit
 def test_a_world_table_overrides_the_fallback_where_it_names_the_claim(monkeypatch):
     claims = {c.text: c for c in _validated_claims()}
     ey, rho = claims["Conformity − Base, E(y) < 0"], claims["rho_s(A_t, H_t) > 0"]
-    assert predicted_sign("tiny-null", "negative", ey) == -1  # no dasd.worlds here: fallback
+    assert fallback_sign("negative", ey) == -1
+    from dasd.worlds import PREDICTED_SIGN
+
+    assert predicted_sign("tiny-null", "negative", ey) == PREDICTED_SIGN["tiny-null"][ey.text]
+    assert predicted_sign("tiny", "negative", ey) == -1  # a stand-in world: the fallback
     worlds = types.ModuleType("dasd.worlds")
     worlds.PREDICTED_SIGN = {"tiny-null": {ey.text: 0}}
     monkeypatch.setitem(sys.modules, "dasd.worlds", worlds)

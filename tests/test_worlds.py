@@ -189,7 +189,8 @@ def test_null_data_pairs_the_teacher_prompt_with_another_problems_reference() ->
 
 
 def test_predictions_cover_every_claim_of_the_validated_probes_exactly() -> None:
-    texts = {c.text for fn in (F._finding_1, F._finding_2, F._finding_3, F._rq1, F._rq2)
+    texts = {c.text for fn in (F._finding_1, F._finding_2, F._finding_3, F._rq1,
+                               lambda runs: F._rq2(runs, "base"))  # validate probes base models
              for c in fn([]).claims}
     assert len(texts) == 15
     assert set(dw.PREDICTED_SIGN) == set(dw.WORLDS)

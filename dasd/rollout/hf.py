@@ -28,13 +28,18 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
+from dasd.head import head_logits, output_layer
+from dasd.memory import GIB, generation_rows
+
 __all__ = [
     "Rollouts",
     "assemble_rollouts",
     "encode_prompts",
     "eval_mode",
     "generate",
+    "kv_budget_batch_size",
     "model_call_kwargs",
+    "next_token_logits",
     "positions_from_mask",
     "sample_from_logits",
     "stop_token_ids",
@@ -101,6 +106,36 @@ def model_call_kwargs(model: nn.Module) -> tuple[str, bool]:
     params = inspect.signature(model.forward).parameters
     cache_kw = "cache" if "cache" in params else "past_key_values"
     return cache_kw, "logits_to_keep" in params
+
+
+def next_token_logits(model: nn.Module, cache_kw: str, keep_kw: dict[str, int],
+                      **inputs: object) -> tuple[Tensor, object]:
+    """Next-token logits ``(B, V)`` of one cached decoding call with ``inputs`` (ids, masks,
+    positions, ``use_cache`` and the cache under ``cache_kw``), and the advanced cache.
+
+    A plain output layer (``dasd.head``) in bf16/fp16, or under autocast, gives float32 logits
+    from the final hidden state, so such a model samples and scores from float32 logits; a
+    float32 output layer without autocast, or any other model, runs its own forward (the same
+    float32 logits, and forward hooks on the model still see them)."""
+    layer = output_layer(model)
+    device_type = next(model.parameters()).device.type
+    if layer is None or (layer[0].dtype in (torch.float32, torch.float64)
+                         and not torch.is_autocast_enabled(device_type)):
+        out = model(**inputs, **keep_kw)
+        return out.logits[:, -1], getattr(out, cache_kw)
+    out = model.get_decoder()(**inputs)
+    return head_logits(model, out.last_hidden_state[:, -1]), getattr(out, cache_kw)
+
+
+def kv_budget_batch_size(model: nn.Module, tokenizer: PreTrainedTokenizerBase,
+                         prompts: Sequence[str], *, max_new_tokens: int, budget_gb: float,
+                         cap: int, dtype: torch.dtype | None = None) -> int:
+    """Prompts per generation batch: at most ``cap``, and no more than the KV cache of
+    (longest prompt + ``max_new_tokens``) tokens each fits ``budget_gb`` GiB
+    (``dasd.memory.generation_rows``; ``dtype``: the cache's, default the model's)."""
+    width = encode_prompts(tokenizer, list(prompts))[0].shape[1]
+    dtype = dtype or next(model.parameters()).dtype
+    return generation_rows(model.config, dtype, width + max_new_tokens, budget_gb * GIB, cap)
 
 
 def encode_prompts(
@@ -318,17 +353,12 @@ def _decode(
     cache = None
     steps = 0
     while True:
-        out = model(
-            input_ids=ids,
-            attention_mask=attn,
-            position_ids=pos,
-            use_cache=True,
-            **{cache_kw: cache},
-            **keep_kw,
+        logits, cache = next_token_logits(
+            model, cache_kw, keep_kw, input_ids=ids, attention_mask=attn, position_ids=pos,
+            use_cache=True, **{cache_kw: cache},
         )
-        cache = getattr(out, cache_kw)
         tokens, logp = sample_from_logits(
-            out.logits[:, -1], temperature=temperature, top_p=top_p, generator=generator
+            logits, temperature=temperature, top_p=top_p, generator=generator
         )
         live = rows[alive]
         out_ids[live, steps] = tokens[alive]

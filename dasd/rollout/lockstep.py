@@ -74,6 +74,7 @@ from dasd.rollout.hf import (
     encode_prompts,
     eval_mode,
     model_call_kwargs,
+    next_token_logits,
     positions_from_mask,
     sample_from_logits,
     stop_token_ids,
@@ -316,16 +317,11 @@ class _Context:
 
     def forward(self, model: nn.Module, cache_kw: str, keep_kw: dict[str, int]) -> Tensor:
         """Next-token logits ``(B, V)``; advances the cache."""
-        out = model(
-            input_ids=self.ids,
-            attention_mask=self.attn,
-            position_ids=self.pos,
-            use_cache=True,
-            **{cache_kw: self.cache},
-            **keep_kw,
+        logits, self.cache = next_token_logits(
+            model, cache_kw, keep_kw, input_ids=self.ids, attention_mask=self.attn,
+            position_ids=self.pos, use_cache=True, **{cache_kw: self.cache},
         )
-        self.cache = getattr(out, cache_kw)
-        return out.logits[:, -1]
+        return logits
 
     def select(self, keep: Tensor) -> None:
         self.cache.batch_select_indices(keep)
