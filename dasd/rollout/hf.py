@@ -30,8 +30,16 @@ from transformers import PreTrainedTokenizerBase
 
 from dasd.head import head_logits, output_layer
 from dasd.memory import GIB, generation_rows
+from dasd.rollout.batching import (
+    check_decoding,
+    concat_right_padded,
+    over_micro_batches,
+    trim_left_padding,
+)
 
 __all__ = [
+    "DecodeContext",
+    "DecodedRows",
     "Rollouts",
     "assemble_rollouts",
     "encode_prompts",
@@ -249,43 +257,25 @@ def generate(
     Returns:
         ``Rollouts`` on CPU; responses padded to the longest one over all micro-batches.
     """
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_decoding(max_new_tokens, batch_size)
     _check_sampling(temperature, top_p)
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts)
     pad_id = tokenizer.pad_token_id
     eos = stop_token_ids(model, tokenizer)
-    parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def decode(rows: slice, index: int) -> dict[str, Tensor]:
+        return _decode(model, *trim_left_padding(prompt_ids[rows], prompt_mask[rows]),
+                       max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                       generator=generator, pad_id=pad_id, eos=eos)
+
     with torch.inference_mode(), eval_mode(model):
-        for start in range(0, len(prompts), batch_size):
-            ids = prompt_ids[start : start + batch_size]
-            mask = prompt_mask[start : start + batch_size]
-            first = int(mask.any(0).nonzero()[0])
-            parts.append(
-                _decode(
-                    model,
-                    ids[:, first:],
-                    mask[:, first:],
-                    max_new_tokens=max_new_tokens,
-                    temperature=temperature,
-                    top_p=top_p,
-                    generator=generator,
-                    pad_id=pad_id,
-                    eos=eos,
-                )
-            )
-            if progress is not None:
-                progress(len(ids))
-    width = max(tokens.shape[1] for tokens, _, _ in parts)
-    response_ids = torch.cat(
-        [nn.functional.pad(t, (0, width - t.shape[1]), value=pad_id) for t, _, _ in parts]
+        parts = over_micro_batches(len(prompts), batch_size, decode, progress)
+    return assemble_rollouts(
+        tokenizer, prompts, prompt_ids, prompt_mask,
+        concat_right_padded([p["ids"] for p in parts], pad_id),
+        concat_right_padded([p["mask"] for p in parts]),
+        concat_right_padded([p["logp"] for p in parts]), eos,
     )
-    response_mask = torch.cat([nn.functional.pad(m, (0, width - m.shape[1])) for _, m, _ in parts])
-    logprobs = torch.cat([nn.functional.pad(lp, (0, width - lp.shape[1])) for _, _, lp in parts])
-    return assemble_rollouts(tokenizer, prompts, prompt_ids, prompt_mask, response_ids,
-                             response_mask, logprobs, eos)
 
 
 def assemble_rollouts(
@@ -321,6 +311,91 @@ def assemble_rollouts(
     )
 
 
+class DecodeContext:
+    """One decoding context of a micro-batch: ids to feed, attention mask, positions, KV cache."""
+
+    def __init__(self, ids: Tensor, mask: Tensor, device: torch.device) -> None:
+        self.ids = ids.to(device)
+        self.attn = mask.to(device).long()
+        self.pos = positions_from_mask(self.attn)
+        self.cache = None
+
+    def forward(self, model: nn.Module, cache_kw: str, keep_kw: dict[str, int]) -> Tensor:
+        """Next-token logits ``(B, V)``; advances the cache."""
+        logits, self.cache = next_token_logits(
+            model, cache_kw, keep_kw, input_ids=self.ids, attention_mask=self.attn,
+            position_ids=self.pos, use_cache=True, **{cache_kw: self.cache},
+        )
+        return logits
+
+    def select(self, keep: Tensor) -> None:
+        """Keep the rows ``keep`` of the batch (cache included)."""
+        self.cache.batch_select_indices(keep)
+        self.attn, self.pos = self.attn[keep], self.pos[keep]
+
+    def append(self, ids: Tensor) -> None:
+        """Feed the tokens ``ids (B,)`` at the next step."""
+        self.ids = ids[:, None]
+        self.attn = torch.cat([self.attn, torch.ones_like(self.attn[:, :1])], dim=1)
+        self.pos = self.pos[:, -1:] + 1
+
+
+class DecodedRows:
+    """The outputs of a micro-batch of ``n`` rows decoded step by step (departure 2).
+
+    ``rows`` are the micro-batch indices of the rows still in the decoding batch and ``alive``
+    which of them have not emitted EOS; each step writes the token and the per-token
+    ``values`` of the alive rows only, so every entry past a row's EOS stays pad / 0 / False.
+    """
+
+    def __init__(self, n: int, max_new_tokens: int, *, pad_id: int, eos: list[int],
+                 device: torch.device, floats: Sequence[str], flags: Sequence[str] = ()) -> None:
+        self.max_new_tokens, self.device = max_new_tokens, device
+        self.eos = torch.tensor(eos, device=device)
+        self.ids = torch.full((n, max_new_tokens), pad_id, dtype=torch.long, device=device)
+        self.values = {name: torch.zeros(n, max_new_tokens, dtype=torch.float32, device=device)
+                       for name in floats}
+        self.values |= {name: torch.zeros(n, max_new_tokens, dtype=torch.bool, device=device)
+                        for name in flags}
+        self.lengths = torch.zeros(n, dtype=torch.long, device=device)
+        self.rows = torch.arange(n, device=device)
+        self.alive = torch.ones(n, dtype=torch.bool, device=device)
+        self.steps = 0
+
+    def record(self, tokens: Tensor, values: dict[str, Tensor]) -> bool:
+        """Write one step's ``tokens (b,)`` and ``values`` (each ``(b,)``) of the batch's rows;
+        True when decoding is over (every row finished, or ``max_new_tokens`` steps)."""
+        live = self.rows[self.alive]
+        self.ids[live, self.steps] = tokens[self.alive]
+        for name, value in values.items():
+            self.values[name][live, self.steps] = value[self.alive]
+        self.lengths[live] += 1
+        self.alive &= ~torch.isin(tokens, self.eos)
+        self.steps += 1
+        return self.steps == self.max_new_tokens or bool((~self.alive).all())
+
+    def compact(self) -> Tensor | None:
+        """Once a quarter of the batch has finished, drop the finished rows and return the
+        batch indices kept (the caller drops them from its contexts); else None."""
+        if 4 * int((~self.alive).sum()) < self.alive.numel():
+            return None
+        keep = self.alive.nonzero().flatten()
+        self.rows, self.alive = self.rows[keep], self.alive[keep]
+        return keep
+
+    def result(self, finite: Sequence[str]) -> dict[str, Tensor]:
+        """CPU ``ids``, ``mask`` and every value ``(n, T)``, T the steps taken; raises if a
+        value named in ``finite`` is not finite on a response token."""
+        steps = self.steps
+        valid = torch.arange(steps, device=self.device) < self.lengths[:, None]
+        for name in finite:
+            if not bool(self.values[name][:, :steps][valid].isfinite().all()):
+                raise ValueError("the model produced NaN/inf logits while decoding; "
+                                 "check its weights and dtype")
+        result = {"ids": self.ids[:, :steps].cpu(), "mask": valid.cpu()}
+        return result | {name: value[:, :steps].cpu() for name, value in self.values.items()}
+
+
 def _decode(
     model: nn.Module,
     ids: torch.Tensor,
@@ -332,51 +407,28 @@ def _decode(
     generator: torch.Generator | None,
     pad_id: int,
     eos: list[int],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> dict[str, Tensor]:
     """Decode one left-padded micro-batch ``ids, mask (B, P)``.
 
-    Returns CPU ``response_ids (B, T)`` (pad after EOS), ``response_mask (B, T)`` bool and
-    ``logprobs (B, T)`` float32 with T ≤ ``max_new_tokens``.
+    Returns CPU ``ids (B, T)`` (pad after EOS), ``mask (B, T)`` bool and ``logp (B, T)``
+    float32 with T ≤ ``max_new_tokens``.
     """
     device = next(model.parameters()).device
     cache_kw, has_keep = model_call_kwargs(model)
     keep_kw = {"logits_to_keep": 1} if has_keep else {}
-    eos_t = torch.tensor(eos, device=device)
-    n = ids.shape[0]
-    ids, attn = ids.to(device), mask.to(device).long()
-    pos = positions_from_mask(attn)
-    out_ids = torch.full((n, max_new_tokens), pad_id, dtype=torch.long, device=device)
-    out_lp = torch.zeros(n, max_new_tokens, dtype=torch.float32, device=device)
-    lengths = torch.zeros(n, dtype=torch.long, device=device)
-    rows = torch.arange(n, device=device)
-    alive = torch.ones(n, dtype=torch.bool, device=device)
-    cache = None
-    steps = 0
+    ctx = DecodeContext(ids, mask, device)
+    out = DecodedRows(ids.shape[0], max_new_tokens, pad_id=pad_id, eos=eos, device=device,
+                      floats=("logp",))
     while True:
-        logits, cache = next_token_logits(
-            model, cache_kw, keep_kw, input_ids=ids, attention_mask=attn, position_ids=pos,
-            use_cache=True, **{cache_kw: cache},
-        )
+        logits = ctx.forward(model, cache_kw, keep_kw)
         tokens, logp = sample_from_logits(
             logits, temperature=temperature, top_p=top_p, generator=generator
         )
-        live = rows[alive]
-        out_ids[live, steps] = tokens[alive]
-        out_lp[live, steps] = logp[alive]
-        lengths[live] += 1
-        alive &= ~torch.isin(tokens, eos_t)
-        steps += 1
-        n_done = int((~alive).sum())
-        if steps == max_new_tokens or n_done == alive.numel():
+        if out.record(tokens, {"logp": logp}):
             break
-        if 4 * n_done >= alive.numel():
-            keep = alive.nonzero().flatten()
-            cache.batch_select_indices(keep)
-            rows, tokens, attn, pos, alive = rows[keep], tokens[keep], attn[keep], pos[keep], alive[keep]
-        ids = torch.where(alive, tokens, pad_id)[:, None]
-        attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
-        pos = pos[:, -1:] + 1
-    valid = torch.arange(steps, device=device) < lengths[:, None]
-    if not bool(out_lp[:, :steps][valid].isfinite().all()):
-        raise ValueError("the model produced NaN/inf logits while decoding; check its weights and dtype")
-    return out_ids[:, :steps].cpu(), valid.cpu(), out_lp[:, :steps].cpu()
+        keep = out.compact()
+        if keep is not None:
+            ctx.select(keep)
+            tokens = tokens[keep]
+        ctx.append(torch.where(out.alive, tokens, pad_id))
+    return out.result(finite=("logp",))

@@ -68,14 +68,21 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from dasd.registry import Registry
+from dasd.rollout.batching import (
+    check_decoding,
+    concat_right_padded,
+    over_micro_batches,
+    trim_left_padding,
+)
 from dasd.rollout.hf import (
+    DecodeContext,
+    DecodedRows,
     Rollouts,
     _check_sampling,
+    assemble_rollouts,
     encode_prompts,
     eval_mode,
     model_call_kwargs,
-    next_token_logits,
-    positions_from_mask,
     sample_from_logits,
     stop_token_ids,
 )
@@ -306,33 +313,6 @@ class _Randomness:
         return torch.rand(self.n, generator=self._paired(1, step)).to(rows.device)[rows]
 
 
-class _Context:
-    """One decoding context (ids, attention mask, positions, KV cache) of a micro-batch."""
-
-    def __init__(self, ids: Tensor, mask: Tensor, device: torch.device) -> None:
-        self.ids = ids.to(device)
-        self.attn = mask.to(device).long()
-        self.pos = positions_from_mask(self.attn)
-        self.cache = None
-
-    def forward(self, model: nn.Module, cache_kw: str, keep_kw: dict[str, int]) -> Tensor:
-        """Next-token logits ``(B, V)``; advances the cache."""
-        logits, self.cache = next_token_logits(
-            model, cache_kw, keep_kw, input_ids=self.ids, attention_mask=self.attn,
-            position_ids=self.pos, use_cache=True, **{cache_kw: self.cache},
-        )
-        return logits
-
-    def select(self, keep: Tensor) -> None:
-        self.cache.batch_select_indices(keep)
-        self.attn, self.pos = self.attn[keep], self.pos[keep]
-
-    def append(self, ids: Tensor) -> None:
-        self.ids = ids[:, None]
-        self.attn = torch.cat([self.attn, torch.ones_like(self.attn[:, :1])], dim=1)
-        self.pos = self.pos[:, -1:] + 1
-
-
 def lockstep_generate(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -375,10 +355,7 @@ def lockstep_generate(
     Returns:
         ``LockstepRollouts`` on CPU.
     """
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_decoding(max_new_tokens, batch_size)
     if len(teacher_prompts) != len(prompts):
         raise ValueError(
             f"teacher_prompts has {len(teacher_prompts)} prompts for {len(prompts)} student "
@@ -391,60 +368,27 @@ def lockstep_generate(
     teacher_ids, teacher_mask = encode_prompts(tokenizer, teacher_prompts)
     pad_id = tokenizer.pad_token_id
     eos = stop_token_ids(model, tokenizer)
-    parts: list[dict[str, Tensor]] = []
-    with torch.inference_mode(), eval_mode(model):
-        for start in range(0, len(prompts), batch_size):
-            batch = slice(start, start + batch_size)
-            parts.append(
-                _decode_pair(
-                    model,
-                    _trim(prompt_ids[batch], prompt_mask[batch]),
-                    _trim(teacher_ids[batch], teacher_mask[batch]),
-                    randomness=_Randomness(
-                        len(prompt_ids[batch]), start // batch_size, generator=generator,
-                        coin_generator=coin_generator, pairing_seed=pairing_seed,
-                    ),
-                    intervention=intervention,
-                    max_new_tokens=max_new_tokens,
-                    temperature=temperature,
-                    top_p=top_p,
-                    pad_id=pad_id,
-                    eos=eos,
-                )
-            )
-            if progress is not None:
-                progress(len(prompt_ids[batch]))
-    width = max(part["ids"].shape[1] for part in parts)
 
-    def cat(name: str, value: float | bool) -> Tensor:
-        return torch.cat(
-            [nn.functional.pad(p[name], (0, width - p[name].shape[1]), value=value) for p in parts]
+    def decode(rows: slice, index: int) -> dict[str, Tensor]:
+        randomness = _Randomness(len(prompt_ids[rows]), index, generator=generator,
+                                 coin_generator=coin_generator, pairing_seed=pairing_seed)
+        return _decode_pair(
+            model, trim_left_padding(prompt_ids[rows], prompt_mask[rows]),
+            trim_left_padding(teacher_ids[rows], teacher_mask[rows]), randomness=randomness,
+            intervention=intervention, max_new_tokens=max_new_tokens, temperature=temperature,
+            top_p=top_p, pad_id=pad_id, eos=eos,
         )
 
-    response_ids, response_mask = cat("ids", pad_id), cat("mask", False)
-    lengths = response_mask.sum(-1)
-    last = response_ids.gather(1, (lengths - 1)[:, None]).squeeze(1)
-    keep = response_mask & ~torch.isin(response_ids, torch.tensor(eos))
-    rollouts = Rollouts(
-        prompts=list(prompts),
-        prompt_ids=prompt_ids,
-        prompt_mask=prompt_mask,
-        response_ids=response_ids,
-        response_mask=response_mask,
-        logprobs=cat("logp", 0.0),
-        finished=torch.isin(last, torch.tensor(eos)),
-        responses=tokenizer.batch_decode(
-            [row[k].tolist() for row, k in zip(response_ids, keep)], skip_special_tokens=False
-        ),
-    )
+    with torch.inference_mode(), eval_mode(model):
+        parts = over_micro_batches(len(prompts), batch_size, decode, progress)
+
+    def cat(name: str, value: float | bool) -> Tensor:
+        return concat_right_padded([part[name] for part in parts], value)
+
+    rollouts = assemble_rollouts(tokenizer, prompts, prompt_ids, prompt_mask, cat("ids", pad_id),
+                                 cat("mask", False), cat("logp", 0.0), eos)
     stats = {name: cat(name, 0.0) for name in _STATS if name != "logp"}
     return LockstepRollouts(rollouts=rollouts, **stats, **{f: cat(f, False) for f in _FLAGS})
-
-
-def _trim(ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Drop the columns that are padding in every row of a left-padded micro-batch."""
-    first = int(mask.any(0).nonzero()[0])
-    return ids[:, first:], mask[:, first:]
 
 
 def _decode_pair(
@@ -470,76 +414,88 @@ def _decode_pair(
     device = next(model.parameters()).device
     cache_kw, has_keep = model_call_kwargs(model)
     keep_kw = {"logits_to_keep": 1} if has_keep else {}
-    eos_t = torch.tensor(eos, device=device)
-    s_ctx, t_ctx = _Context(*student, device), _Context(*teacher, device)
+    s_ctx, t_ctx = DecodeContext(*student, device), DecodeContext(*teacher, device)
     n = s_ctx.ids.shape[0]
     scale = temperature if temperature > 0 else 1.0
-    out_ids = torch.full((n, max_new_tokens), pad_id, dtype=torch.long, device=device)
-    out = {name: torch.zeros(n, max_new_tokens, device=device) for name in _STATS}
-    out |= {name: torch.zeros(n, max_new_tokens, dtype=torch.bool, device=device) for name in _FLAGS}
+    out = DecodedRows(n, max_new_tokens, pad_id=pad_id, eos=eos, device=device, floats=_STATS,
+                      flags=_FLAGS)
     history = torch.zeros(n, max_new_tokens, device=device)
-    lengths = torch.zeros(n, dtype=torch.long, device=device)
-    rows = torch.arange(n, device=device)
-    alive = torch.ones(n, dtype=torch.bool, device=device)
     used = torch.zeros(n, dtype=torch.bool, device=device)
-    steps = 0
     while True:
         s_logits = s_ctx.forward(model, cache_kw, keep_kw)
         t_logits = t_ctx.forward(model, cache_kw, keep_kw)
-        logp = torch.log_softmax(s_logits.float() / scale, -1)
-        t_logp = torch.log_softmax(t_logits.float() / scale, -1)
-        p, q = logp.exp(), t_logp.exp()
-        entropy = torch.special.entr(p).sum(-1)
-        history[rows, steps] = entropy
-        median = prefix_median(history[rows, : steps + 1])
-        member = torch.zeros_like(alive)
-        act = member
-        logits = s_logits
-        if intervention is not None:
-            coins = randomness.coins(rows, steps) if intervention.bucket == "random" else None
-            member = bucket_membership(
-                entropy, median, bucket=intervention.bucket, burn_in=intervention.burn_in,
-                step=steps, coins=coins, rate=intervention.rate,
-            )
-            act = member & ~used if intervention.positions == "first" else member
-            used |= act
-            target = DISTRIBUTIONS.get(intervention.mode)(logp, t_logp, alpha=intervention.alpha)
-            logits = torch.where(act[:, None], scale * target, s_logits.float())
-        tokens = randomness.tokens(logits, rows, steps, temperature=temperature, top_p=top_p)
-        picked = tokens[:, None]
-        values = {
-            "logp": logp.gather(-1, picked).squeeze(-1),
-            "entropy": entropy,
-            "teacher_entropy": torch.special.entr(q).sum(-1),
-            "teacher_logp": t_logp.gather(-1, picked).squeeze(-1),
-            "kl": (p * (logp - t_logp)).where(p > 0, 0.0).sum(-1),
-            "median": median,
-            "in_bucket": member,
-            "intervened": act,
-        }
-        live = rows[alive]
-        out_ids[live, steps] = tokens[alive]
-        for name, value in values.items():
-            out[name][live, steps] = value[alive]
-        lengths[live] += 1
-        alive &= ~torch.isin(tokens, eos_t)
-        steps += 1
-        n_done = int((~alive).sum())
-        if steps == max_new_tokens or n_done == alive.numel():
+        step = out.steps
+        values = _step_statistics(s_logits, t_logits, scale)
+        history[out.rows, step] = values["entropy"]
+        values["median"] = prefix_median(history[out.rows, : step + 1])
+        logits, values["in_bucket"], values["intervened"] = _intervene(
+            intervention, s_logits, values, used, rows=out.rows, step=step,
+            randomness=randomness, scale=scale,
+        )
+        used |= values["intervened"]
+        tokens = randomness.tokens(logits, out.rows, step, temperature=temperature, top_p=top_p)
+        values = _at_tokens(values, tokens)
+        if out.record(tokens, values):
             break
-        if 4 * n_done >= alive.numel():
-            keep = alive.nonzero().flatten()
+        keep = out.compact()
+        if keep is not None:
             s_ctx.select(keep)
             t_ctx.select(keep)
-            rows, tokens, alive, used = rows[keep], tokens[keep], alive[keep], used[keep]
-        next_ids = torch.where(alive, tokens, pad_id)
+            tokens, used = tokens[keep], used[keep]
+        next_ids = torch.where(out.alive, tokens, pad_id)
         s_ctx.append(next_ids)
         t_ctx.append(next_ids)
-    valid = torch.arange(steps, device=device) < lengths[:, None]
-    for name in ("logp", "teacher_logp"):
-        if not bool(out[name][:, :steps][valid].isfinite().all()):
-            raise ValueError("the model produced NaN/inf logits while decoding; "
-                             "check its weights and dtype")
-    # Rows are written only while alive, so every entry past a row's EOS is still 0 / False.
-    result = {"ids": out_ids[:, :steps].cpu(), "mask": valid.cpu()}
-    return result | {name: value[:, :steps].cpu() for name, value in out.items()}
+    return out.result(finite=("logp", "teacher_logp"))
+
+
+def _step_statistics(s_logits: Tensor, t_logits: Tensor, scale: float) -> dict[str, Tensor]:
+    """One step's student and teacher log-distributions ``log_p``, ``log_q`` ``(b, V)`` at
+    temperature ``scale``, and the per-row ``entropy``, ``teacher_entropy`` and ``kl``
+    (KL(p ‖ q)) ``(b,)``."""
+    logp = torch.log_softmax(s_logits.float() / scale, -1)
+    t_logp = torch.log_softmax(t_logits.float() / scale, -1)
+    p, q = logp.exp(), t_logp.exp()
+    return {
+        "log_p": logp,
+        "log_q": t_logp,
+        "entropy": torch.special.entr(p).sum(-1),
+        "teacher_entropy": torch.special.entr(q).sum(-1),
+        "kl": (p * (logp - t_logp)).where(p > 0, 0.0).sum(-1),
+    }
+
+
+def _intervene(
+    intervention: Intervention | None,
+    s_logits: Tensor,
+    values: dict[str, Tensor],
+    used: Tensor,
+    *,
+    rows: Tensor,
+    step: int,
+    randomness: _Randomness,
+    scale: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The logits to sample from ``(b, V)``, bucket membership and intervened rows ``(b,)``
+    of one step: the student's logits, except the interventional distribution (times
+    ``scale``) on the rows in the bucket (``first``: not ``used`` before)."""
+    member = torch.zeros(len(rows), dtype=torch.bool, device=rows.device)
+    if intervention is None:
+        return s_logits, member, member
+    coins = randomness.coins(rows, step) if intervention.bucket == "random" else None
+    member = bucket_membership(
+        values["entropy"], values["median"], bucket=intervention.bucket,
+        burn_in=intervention.burn_in, step=step, coins=coins, rate=intervention.rate,
+    )
+    act = member & ~used if intervention.positions == "first" else member
+    target = DISTRIBUTIONS.get(intervention.mode)(values["log_p"], values["log_q"],
+                                                  alpha=intervention.alpha)
+    return torch.where(act[:, None], scale * target, s_logits.float()), member, act
+
+
+def _at_tokens(values: dict[str, Tensor], tokens: Tensor) -> dict[str, Tensor]:
+    """The step's ``_STATS`` and ``_FLAGS`` ``(b,)``: the log-probs of ``tokens (b,)`` under
+    both distributions, and the per-row values."""
+    picked = tokens[:, None]
+    out = {"logp": values["log_p"].gather(-1, picked).squeeze(-1),
+           "teacher_logp": values["log_q"].gather(-1, picked).squeeze(-1)}
+    return out | {name: values[name] for name in _STATS + _FLAGS if name not in out}
