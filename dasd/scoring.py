@@ -39,6 +39,7 @@ from dasd.entropy import (
 )
 from dasd.head import head_logits, output_layer
 from dasd.perf import synced_time
+from dasd.rollout.batching import length_sorted_chunks
 from dasd.rollout.hf import (
     Rollouts,
     encode_prompts,
@@ -122,6 +123,55 @@ def score_responses(
         ``TokenScores`` on the device of ``response_ids``.
     """
     response_mask = response_mask.bool()
+    _check_score_inputs(response_ids, response_mask, student_prompt_ids, student_prompt_mask,
+                        teacher_prompt_ids, teacher_prompt_mask, batch_size=batch_size,
+                        temperature=temperature)
+    response_ids = response_ids.long().masked_fill(~response_mask, 0)
+    entropy = torch.zeros(response_ids.shape, dtype=torch.float32, device=response_ids.device)
+    scores = TokenScores(
+        entropy=entropy,
+        student_logp=torch.zeros_like(entropy),
+        teacher_logp=None if teacher_prompt_ids is None else torch.zeros_like(entropy),
+        student_tail=torch.zeros_like(entropy) if tail else None,
+        teacher_tail=torch.zeros_like(entropy) if tail and teacher_prompt_ids is not None else None,
+    )
+    # (prompt ids, prompt mask, entropy out, log-prob out, tail out, timing key) per branch
+    branches = [(student_prompt_ids, student_prompt_mask, scores.entropy, scores.student_logp,
+                 scores.student_tail, "student_s")]
+    if teacher_prompt_ids is not None:
+        branches.append((teacher_prompt_ids, teacher_prompt_mask, None, scores.teacher_logp,
+                         scores.teacher_tail, "teacher_s"))
+    block_kw = {"chunk_size": chunk_size, "temperature": temperature, "tail": tail,
+                "position_offset": position_offset}
+    clock = _Clock(next(model.parameters()).device, timings)
+    with torch.inference_mode(), eval_mode(model):
+        lengths = response_mask.sum(-1)
+        for rows in length_sorted_chunks(lengths + student_prompt_mask.bool().sum(-1), batch_size):
+            t = int(lengths[rows].max())
+            if t == 0:
+                break
+            ids, mask = response_ids[rows, :t], response_mask[rows, :t]
+            for prompt_ids, prompt_mask, *outs, key in branches:
+                block = _score_block(model, prompt_ids[rows], prompt_mask[rows], ids, **block_kw)
+                for out, value in zip(outs, block):
+                    if out is not None:
+                        out[rows, :t] = value.where(mask, 0.0)
+                clock.lap(key)
+    return scores
+
+
+def _check_score_inputs(
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    student_prompt_ids: torch.Tensor,
+    student_prompt_mask: torch.Tensor,
+    teacher_prompt_ids: torch.Tensor | None,
+    teacher_prompt_mask: torch.Tensor | None,
+    *,
+    batch_size: int,
+    temperature: float,
+) -> None:
+    """Raise a one-line ``ValueError`` on ``score_responses`` arguments it cannot score."""
     _check_pair("response", response_ids, response_mask)
     _check_pair("student_prompt", student_prompt_ids, student_prompt_mask, n=response_ids.shape[0])
     if (teacher_prompt_ids is None) != (teacher_prompt_mask is None):
@@ -134,55 +184,6 @@ def score_responses(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    response_ids = response_ids.long().masked_fill(~response_mask, 0)
-    n, width = response_ids.shape
-    entropy = torch.zeros(n, width, dtype=torch.float32, device=response_ids.device)
-    student_logp = torch.zeros_like(entropy)
-    teacher_logp = None if teacher_prompt_ids is None else torch.zeros_like(entropy)
-    student_tail = torch.zeros_like(entropy) if tail else None
-    teacher_tail = torch.zeros_like(entropy) if tail and teacher_logp is not None else None
-    clock = _Clock(next(model.parameters()).device, timings)
-    with torch.inference_mode(), eval_mode(model):
-        lengths = response_mask.sum(-1)
-        order = torch.argsort(lengths + student_prompt_mask.bool().sum(-1), descending=True, stable=True)
-        for s in range(0, n, batch_size):
-            rows = order[s : s + batch_size]
-            t = int(lengths[rows].max())
-            if t == 0:
-                break
-            ids, mask = response_ids[rows, :t], response_mask[rows, :t]
-            ent, lp, tl = _score_block(
-                model,
-                student_prompt_ids[rows],
-                student_prompt_mask[rows],
-                ids,
-                chunk_size=chunk_size,
-                temperature=temperature,
-                tail=tail,
-                position_offset=position_offset,
-            )
-            entropy[rows, :t] = ent.where(mask, 0.0)
-            student_logp[rows, :t] = lp.where(mask, 0.0)
-            if student_tail is not None:
-                student_tail[rows, :t] = tl.where(mask, 0.0)
-            clock.lap("student_s")
-            if teacher_logp is not None:
-                _, lp, tl = _score_block(
-                    model,
-                    teacher_prompt_ids[rows],
-                    teacher_prompt_mask[rows],
-                    ids,
-                    chunk_size=chunk_size,
-                    temperature=temperature,
-                    tail=tail,
-                    position_offset=position_offset,
-                )
-                teacher_logp[rows, :t] = lp.where(mask, 0.0)
-                if teacher_tail is not None:
-                    teacher_tail[rows, :t] = tl.where(mask, 0.0)
-                clock.lap("teacher_s")
-    return TokenScores(entropy=entropy, student_logp=student_logp, teacher_logp=teacher_logp,
-                       student_tail=student_tail, teacher_tail=teacher_tail)
 
 
 class _Clock:
