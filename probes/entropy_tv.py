@@ -70,6 +70,7 @@ from dasd.losses import aggregate, aggregate_denominator
 from dasd.models import load_model
 from dasd.records import rollout_frame
 from dasd.rollout import generate
+from dasd.rollout.batching import length_sorted_chunks
 from dasd.rollout.hf import encode_prompts, eval_mode
 from dasd.runlog import create_run
 from dasd.scoring import TokenScores, response_logits
@@ -252,12 +253,6 @@ class TokenShift:
     """‖∇J_{+1}‖ over all parameters (the step moves the weights by lr times this)."""
 
 
-def _micro_batches(mask: Tensor, size: int) -> list[Tensor]:
-    """Row indices in micro-batches of ``size``, longest responses first (less padding)."""
-    order = torch.argsort(mask.sum(-1), descending=True, stable=True)
-    return [order[s : s + size] for s in range(0, len(order), size)]
-
-
 def one_step_shift(
     model: nn.Module,
     batch: ProbeBatch,
@@ -281,42 +276,68 @@ def one_step_shift(
         raise ValueError("response_mask must be right-padded (each row's valid tokens first)")
     if not bool(mask.any()):
         raise ValueError("the batch has no response tokens; sample longer responses")
-    device = next(model.parameters()).device
-    n, width = mask.shape
     ids = batch.response_ids.long().masked_fill(~mask, 0)
+    out = {name: torch.zeros(mask.shape, dtype=torch.float32) for name in _SHIFT_FIELDS}
+    chunks = length_sorted_chunks(mask.sum(-1), micro_batch_size)
     total = aggregate_denominator(mask)
-    fields = ("entropy", "student_logp", "teacher_logp", "gap", "neg_kl", "d_plus", "d_minus",
-              "kl_plus", "kl_minus")
-    out = {name: torch.zeros(n, width, dtype=torch.float32) for name in fields}
-    chunks = _micro_batches(mask, micro_batch_size)
-
-    def put(rows: Tensor, t: int, m: Tensor, **values: Tensor) -> None:
-        for name, value in values.items():
-            out[name][rows, :t] = value.detach().float().cpu().where(m, 0.0)
-
     plus = copy.deepcopy(model).requires_grad_(True)
     plus.zero_grad(set_to_none=True)
     with eval_mode(model), eval_mode(plus):
         for rows in chunks:
             t = max(int(mask[rows].sum(-1).max()), 1)
-            m, r_ids = mask[rows, :t], ids[rows, :t]
-            with torch.no_grad():
-                teacher = response_logits(model, batch.teacher_ids[rows],
-                                          batch.teacher_mask[rows], r_ids)
-            student = response_logits(plus, batch.prompt_ids[rows], batch.prompt_mask[rows], r_ids)
-            targets = r_ids.to(device)
-            entropy, logp = token_entropy_and_logprob(student, targets, chunk_size=chunk_size)
-            with torch.no_grad():
-                _, teacher_logp = token_entropy_and_logprob(teacher, targets, chunk_size=chunk_size)
-                neg_kl = expected_gap(student, teacher, chunk_size=chunk_size)
-            objective = signed_gap_objective(logp, teacher_logp, m.to(device), sign=1.0)
-            weight = aggregate_denominator(m) / total
-            (objective * weight.to(device)).backward()
-            put(rows, t, m, entropy=entropy, student_logp=logp, teacher_logp=teacher_logp,
-                gap=teacher_logp - logp, neg_kl=neg_kl)
+            _gradient_pass(model, plus, batch, rows, ids[rows, :t], mask[rows, :t], out,
+                           total=total, chunk_size=chunk_size)
             if progress is not None:
                 progress(len(rows))
+    minus, grad_norm = _signed_steps(model, plus, lr)
+    with torch.no_grad(), eval_mode(model), eval_mode(plus), eval_mode(minus):
+        for rows in chunks:
+            t = max(int(mask[rows].sum(-1).max()), 1)
+            _shift_pass(model, plus, minus, batch, rows, ids[rows, :t], mask[rows, :t], out,
+                        chunk_size=chunk_size)
+            if progress is not None:
+                progress(len(rows))
+    return TokenShift(**out, grad_norm=grad_norm)
 
+
+#: The per-token fields of ``TokenShift``.
+_SHIFT_FIELDS = ("entropy", "student_logp", "teacher_logp", "gap", "neg_kl", "d_plus", "d_minus",
+                 "kl_plus", "kl_minus")
+
+
+def _put(out: dict[str, Tensor], rows: Tensor, m: Tensor, **values: Tensor) -> None:
+    """Write ``values (b, t)`` into the rows ``rows`` of ``out``'s ``(N, T)`` tensors, 0 off
+    the mask ``m (b, t)``."""
+    t = m.shape[1]
+    for name, value in values.items():
+        out[name][rows, :t] = value.detach().float().cpu().where(m, 0.0)
+
+
+def _gradient_pass(model: nn.Module, plus: nn.Module, batch: ProbeBatch, rows: Tensor,
+                   r_ids: Tensor, m: Tensor, out: dict[str, Tensor], *, total: Tensor,
+                   chunk_size: int) -> None:
+    """Pass 1 on the micro-batch ``rows`` (responses ``r_ids``, mask ``m`` ``(b, t)``): the
+    statistics under θ into ``out``, and this micro-batch's share (weight: its aggregation
+    denominator over ``total``) of the gradient of J_{+1} accumulated in ``plus``."""
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        teacher = response_logits(model, batch.teacher_ids[rows], batch.teacher_mask[rows], r_ids)
+    student = response_logits(plus, batch.prompt_ids[rows], batch.prompt_mask[rows], r_ids)
+    targets = r_ids.to(device)
+    entropy, logp = token_entropy_and_logprob(student, targets, chunk_size=chunk_size)
+    with torch.no_grad():
+        _, teacher_logp = token_entropy_and_logprob(teacher, targets, chunk_size=chunk_size)
+        neg_kl = expected_gap(student, teacher, chunk_size=chunk_size)
+    objective = signed_gap_objective(logp, teacher_logp, m.to(device), sign=1.0)
+    weight = aggregate_denominator(m) / total
+    (objective * weight.to(device)).backward()
+    _put(out, rows, m, entropy=entropy, student_logp=logp, teacher_logp=teacher_logp,
+         gap=teacher_logp - logp, neg_kl=neg_kl)
+
+
+def _signed_steps(model: nn.Module, plus: nn.Module, lr: float) -> tuple[nn.Module, float]:
+    """θ^(±) = θ ± lr·g with g the gradient accumulated in ``plus``: sets ``plus`` to θ^(+)
+    (gradient cleared, frozen), returns a frozen copy of ``model`` at θ^(−) and ‖g‖."""
     minus = copy.deepcopy(model).requires_grad_(False)
     squares = []
     with torch.no_grad():
@@ -331,24 +352,22 @@ def one_step_shift(
     grad_norm = float(torch.stack(squares).sum().sqrt())
     if not np.isfinite(grad_norm):
         raise FloatingPointError(f"gradient norm is {grad_norm}; check the model's outputs")
+    return minus, grad_norm
 
-    with torch.no_grad(), eval_mode(model), eval_mode(plus), eval_mode(minus):
-        for rows in chunks:
-            t = max(int(mask[rows].sum(-1).max()), 1)
-            m, r_ids = mask[rows, :t], ids[rows, :t]
-            args = (batch.prompt_ids[rows], batch.prompt_mask[rows], r_ids)
-            old = response_logits(model, *args)
-            new_plus, new_minus = response_logits(plus, *args), response_logits(minus, *args)
-            teacher = response_logits(model, batch.teacher_ids[rows], batch.teacher_mask[rows],
-                                      r_ids)
-            put(rows, t, m,
-                d_plus=tv_from_logits(old, new_plus, chunk_size=chunk_size),
-                d_minus=tv_from_logits(old, new_minus, chunk_size=chunk_size),
-                kl_plus=token_reverse_kl(new_plus, teacher, chunk_size=chunk_size),
-                kl_minus=token_reverse_kl(new_minus, teacher, chunk_size=chunk_size))
-            if progress is not None:
-                progress(len(rows))
-    return TokenShift(**out, grad_norm=grad_norm)
+
+def _shift_pass(model: nn.Module, plus: nn.Module, minus: nn.Module, batch: ProbeBatch,
+                rows: Tensor, r_ids: Tensor, m: Tensor, out: dict[str, Tensor], *,
+                chunk_size: int) -> None:
+    """Pass 2 on the micro-batch ``rows``: D^(±) = TV(p, p^(±)) and KL(p^(±) ‖ q) into ``out``."""
+    args = (batch.prompt_ids[rows], batch.prompt_mask[rows], r_ids)
+    old = response_logits(model, *args)
+    new_plus, new_minus = response_logits(plus, *args), response_logits(minus, *args)
+    teacher = response_logits(model, batch.teacher_ids[rows], batch.teacher_mask[rows], r_ids)
+    _put(out, rows, m,
+         d_plus=tv_from_logits(old, new_plus, chunk_size=chunk_size),
+         d_minus=tv_from_logits(old, new_minus, chunk_size=chunk_size),
+         kl_plus=token_reverse_kl(new_plus, teacher, chunk_size=chunk_size),
+         kl_minus=token_reverse_kl(new_minus, teacher, chunk_size=chunk_size))
 
 
 # --------------------------------------------------------------------------- tables
