@@ -50,6 +50,8 @@ holds for inputs whose results are representable in that dtype: |A_hat| is at mo
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -70,6 +72,7 @@ __all__ = [
     "METHOD_GAP_SCALE",
     "TEACHER_CONTEXTS",
     "Method",
+    "ShaperInputs",
     "TokenAdvantages",
     "dasd_advantages",
     "get_method",
@@ -384,31 +387,32 @@ def dasd_advantages(
         h = torch.where(mask, entropy.detach().to(dtype), 0.0)
         n = torch.count_nonzero(mask, dim=-1)
 
-        # Algorithm 1 lines 13-15: per-trajectory statistics over valid tokens.
-        tau = _masked_quantile(h, mask, n, rho)
-        h_mean = _masked_mean(h, mask, n)
-        sigma_h = _masked_mean(torch.where(mask, (h - h_mean[:, None]).abs(), 0.0), mask, n)
         delta, delta_bar = _sampled_gap(student_logp, teacher_logp, mask, eps=eps, dtype=dtype,
                                         gap_scale=gap_scale)
-
         # Lines 17-21: per-token gate, router, omega, advantage.
-        router = direction_fn((tau[:, None] - h) / (sigma_h[:, None] + eps))
+        router = direction_fn(_router_argument(h, mask, n, rho=rho, eps=eps))
         if flip_fn is not None:
             router = flip_fn(router)
         g = gate_fn(delta, delta_bar, c=c)
         omega = router * g
         adv = group_adv.detach().to(dtype)[:, None] + beta * omega * delta_bar
-
-        def on_mask(x: Tensor) -> Tensor:
-            return torch.where(mask, x, 0.0)
-
         return TokenAdvantages(
-            advantages=on_mask(adv),
-            omega=on_mask(omega),
+            advantages=torch.where(mask, adv, 0.0),
+            omega=torch.where(mask, omega, 0.0),
             delta_bar=delta_bar,  # already +0.0 off the mask (delta is)
-            router=on_mask(router),
-            gate=on_mask(g),
+            router=torch.where(mask, router, 0.0),
+            gate=torch.where(mask, g, 0.0),
         )
+
+
+def _router_argument(h: Tensor, mask: Tensor, n: Tensor, *, rho: float, eps: float) -> Tensor:
+    """(tau - H_t) / (sigma_H + eps) ``(B, T)`` from the masked entropies ``h (B, T)`` and the
+    valid counts ``n (B,)``: Algorithm 1 lines 13-15's per-trajectory statistics over valid
+    tokens, tau = Quantile_rho(H) and sigma_H = MeanAbsDev(H)."""
+    tau = _masked_quantile(h, mask, n, rho)
+    h_mean = _masked_mean(h, mask, n)
+    sigma_h = _masked_mean(torch.where(mask, (h - h_mean[:, None]).abs(), 0.0), mask, n)
+    return (tau[:, None] - h) / (sigma_h[:, None] + eps)
 
 
 # --------------------------------------------------------------------------- method registry
@@ -428,6 +432,97 @@ class AdvantageShaper(Protocol):
         eps: float = 1e-6,
         **options: object,
     ) -> TokenAdvantages: ...
+
+
+@dataclass(frozen=True)
+class ShaperInputs:
+    """The arguments of one method call, as its formula receives them: validated (shapes,
+    options, the tensors the method needs), the call running under ``torch.no_grad``.
+
+    Attributes:
+        group_adv: ``(B,)`` A_G. entropy, student_logp, teacher_logp: ``(B, T)`` or None
+            where the method needs none. mask: ``(B, T)`` bool.
+        dtype: the compute dtype (module docstring). beta, rho, eps: as passed.
+        options: the method's options, as passed.
+    """
+
+    group_adv: Tensor
+    entropy: Tensor | None
+    student_logp: Tensor | None
+    teacher_logp: Tensor | None
+    mask: Tensor
+    dtype: torch.dtype
+    beta: float
+    rho: float
+    eps: float
+    options: dict[str, Any]
+
+    @property
+    def anchor(self) -> Tensor:
+        """``(B, 1)`` A_G in the compute dtype, detached (broadcasts over tokens)."""
+        return self.group_adv.detach().to(self.dtype)[:, None]
+
+    @property
+    def masked_entropy(self) -> Tensor:
+        """``(B, T)`` H_t in the compute dtype, 0 off the mask."""
+        return torch.where(self.mask, self.entropy.detach().to(self.dtype), 0.0)
+
+    def zeros(self) -> Tensor:
+        """``(B, T)`` zeros in the compute dtype."""
+        return torch.zeros(self.mask.shape, dtype=self.dtype, device=self.mask.device)
+
+    def gap(self, gap_scale: str | None = None) -> tuple[Tensor, Tensor]:
+        """``_sampled_gap``: delta and delta_bar ``(B, T)``, scaled by ``gap_scale`` (default:
+        the option ``gap_scale``, else ``METHOD_GAP_SCALE``)."""
+        scale = gap_scale or str(self.options.get("gap_scale", METHOD_GAP_SCALE))
+        return _sampled_gap(self.student_logp, self.teacher_logp, self.mask, eps=self.eps,
+                            dtype=self.dtype, gap_scale=scale)
+
+
+#: What a method's formula is: the validated inputs -> its outputs (masked by the wrapper).
+ShaperFormula = Callable[[ShaperInputs], TokenAdvantages]
+
+
+def method_shaper(
+    name: str,
+    formula: ShaperFormula,
+    *,
+    options: Mapping[str, Any],
+    requires: tuple[str, ...] = (),
+    checks: tuple[Callable[[ShaperInputs], None], ...] = (),
+) -> AdvantageShaper:
+    """The shaper of method ``name`` around its ``formula``: refuses options not in
+    ``options`` (name -> type), runs ``checks``, refuses None for the tensors in ``requires``,
+    checks the shapes, then runs ``formula`` under ``torch.no_grad`` in the compute dtype and
+    sets every output to exactly 0 off the mask."""
+
+    @functools.wraps(formula)
+    def shaper(
+        group_adv: Tensor,
+        entropy: Tensor | None,
+        student_logp: Tensor | None,
+        teacher_logp: Tensor | None,
+        mask: Tensor,
+        *,
+        beta: float,
+        rho: float = 0.2,
+        eps: float = 1e-6,
+        **given: object,
+    ) -> TokenAdvantages:
+        _check_options(name, given, options)
+        tensors = {"entropy": entropy, "student_logp": student_logp, "teacher_logp": teacher_logp}
+        x = ShaperInputs(group_adv, **tensors, mask=mask, dtype=_compute_dtype(
+            group_adv, *tensors.values()), beta=beta, rho=rho, eps=eps, options=given)
+        for check in checks:
+            check(x)
+        _require_tensors(name, **{key: tensors[key] for key in requires})
+        _check_shapes(group_adv, mask, **tensors)
+        with torch.no_grad():
+            out = formula(x)
+            return TokenAdvantages(**{f.name: torch.where(mask, getattr(out, f.name), 0.0)
+                                      for f in dataclasses.fields(out)})
+
+    return shaper
 
 
 #: Where a method's privileged teacher gets its context r: no teacher pass, the task's reference
@@ -463,11 +558,21 @@ METHODS: Registry[Method] = Registry("method")
 
 
 def register_method(
-    name: str, *, teacher: str = "none", reverse_kl: bool = False, needs_correct: bool = False
-) -> Callable[[AdvantageShaper], AdvantageShaper]:
-    """Decorator: register the decorated shaper as method ``name`` with the given traits."""
+    name: str,
+    *,
+    teacher: str = "none",
+    reverse_kl: bool = False,
+    needs_correct: bool = False,
+    options: Mapping[str, Any] | None = None,
+    requires: tuple[str, ...] = (),
+    checks: tuple[Callable[[ShaperInputs], None], ...] = (),
+) -> Callable[[ShaperFormula], AdvantageShaper]:
+    """Decorator: register the decorated formula, wrapped by ``method_shaper`` (``options``,
+    ``requires``, ``checks``), as method ``name`` with the given traits; returns the shaper."""
 
-    def deco(shaper: AdvantageShaper) -> AdvantageShaper:
+    def deco(formula: ShaperFormula) -> AdvantageShaper:
+        shaper = method_shaper(name, formula, options=options or {}, requires=requires,
+                               checks=checks)
         METHODS.register(name)(
             Method(name, shaper, teacher=teacher, reverse_kl=reverse_kl, needs_correct=needs_correct)
         )
@@ -481,19 +586,13 @@ def get_method(name: str) -> Method:
     return METHODS.get(name)
 
 
+#: The per-token inputs of the teacher-gap methods, and of those routed by entropy too.
+_GAP_INPUTS = ("student_logp", "teacher_logp")
+_REFERENCE_INPUTS = ("entropy", *_GAP_INPUTS)
+
+
 @register_method("grpo")
-def grpo(
-    group_adv: Tensor,
-    entropy: Tensor | None,
-    student_logp: Tensor | None,
-    teacher_logp: Tensor | None,
-    mask: Tensor,
-    *,
-    beta: float,
-    rho: float = 0.2,
-    eps: float = 1e-6,
-    **options: object,
-) -> TokenAdvantages:
+def grpo(x: ShaperInputs) -> TokenAdvantages:
     """GRPO: every valid token inherits its trajectory's A_G (eq. 1; section 2).
 
     Follows the paper's verifier-only baseline, the beta = 0 limit of eq. (5). Departs in
@@ -501,30 +600,15 @@ def grpo(
     ``entropy``, ``student_logp`` and ``teacher_logp`` may be None (no teacher pass needed),
     and ``omega``, ``delta_bar``, ``router`` and ``gate`` are all 0. Takes no options.
     """
-    _check_options("grpo", options, {})
-    _check_shapes(group_adv, mask, entropy=entropy, student_logp=student_logp,
-                  teacher_logp=teacher_logp)
-    dtype = _compute_dtype(group_adv, entropy, student_logp, teacher_logp)
-    with torch.no_grad():
-        zeros = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
-        adv = torch.where(mask, group_adv.detach().to(dtype)[:, None], 0.0)
-        return TokenAdvantages(advantages=adv, omega=zeros, delta_bar=zeros, router=zeros,
-                               gate=zeros)
+    zeros = x.zeros()
+    return TokenAdvantages(advantages=x.anchor.expand(x.mask.shape), omega=zeros,
+                           delta_bar=zeros, router=zeros, gate=zeros)
 
 
-@register_method("dasd", teacher="reference")
-def dasd(
-    group_adv: Tensor,
-    entropy: Tensor,
-    student_logp: Tensor,
-    teacher_logp: Tensor,
-    mask: Tensor,
-    *,
-    beta: float,
-    rho: float = 0.2,
-    eps: float = 1e-6,
-    **options: object,
-) -> TokenAdvantages:
+@register_method("dasd", teacher="reference", options={
+    "direction": str, "gate": str, "c": float, "flip": str | None, "gap_scale": str},
+                 requires=_REFERENCE_INPUTS)
+def dasd(x: ShaperInputs) -> TokenAdvantages:
     """DASD: entropy-routed, gap-gated direction (eq. 4) on the sampled-token gap.
 
     Follows section 4 and Algorithm 1 lines 13-21 with the tanh router and sigmoid gate; the
@@ -535,26 +619,12 @@ def dasd(
     Departs in its default ``gap_scale``: see ``METHOD_GAP_SCALE``; ``gap_scale="median"``
     is eq. (8) exactly. Other departures: those listed in the module docstring.
     """
-    _check_options("dasd", options, {"direction": str, "gate": str, "c": float,
-                                      "flip": str | None, "gap_scale": str})
-    options.setdefault("gap_scale", METHOD_GAP_SCALE)
-    return dasd_advantages(group_adv, entropy, student_logp, teacher_logp, mask, beta=beta,
-                           rho=rho, eps=eps, **options)
+    return _dasd_with(x, **({"gap_scale": METHOD_GAP_SCALE} | x.options))
 
 
-@register_method("conformity", teacher="reference")
-def conformity(
-    group_adv: Tensor,
-    entropy: Tensor,
-    student_logp: Tensor,
-    teacher_logp: Tensor,
-    mask: Tensor,
-    *,
-    beta: float,
-    rho: float = 0.2,
-    eps: float = 1e-6,
-    **options: object,
-) -> TokenAdvantages:
+@register_method("conformity", teacher="reference", options={"gap_scale": str},
+                 requires=_REFERENCE_INPUTS)
+def conformity(x: ShaperInputs) -> TokenAdvantages:
     """Conformity, omega = +1: uniform attraction to the privileged teacher (Probe 1, section 3).
 
     Follows Probe 1's OPSD-like sign s_t = +1 on a GRPO backbone, here A_hat = A_G + beta
@@ -563,25 +633,13 @@ def conformity(
     A_t = delta_t of Probe 1; option ``gap_scale="median"`` uses eq. (8)'s delta_bar. Departs
     in nothing else: Probe 1 runs on this GRPO backbone with the same A_G anchor.
     """
-    _check_options("conformity", options, {"gap_scale": str})
-    return dasd_advantages(group_adv, entropy, student_logp, teacher_logp, mask, beta=beta,
-                           rho=rho, eps=eps, direction="plus", gate="none",
-                           gap_scale=str(options.get("gap_scale", METHOD_GAP_SCALE)))
+    return _dasd_with(x, direction="plus", gate="none",
+                      gap_scale=str(x.options.get("gap_scale", METHOD_GAP_SCALE)))
 
 
-@register_method("novelty", teacher="reference")
-def novelty(
-    group_adv: Tensor,
-    entropy: Tensor,
-    student_logp: Tensor,
-    teacher_logp: Tensor,
-    mask: Tensor,
-    *,
-    beta: float,
-    rho: float = 0.2,
-    eps: float = 1e-6,
-    **options: object,
-) -> TokenAdvantages:
+@register_method("novelty", teacher="reference", options={"gap_scale": str},
+                 requires=_REFERENCE_INPUTS)
+def novelty(x: ShaperInputs) -> TokenAdvantages:
     """Novelty, omega = -1: uniform repulsion from the privileged teacher (Probe 1, section 3).
 
     Follows Probe 1's mirror sign s_t = -1 on a GRPO backbone, here A_hat = A_G - beta
@@ -590,10 +648,14 @@ def novelty(
     uses eq. (8)'s delta_bar. Departs in nothing else: Probe 1 runs on this GRPO backbone with
     the same A_G anchor.
     """
-    _check_options("novelty", options, {"gap_scale": str})
-    return dasd_advantages(group_adv, entropy, student_logp, teacher_logp, mask, beta=beta,
-                           rho=rho, eps=eps, direction="minus", gate="none",
-                           gap_scale=str(options.get("gap_scale", METHOD_GAP_SCALE)))
+    return _dasd_with(x, direction="minus", gate="none",
+                      gap_scale=str(x.options.get("gap_scale", METHOD_GAP_SCALE)))
+
+
+def _dasd_with(x: ShaperInputs, **options: Any) -> TokenAdvantages:
+    """``dasd_advantages`` on the call's inputs with the given options."""
+    return dasd_advantages(x.group_adv, x.entropy, x.student_logp, x.teacher_logp, x.mask,
+                           beta=x.beta, rho=x.rho, eps=x.eps, **options)
 
 
 # --------------------------------------------------------------------------- paper baselines
@@ -616,19 +678,16 @@ def _sampled_gap(
     return delta, delta / scale[:, None]
 
 
-@register_method("hepo")
-def hepo(
-    group_adv: Tensor,
-    entropy: Tensor,
-    student_logp: Tensor | None,
-    teacher_logp: Tensor | None,
-    mask: Tensor,
-    *,
-    beta: float,
-    rho: float = 0.2,
-    eps: float = 1e-6,
-    **options: object,
-) -> TokenAdvantages:
+def _check_eps_of(x: ShaperInputs) -> None:
+    _check_eps(x.eps)
+
+
+def _check_rho_of(x: ShaperInputs) -> None:
+    _check_rho(x.rho)
+
+
+@register_method("hepo", requires=("entropy",), checks=(_check_rho_of,))
+def hepo(x: ShaperInputs) -> TokenAdvantages:
     """HEPO: only the top-rho high-entropy ("forking") tokens of the batch keep A_G.
 
     A_hat_t = A_G on valid tokens with H_t >= Quantile_{1 - rho}(H over ALL valid tokens of
@@ -648,37 +707,24 @@ def hepo(
     ``beta`` and ``eps`` are ignored, ``student_logp`` and ``teacher_logp`` may be None.
     Takes no options.
     """
-    _check_options("hepo", options, {})
-    _check_rho(rho)
-    _require_tensors("hepo", entropy=entropy)
-    _check_shapes(group_adv, mask, entropy=entropy, student_logp=student_logp,
-                  teacher_logp=teacher_logp)
-    dtype = _compute_dtype(group_adv, entropy, student_logp, teacher_logp)
-    with torch.no_grad():
-        h = torch.where(mask, entropy.detach().to(dtype), 0.0)
-        flat_mask = mask.reshape(1, -1)
-        threshold = _masked_quantile(h.reshape(1, -1), flat_mask, flat_mask.sum(dim=-1),
-                                     1.0 - rho)
-        selected = mask & (h >= threshold)
-        zeros = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
-        adv = torch.where(selected, group_adv.detach().to(dtype)[:, None], 0.0)
-        return TokenAdvantages(advantages=adv, omega=zeros, delta_bar=zeros,
-                               router=selected.to(dtype), gate=zeros)
+    h = x.masked_entropy
+    flat_mask = x.mask.reshape(1, -1)
+    threshold = _masked_quantile(h.reshape(1, -1), flat_mask, flat_mask.sum(dim=-1), 1.0 - x.rho)
+    selected = x.mask & (h >= threshold)
+    zeros = x.zeros()
+    return TokenAdvantages(advantages=torch.where(selected, x.anchor, 0.0), omega=zeros,
+                           delta_bar=zeros, router=selected.to(x.dtype), gate=zeros)
 
 
-@register_method("rlsd", teacher="reference")
-def rlsd(
-    group_adv: Tensor,
-    entropy: Tensor | None,
-    student_logp: Tensor,
-    teacher_logp: Tensor,
-    mask: Tensor,
-    *,
-    beta: float,
-    rho: float = 0.2,
-    eps: float = 1e-6,
-    **options: object,
-) -> TokenAdvantages:
+def _check_rlsd_clip(x: ShaperInputs) -> None:
+    clip = x.options.get("clip", 0.2)
+    if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not 0.0 <= clip <= 1.0:
+        raise ValueError(f"rlsd option clip must be a number in [0, 1]; got {clip!r}")
+
+
+@register_method("rlsd", teacher="reference", options={"clip": float}, requires=_GAP_INPUTS,
+                 checks=(_check_rlsd_clip, _check_eps_of))
+def rlsd(x: ShaperInputs) -> TokenAdvantages:
     """RLSD: A_G rescaled per token by the clipped teacher-student evidence ratio.
 
     A_hat_t = A_G clip(exp(sign(A_G) delta_t), 1 - clip, 1 + clip) with the raw gap
@@ -697,43 +743,18 @@ def rlsd(
     not tuned to RLSD's own settings; there is no beta (``beta`` and ``rho`` are ignored,
     ``eps`` enters only ``delta_bar``), and ``entropy`` may be None.
     """
-    _check_options("rlsd", options, {"clip": float})
-    clip = options.get("clip", 0.2)
-    if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not 0.0 <= clip <= 1.0:
-        raise ValueError(f"rlsd option clip must be a number in [0, 1]; got {clip!r}")
-    _check_eps(eps)
-    _require_tensors("rlsd", student_logp=student_logp, teacher_logp=teacher_logp)
-    _check_shapes(group_adv, mask, entropy=entropy, student_logp=student_logp,
-                  teacher_logp=teacher_logp)
-    dtype = _compute_dtype(group_adv, entropy, student_logp, teacher_logp)
-    with torch.no_grad():
-        a = group_adv.detach().to(dtype)[:, None]
-        delta, delta_bar = _sampled_gap(student_logp, teacher_logp, mask, eps=eps, dtype=dtype,
-                                        gap_scale=METHOD_GAP_SCALE)
-        scale = torch.exp(torch.sign(a) * delta).clamp(1.0 - clip, 1.0 + clip)
-        zeros = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
-        return TokenAdvantages(
-            advantages=torch.where(mask, a * scale, 0.0),
-            omega=zeros,
-            delta_bar=delta_bar,
-            router=zeros,
-            gate=torch.where(mask, scale, 0.0),
-        )
+    clip = x.options.get("clip", 0.2)
+    a = x.anchor
+    delta, delta_bar = x.gap(METHOD_GAP_SCALE)
+    scale = torch.exp(torch.sign(a) * delta).clamp(1.0 - clip, 1.0 + clip)
+    zeros = x.zeros()
+    return TokenAdvantages(advantages=a * scale, omega=zeros, delta_bar=delta_bar, router=zeros,
+                           gate=scale)
 
 
-@register_method("opsd", teacher="reference", reverse_kl=True)
-def opsd(
-    group_adv: Tensor,
-    entropy: Tensor | None,
-    student_logp: Tensor,
-    teacher_logp: Tensor,
-    mask: Tensor,
-    *,
-    beta: float,
-    rho: float = 0.2,
-    eps: float = 1e-6,
-    **options: object,
-) -> TokenAdvantages:
+@register_method("opsd", teacher="reference", reverse_kl=True, requires=_GAP_INPUTS,
+                 checks=(_check_eps_of,))
+def opsd(x: ShaperInputs) -> TokenAdvantages:
     """OPSD: GRPO advantages; the trainer adds beta KL(p || sg q) over the full vocabulary.
 
     The PPO advantage is A_hat_t = A_G; the self-distillation term of eq. (2) is not an
@@ -752,38 +773,15 @@ def opsd(
     this shaper cannot express. ``beta`` and ``rho`` are ignored here, ``entropy`` may be None.
     Takes no options.
     """
-    _check_options("opsd", options, {})
-    _check_eps(eps)
-    _require_tensors("opsd", student_logp=student_logp, teacher_logp=teacher_logp)
-    _check_shapes(group_adv, mask, entropy=entropy, student_logp=student_logp,
-                  teacher_logp=teacher_logp)
-    dtype = _compute_dtype(group_adv, entropy, student_logp, teacher_logp)
-    with torch.no_grad():
-        _, delta_bar = _sampled_gap(student_logp, teacher_logp, mask, eps=eps, dtype=dtype,
-                                    gap_scale=METHOD_GAP_SCALE)
-        ones = mask.to(dtype)
-        return TokenAdvantages(
-            advantages=torch.where(mask, group_adv.detach().to(dtype)[:, None], 0.0),
-            omega=ones,
-            delta_bar=delta_bar,
-            router=ones,
-            gate=ones,
-        )
+    _, delta_bar = x.gap(METHOD_GAP_SCALE)
+    ones = x.mask.to(x.dtype)
+    return TokenAdvantages(advantages=x.anchor.expand(x.mask.shape), omega=ones,
+                           delta_bar=delta_bar, router=ones, gate=ones)
 
 
-@register_method("sdpo", teacher="sibling")
-def sdpo(
-    group_adv: Tensor,
-    entropy: Tensor | None,
-    student_logp: Tensor,
-    teacher_logp: Tensor,
-    mask: Tensor,
-    *,
-    beta: float,
-    rho: float = 0.2,
-    eps: float = 1e-6,
-    **options: object,
-) -> TokenAdvantages:
+@register_method("sdpo", teacher="sibling", options={"gap_scale": str}, requires=_GAP_INPUTS,
+                 checks=(_check_eps_of,))
+def sdpo(x: ShaperInputs) -> TokenAdvantages:
     """SDPO: sampled-token distillation toward a sibling-conditioned self-teacher.
 
     A_hat_t = A_G + beta delta_bar_t with omega = router = gate = 1 on valid tokens; on the
@@ -799,34 +797,29 @@ def sdpo(
     conditions the teacher on the task's reference solution instead of a sibling. ``rho`` is
     ignored and ``entropy`` may be None.
     """
-    _check_options("sdpo", options, {"gap_scale": str})
-    _check_eps(eps)
-    _require_tensors("sdpo", student_logp=student_logp, teacher_logp=teacher_logp)
-    _check_shapes(group_adv, mask, entropy=entropy, student_logp=student_logp,
-                  teacher_logp=teacher_logp)
-    dtype = _compute_dtype(group_adv, entropy, student_logp, teacher_logp)
-    with torch.no_grad():
-        _, delta_bar = _sampled_gap(student_logp, teacher_logp, mask, eps=eps, dtype=dtype,
-                                    gap_scale=str(options.get("gap_scale", METHOD_GAP_SCALE)))
-        adv = group_adv.detach().to(dtype)[:, None] + beta * delta_bar
-        ones = mask.to(dtype)
-        return TokenAdvantages(advantages=torch.where(mask, adv, 0.0), omega=ones,
-                               delta_bar=delta_bar, router=ones, gate=ones)
+    _, delta_bar = x.gap()
+    ones = x.mask.to(x.dtype)
+    return TokenAdvantages(advantages=x.anchor + x.beta * delta_bar, omega=ones,
+                           delta_bar=delta_bar, router=ones, gate=ones)
 
 
-@register_method("srpo", teacher="sibling", needs_correct=True)
-def srpo(
-    group_adv: Tensor,
-    entropy: Tensor,
-    student_logp: Tensor,
-    teacher_logp: Tensor,
-    mask: Tensor,
-    *,
-    beta: float,
-    rho: float = 0.2,
-    eps: float = 1e-6,
-    **options: object,
-) -> TokenAdvantages:
+def _check_srpo_correct(x: ShaperInputs) -> None:
+    if "correct" not in x.options:
+        raise ValueError("method 'srpo' needs option correct: a (B,) bool tensor of outcomes")
+    correct = x.options["correct"]
+    if not isinstance(correct, Tensor) or correct.dtype != torch.bool:
+        raise ValueError(f"srpo option correct must be a bool tensor; got {correct!r}")
+    if correct.shape != x.mask.shape[:1]:
+        raise ValueError(
+            f"srpo option correct must be (B,) = {tuple(x.mask.shape[:1])}; "
+            f"got {tuple(correct.shape)}"
+        )
+
+
+@register_method("srpo", teacher="sibling", needs_correct=True,
+                 options={"correct": Any, "gap_scale": str},
+                 requires=_REFERENCE_INPUTS, checks=(_check_srpo_correct, _check_eps_of))
+def srpo(x: ShaperInputs) -> TokenAdvantages:
     """SRPO: GRPO on correct rollouts, entropy-weighted SDPO correction on failed ones.
 
     Requires the option ``correct``: a ``(B,)`` bool tensor, the verifier outcome of each
@@ -850,33 +843,12 @@ def srpo(
     DASD's (option ``gap_scale``, default ``METHOD_GAP_SCALE``); (4) when no rollout of the group is correct the trainer conditions
     the teacher on the task's reference solution. ``rho`` is ignored.
     """
-    _check_options("srpo", options, {"correct": Any, "gap_scale": str})
-    if "correct" not in options:
-        raise ValueError("method 'srpo' needs option correct: a (B,) bool tensor of outcomes")
-    correct = options["correct"]
-    if not isinstance(correct, Tensor) or correct.dtype != torch.bool:
-        raise ValueError(f"srpo option correct must be a bool tensor; got {correct!r}")
-    if correct.shape != mask.shape[:1]:
-        raise ValueError(
-            f"srpo option correct must be (B,) = {tuple(mask.shape[:1])}; "
-            f"got {tuple(correct.shape)}"
-        )
-    _check_eps(eps)
-    _require_tensors("srpo", entropy=entropy, student_logp=student_logp,
-                     teacher_logp=teacher_logp)
-    _check_shapes(group_adv, mask, entropy=entropy, student_logp=student_logp,
-                  teacher_logp=teacher_logp)
-    dtype = _compute_dtype(group_adv, entropy, student_logp, teacher_logp)
-    with torch.no_grad():
-        _, delta_bar = _sampled_gap(student_logp, teacher_logp, mask, eps=eps, dtype=dtype,
-                                    gap_scale=str(options.get("gap_scale", METHOD_GAP_SCALE)))
-        h = torch.where(mask, entropy.detach().to(dtype), 0.0)
-        weight = torch.where(mask, torch.exp(-h.clamp(min=0.0)), 0.0)
-        router = (mask & ~correct[:, None]).to(dtype)
-        omega = router * weight
-        adv = group_adv.detach().to(dtype)[:, None] + beta * omega * delta_bar
-        return TokenAdvantages(advantages=torch.where(mask, adv, 0.0), omega=omega,
-                               delta_bar=delta_bar, router=router, gate=weight)
+    _, delta_bar = x.gap()
+    weight = torch.where(x.mask, torch.exp(-x.masked_entropy.clamp(min=0.0)), 0.0)
+    router = (x.mask & ~x.options["correct"][:, None]).to(x.dtype)
+    omega = router * weight
+    return TokenAdvantages(advantages=x.anchor + x.beta * omega * delta_bar, omega=omega,
+                           delta_bar=delta_bar, router=router, gate=weight)
 
 
 # --------------------------------------------------------------------------- checks
