@@ -69,7 +69,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dasd.advantages import get_method, group_advantages
+from dasd.advantages import TokenAdvantages, get_method, group_advantages
 from dasd.config_checks import check_fields, check_known
 from dasd.entropy import token_entropy_and_logprob
 from dasd.evaluation import eval_metrics, sample_rollout_rows
@@ -444,6 +444,38 @@ def _checkpoint_state(path: Path, step: int) -> dict[str, Any]:
                          f"{redo}") from None
 
 
+def _train_metrics(rewards: torch.Tensor, correct: torch.Tensor, rollouts: Rollouts,
+                   scores: TokenScores, shaped: TokenAdvantages) -> dict[str, float]:
+    """The ``train/...`` metrics of one update: reward, accuracy, length, token entropy, the
+    shaper's statistics, truncation and the sampler's log-prob gap (per valid token)."""
+    mask = rollouts.response_mask
+    valid = mask.sum().clamp(min=1)
+    return {
+        "train/reward": float(rewards.mean()),
+        "train/accuracy": float(correct.float().mean()),
+        "train/length_tokens": float(mask.sum(1).float().mean()),
+        "train/entropy_mean": float(scores.entropy[mask].sum() / valid),
+        "train/omega_pos_frac": float(((shaped.omega > 0) & mask).sum() / valid),
+        "train/delta_bar_abs_mean": float(shaped.delta_bar[mask].abs().sum() / valid),
+        "train/advantage_abs_mean": float(shaped.advantages[mask].abs().sum() / valid),
+        "train/truncated_frac": float((~rollouts.finished).float().mean()),
+        "train/sampler_logp_gap": float(logprob_gap(scores.student_logp, rollouts.logprobs,
+                                                    mask)),
+    }
+
+
+def _token_counts(rollouts: Rollouts, teacher_mask: torch.Tensor | None,
+                  ppo_epochs: int) -> dict[str, int]:
+    """Tokens generated, trained on (prompt + response, per PPO epoch) and fed to the teacher's
+    forward in the loss (reverse KL only) in one update (``dasd.perf.update_metrics``)."""
+    response_tokens = int(rollouts.response_mask.sum())
+    teacher_tokens = 0 if teacher_mask is None else ppo_epochs * (
+        int(teacher_mask.sum()) + response_tokens)
+    return {"generated_tokens": response_tokens,
+            "trained_tokens": ppo_epochs * (int(rollouts.prompt_mask.sum()) + response_tokens),
+            "teacher_forward_tokens": teacher_tokens}
+
+
 def _due(step: int, every: int, last: int) -> bool:
     return step == last or (every > 0 and step % every == 0)
 
@@ -636,47 +668,23 @@ class Trainer:
             scores = score_rollouts(self.model, self.tokenizer, rollouts, teacher_prompts,
                                     batch_size=cfg.micro_batch_size, temperature=cfg.temperature,
                                     timings=timings)
-            mask = rollouts.response_mask
             group_adv = group_advantages(rewards, cfg.group_size, eps=cfg.eps)
-            options = dict(cfg.method_options)
-            if self.method.needs_correct:
-                options["correct"] = correct
             routing = self.routing(self.model,
                                    RoutingBatch.from_rollouts(rollouts, scores.entropy),
                                    temperature=cfg.temperature,
                                    memory_budget=cfg.logits_budget_gb * GIB)
-        shaped = self.method(group_adv.float(), routing, scores.student_logp,
-                             scores.teacher_logp, mask, beta=cfg.beta, rho=cfg.rho, eps=cfg.eps,
-                             **options)
-        advantages = shaped.advantages
-        if cfg.rollout_engine == "vllm" and cfg.vllm_is_cap > 0:
-            advantages = advantages * truncated_is_weights(
-                scores.student_logp, rollouts.logprobs, mask, cap=cfg.vllm_is_cap)
+        shaped, advantages = self._shape(group_adv, routing, scores, rollouts, correct)
         t_score = synced_time(self.device)
         teacher_ids = teacher_mask = None
         if self.method.reverse_kl:
             teacher_ids, teacher_mask = encode_prompts(self.tokenizer, teacher_prompts)
-        batch = _Batch(rollouts.prompt_ids, rollouts.prompt_mask, rollouts.response_ids, mask,
-                       scores.student_logp, advantages, teacher_ids, teacher_mask)
+        batch = _Batch(rollouts.prompt_ids, rollouts.prompt_mask, rollouts.response_ids,
+                       rollouts.response_mask, scores.student_logp, advantages,
+                       teacher_ids, teacher_mask)
         losses = self._ppo(batch, step)
         t_update = synced_time(self.device)
-
-        valid = mask.sum().clamp(min=1)
-        response_tokens = int(mask.sum())
-        trained_tokens = cfg.ppo_epochs * (int(rollouts.prompt_mask.sum()) + response_tokens)
-        teacher_tokens = 0 if teacher_mask is None else cfg.ppo_epochs * (
-            int(teacher_mask.sum()) + response_tokens)
         metrics = {
-            "train/reward": float(rewards.mean()),
-            "train/accuracy": float(correct.float().mean()),
-            "train/length_tokens": float(mask.sum(1).float().mean()),
-            "train/entropy_mean": float(scores.entropy[mask].sum() / valid),
-            "train/omega_pos_frac": float(((shaped.omega > 0) & mask).sum() / valid),
-            "train/delta_bar_abs_mean": float(shaped.delta_bar[mask].abs().sum() / valid),
-            "train/advantage_abs_mean": float(shaped.advantages[mask].abs().sum() / valid),
-            "train/truncated_frac": float((~rollouts.finished).float().mean()),
-            "train/sampler_logp_gap": float(logprob_gap(scores.student_logp, rollouts.logprobs,
-                                                        mask)),
+            **_train_metrics(rewards, correct, rollouts, scores, shaped),
             "optim/lr": learning_rate(step, cfg),
             "time/rollout_s": t_rollout - t0,
             "time/score_s": t_score - t_rollout,
@@ -685,13 +693,32 @@ class Trainer:
             **update_metrics(device=self.device, peak=self.peak_flops, n_params=self.n_params,
                              rollout_s=t_rollout - t0, update_s=t_update - t_score,
                              teacher_s=timings.get("teacher_s", 0.0),
-                             generated_tokens=response_tokens,
-                             trained_tokens=trained_tokens, teacher_forward_tokens=teacher_tokens),
+                             **_token_counts(rollouts, teacher_mask, cfg.ppo_epochs)),
             **losses,
         }
         if _due(step, cfg.log_rollouts_every, cfg.steps) or step == 1:
             self._log_rollouts(step, problems, rollouts, scores, shaped)
         return metrics
+
+    def _shape(self, group_adv: torch.Tensor, routing: torch.Tensor, scores: TokenScores,
+               rollouts: Rollouts, correct: torch.Tensor) -> tuple[TokenAdvantages, torch.Tensor]:
+        """The method's token advantages (Algorithm 1 lines 13-21) from the routing signal
+        ``(B, T)``, and the ``(B, T)`` advantages the PPO loss takes: the same, times the
+        truncated importance weights of the sampler's log-probs with vLLM rollouts and
+        ``vllm_is_cap`` > 0."""
+        cfg = self.cfg
+        mask = rollouts.response_mask
+        options = dict(cfg.method_options)
+        if self.method.needs_correct:
+            options["correct"] = correct
+        shaped = self.method(group_adv.float(), routing, scores.student_logp,
+                             scores.teacher_logp, mask, beta=cfg.beta, rho=cfg.rho, eps=cfg.eps,
+                             **options)
+        advantages = shaped.advantages
+        if cfg.rollout_engine == "vllm" and cfg.vllm_is_cap > 0:
+            advantages = advantages * truncated_is_weights(
+                scores.student_logp, rollouts.logprobs, mask, cap=cfg.vllm_is_cap)
+        return shaped, advantages
 
     def _log_rollouts(self, step: int, problems: Sequence[Problem], rollouts: Rollouts,
                       scores: TokenScores, shaped: Any) -> None:
