@@ -186,7 +186,8 @@ def _fmt_row(r: dict) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
+    """The command line of the benchmark (module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tokens", type=int, default=16_384, help="positions N (default 16,384)")
     p.add_argument(
@@ -214,7 +215,11 @@ def main(argv: list[str] | None = None) -> None:
         "--mem-budget-gb", type=float, default=22.0, help="RAM the benchmark may use (default 22)"
     )
     p.add_argument("--worker", choices=["chunked", "naive"], help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
     if args.worker:
         _worker(args)
         return
@@ -254,6 +259,12 @@ def main(argv: list[str] | None = None) -> None:
     else:
         print("NOTE: naive does not fit even at 256 tokens; not measured")
 
+    _report(results, n_naive, args.repeats)
+
+
+def _report(results: dict, n_naive: int, repeats: int) -> None:
+    """Print the table of ``results`` and, where both variants ran at ``n_naive`` tokens,
+    their time and memory ratios and the agreement of their sums."""
     print()
     head = ("variant", "tokens", "vocab", "dtype", "time_s", "peak_extra_GiB", "extra/logits")
     print("{:<8} {:>8} {:>8} {:>9} {:>9} {:>13} {:>13}".format(*head))
@@ -268,7 +279,7 @@ def main(argv: list[str] | None = None) -> None:
         dl = abs(ch["logprob_sum"] - nv["logprob_sum"]) / max(abs(nv["logprob_sum"]), 1e-30)
         print()
         print(f"at {n_naive:,} tokens (same run, same logits): naive / chunked")
-        print(f"  time ratio            {t_ratio:8.2f}x   (fastest of {args.repeats} calls each)")
+        print(f"  time ratio            {t_ratio:8.2f}x   (fastest of {repeats} calls each)")
         print(f"  peak-extra-mem ratio  {m_ratio:8.2f}x")
         print(f"  results agree: relative difference of sums H {dh:.1e}, log p {dl:.1e}")
     print(f"memory method: {next((r['method'] for r in results.values() if r), 'n/a')}")
