@@ -624,7 +624,7 @@ def ablate_cmd(
     fixed, each row repeated over seeds; the final evaluation's Avg@k, Pass@k and E(y) as mean
     and 95% interval across seeds, and the paired difference from DASD's default row.
     `dasd-analyze tables` puts the runs into the paper's tables."""
-    from probes.ablate import PANELS, ablate_config, headline_metrics, run_ablate
+    from probes.ablate import PANELS, ablate_config, result_table, run_ablate
 
     values = {"model": model, "task": task, "seed": seed, "steps": steps, "eval_k": k,
               "eval_prompts": eval_prompts, "prompts_per_step": prompts_per_step, "beta": beta}
@@ -635,7 +635,6 @@ def ablate_cmd(
         cfg = ablate_config(panel, variants=[v.strip() for v in variants.split(",") if v.strip()],
                             seeds=seeds, quick=quick, **values)
         spec = PANELS.get(panel)
-        eval_k = cfg.train["eval_k"]
         console.print(f"probe directory: {escape(str(run_dir))}", highlight=False, soft_wrap=True)
         with _resumable(f"resume with the same options and --name {escape(run_dir.name)}"):
             with Progress(*Progress.get_default_columns(), TimeElapsedColumn(),
@@ -648,29 +647,7 @@ def ablate_cmd(
                     bar.update(bars[run], completed=step)
 
                 result = run_ablate(cfg, run_dir, progress=show)
-    metrics = headline_metrics(eval_k)
-    scale = {key: 100.0 for key in metrics if "_at_" in key or key == "eval/step_acc"}
-    summary = result.summary.set_index(["variant", "metric"])
-
-    def interval(variant: str, key: str, columns: tuple[str, str, str]) -> str:
-        if (variant, key) not in summary.index:
-            return "–"
-        row = summary.loc[(variant, key)]
-        mean, low, high = (scale.get(key, 1.0) * float(row[c]) for c in columns)
-        if math.isnan(mean):
-            return "–"
-        return f"{mean:.1f}" if math.isnan(low) else f"{mean:.1f} [{low:.1f}, {high:.1f}]"
-
-    avg = f"eval/avg_at_{eval_k}"
-    spread, paired = ("mean", "ci_low", "ci_high"), ("delta", "delta_low", "delta_high")
-    title = (f"Ablation, panel {panel} (Table {spec.table}): {cfg.train['eval_prompts']} "
-             f"held-out prompts x {eval_k} samples, {cfg.seeds} seed(s); mean [95% interval]; "
-             "Avg/Pass/StepAcc in %")
-    columns = ["variant", *metrics.values(), f"Δ Avg@{eval_k} vs {spec.default}",
-               "paper " + "/".join(spec.paper_columns)]
-    rows = [[spec.variant(v).label, *(interval(v, key, spread) for key in metrics),
-             interval(v, avg, paired), " / ".join(f"{x:.1f}" for x in spec.variant(v).paper)]
-            for v in cfg.variants]
+    title, columns, rows = result_table(cfg, result)
     _print_wide(title, columns, rows)
     console.print(spec.finding, highlight=False, soft_wrap=True)
     for run, action in result.actions.items():
@@ -878,47 +855,56 @@ def causal_cmd(
         with console.status("probing") as status:
             summary = run_causal(cfg, run_dir, progress=lambda line: status.update(line))
 
-    def effect(c: dict) -> str:
-        if _cell(c["diff"]) == "–":
-            return "–"
-        return f"{c['diff']:+.3f} [{_cell(c['ci_low'], '+.3f')}, {_cell(c['ci_high'], '+.3f')}]"
-
     level = f"{summary['ci']['level']:.0%} CI"
     for entry in summary["checkpoints"]:
         console.print(f"{escape(entry['label'])}: {entry['rollouts']['n']} rollouts, accuracy "
                       f"{entry['rollouts']['accuracy']:.3f}, revision rate "
                       f"{entry['rollouts']['rev_rate']:.3f}", highlight=False)
         if entry.get("forks", {}).get("contrasts"):
-            table = Table(title=f"Fig. 7a,b: teacher's top choice at the cut vs the student "
-                                f"({entry['forks']['n_prefixes']} prefixes x "
-                                f"{summary['continuations']}), {level}")
-            for col in ("cut", "metric", "unmodified", "teacher top", "difference"):
-                table.add_column(col, justify="left" if col in ("cut", "metric") else "right")
-            for c in entry["forks"]["contrasts"]:
-                table.add_row(c["cut"], c["metric"], _cell(c["reference_rate"]),
-                              _cell(c["rate"]), effect(c))
-            console.print(table)
+            console.print(_forks_table(entry["forks"], summary["continuations"], level))
         if entry.get("revisions", {}).get("contrasts"):
-            rates = {r["condition"]: r for r in entry["revisions"]["rates"]}
-            table = Table(title=f"Fig. 7c,d: continuations of "
-                                f"{entry['revisions']['n_prefixes']} revision prefixes x "
-                                f"{summary['continuations']}, {level}")
-            for col in ("condition", "correct", "revises", "marker at cut"):
-                table.add_column(col, justify="left" if col == "condition" else "right")
-            for condition, r in rates.items():
-                table.add_row(condition, _cell(r["correct"]), _cell(r["revises"]),
-                              _cell(r["marker_at_cut"]))
-            pairs: dict[tuple[str, str], dict[str, dict]] = {}
-            for c in entry["revisions"]["contrasts"]:
-                pairs.setdefault((c["condition"], c["reference"]), {})[c["metric"]] = c
-            for (new, ref), by_metric in pairs.items():
-                table.add_row(f"{new} - {ref}", effect(by_metric["correct"]),
-                              effect(by_metric["revises"]), "")
-            console.print(table)
+            console.print(_revisions_table(entry["revisions"], summary["continuations"], level))
         elif "revisions" in entry:
             console.print("  no revision prefix in these rollouts", highlight=False)
     console.print(PAPER_FINDING, highlight=False, soft_wrap=True)
     console.print(f"run directory: {escape(str(run_dir))}", highlight=False, soft_wrap=True)
+
+
+def _effect(c: dict) -> str:
+    """A causal contrast's difference and interval, or "–"."""
+    if _cell(c["diff"]) == "–":
+        return "–"
+    return f"{c['diff']:+.3f} [{_cell(c['ci_low'], '+.3f')}, {_cell(c['ci_high'], '+.3f')}]"
+
+
+def _forks_table(forks: dict, continuations: int, level: str) -> Table:
+    """Fig. 7a,b of one checkpoint: per cut and metric, the unmodified and teacher-top rates."""
+    table = Table(title=f"Fig. 7a,b: teacher's top choice at the cut vs the student "
+                        f"({forks['n_prefixes']} prefixes x {continuations}), {level}")
+    for col in ("cut", "metric", "unmodified", "teacher top", "difference"):
+        table.add_column(col, justify="left" if col in ("cut", "metric") else "right")
+    for c in forks["contrasts"]:
+        table.add_row(c["cut"], c["metric"], _cell(c["reference_rate"]), _cell(c["rate"]),
+                      _effect(c))
+    return table
+
+
+def _revisions_table(revisions: dict, continuations: int, level: str) -> Table:
+    """Fig. 7c,d of one checkpoint: the rates per condition, then each contrast's difference."""
+    table = Table(title=f"Fig. 7c,d: continuations of {revisions['n_prefixes']} revision "
+                        f"prefixes x {continuations}, {level}")
+    for col in ("condition", "correct", "revises", "marker at cut"):
+        table.add_column(col, justify="left" if col == "condition" else "right")
+    for condition, r in {r["condition"]: r for r in revisions["rates"]}.items():
+        table.add_row(condition, _cell(r["correct"]), _cell(r["revises"]),
+                      _cell(r["marker_at_cut"]))
+    pairs: dict[tuple[str, str], dict[str, dict]] = {}
+    for c in revisions["contrasts"]:
+        pairs.setdefault((c["condition"], c["reference"]), {})[c["metric"]] = c
+    for (new, ref), by_metric in pairs.items():
+        table.add_row(f"{new} - {ref}", _effect(by_metric["correct"]),
+                      _effect(by_metric["revises"]), "")
+    return table
 
 
 def _report_issues(issues: list, *, analysed: bool, what: str = "runs") -> None:

@@ -48,6 +48,7 @@ Departures from the paper:
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -316,6 +317,37 @@ def headline_metrics(k: int) -> dict[str, str]:
     """The summary metrics of the probe's printed table (Table 5's columns) and labels."""
     return {f"eval/avg_at_{k}": f"Avg@{k}", f"eval/pass_at_{k}": f"Pass@{k}",
             "eval/ey_density": "E(y)", "eval/step_acc": "StepAcc"}
+
+
+def result_table(cfg: AblateConfig, result: AblateResult) -> tuple[str, list[str], list[list[str]]]:
+    """The printed table of a panel's result: its title, columns and one row per variant
+    (the ``headline_metrics`` as "mean [95% interval]" across seeds, Avg/Pass/StepAcc in %;
+    the paired difference of Avg@k from the default row; the paper's numbers)."""
+    panel, eval_k = PANELS.get(cfg.panel), cfg.train["eval_k"]
+    metrics = headline_metrics(eval_k)
+    scale = {key: 100.0 for key in metrics if "_at_" in key or key == "eval/step_acc"}
+    summary = result.summary.set_index(["variant", "metric"])
+
+    def interval(variant: str, key: str, columns: tuple[str, str, str]) -> str:
+        if (variant, key) not in summary.index:
+            return "–"
+        row = summary.loc[(variant, key)]
+        mean, low, high = (scale.get(key, 1.0) * float(row[c]) for c in columns)
+        if math.isnan(mean):
+            return "–"
+        return f"{mean:.1f}" if math.isnan(low) else f"{mean:.1f} [{low:.1f}, {high:.1f}]"
+
+    avg = f"eval/avg_at_{eval_k}"
+    spread, paired = ("mean", "ci_low", "ci_high"), ("delta", "delta_low", "delta_high")
+    title = (f"Ablation, panel {cfg.panel} (Table {panel.table}): {cfg.train['eval_prompts']} "
+             f"held-out prompts x {eval_k} samples, {cfg.seeds} seed(s); mean [95% interval]; "
+             "Avg/Pass/StepAcc in %")
+    columns = ["variant", *metrics.values(), f"Δ Avg@{eval_k} vs {panel.default}",
+               "paper " + "/".join(panel.paper_columns)]
+    rows = [[panel.variant(v).label, *(interval(v, key, spread) for key in metrics),
+             interval(v, avg, paired), " / ".join(f"{x:.1f}" for x in panel.variant(v).paper)]
+            for v in cfg.variants]
+    return title, columns, rows
 
 
 def _final_eval(run_dir: Path, steps: int) -> dict[str, float]:
