@@ -418,20 +418,9 @@ def _router_argument(h: Tensor, mask: Tensor, n: Tensor, *, rho: float, eps: flo
 # --------------------------------------------------------------------------- method registry
 
 
-class AdvantageShaper(Protocol):
-    def __call__(
-        self,
-        group_adv: Tensor,
-        entropy: Tensor | None,
-        student_logp: Tensor | None,
-        teacher_logp: Tensor | None,
-        mask: Tensor,
-        *,
-        beta: float,
-        rho: float = 0.2,
-        eps: float = 1e-6,
-        **options: object,
-    ) -> TokenAdvantages: ...
+#: A method's shaper: called as ``method_shaper``'s wrapper is (group_adv, entropy,
+#: student_logp, teacher_logp, mask, *, beta, rho, eps, **options) -> ``TokenAdvantages``.
+AdvantageShaper = Callable[..., TokenAdvantages]
 
 
 @dataclass(frozen=True)

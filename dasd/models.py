@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import platformdirs
 import torch
@@ -139,6 +140,42 @@ def build_progress_bar(enabled: bool) -> Progress:
     )
 
 
+def train_with_bar(bar: Progress, description: str, model: PreTrainedModel,
+                   encoded: list[tuple[list[int], list[int]]], recipe: TinyRecipe, *, seed: int,
+                   pad_id: int) -> list[float]:
+    """``dasd._tiny_recipe.train`` with a row of ``bar`` showing the steps and the loss;
+    returns the per-step losses."""
+    row = bar.add_task(description, total=recipe.steps, note="")
+    return train(model, encoded, recipe, seed=seed, pad_id=pad_id,
+                 on_step=lambda step, loss: bar.update(row, advance=1, note=f"loss {loss:.3f}"))
+
+
+def save_model(out_dir: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Save a built model (generation config: the tokenizer's EOS and pad) and its tokenizer."""
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def loss_summary(losses: list[float]) -> dict[str, float]:
+    """A build's first-step loss and mean loss over its last 5% of steps."""
+    tail = losses[-max(1, len(losses) // 20):]
+    return {"loss_first_step": losses[0], "loss_last_5pct": sum(tail) / len(tail)}
+
+
+def build_costs(wall0: float, cpu0: float) -> dict[str, Any]:
+    """Wall and CPU seconds since ``wall0`` / ``cpu0`` and the software that built a model."""
+    return {
+        "wall_seconds": time.perf_counter() - wall0,
+        "cpu_seconds": time.process_time() - cpu0,
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+    }
+
+
 def _build_into(out_dir: Path, *, seed: int, progress: bool, recipe: TinyRecipe) -> None:
     """Generate the traces, train, and save model, tokenizer and ``RECIPE_FILE`` in ``out_dir``."""
     wall0, cpu0 = time.perf_counter(), time.process_time()
@@ -153,17 +190,9 @@ def _build_into(out_dir: Path, *, seed: int, progress: bool, recipe: TinyRecipe)
         bar.update(data_row, advance=1, note=f"{len(pairs)} pairs")
         data_wall = time.perf_counter() - wall0
         model = Qwen3ForCausalLM(qwen3_config(recipe, tokenizer))
-        train_row = bar.add_task("training tiny", total=recipe.steps, note="")
-        losses = train(
-            model, encoded, recipe, seed=seed, pad_id=tokenizer.pad_token_id,
-            on_step=lambda step, loss: bar.update(train_row, advance=1, note=f"loss {loss:.3f}"),
-        )
-    model.generation_config = GenerationConfig(
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
-    )
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    tail = losses[-max(1, len(losses) // 20):]
+        losses = train_with_bar(bar, "training tiny", model, encoded, recipe, seed=seed,
+                                pad_id=tokenizer.pad_token_id)
+    save_model(out_dir, model, tokenizer)
     stats = {
         "recipe_version": TINY_RECIPE_VERSION,
         "recipe": recipe.to_dict(),
@@ -171,14 +200,9 @@ def _build_into(out_dir: Path, *, seed: int, progress: bool, recipe: TinyRecipe)
         "n_parameters": sum(p.numel() for p in model.parameters()),
         "n_pairs": len(pairs),
         "mean_pair_tokens": sum(len(ids) for ids, _ in encoded) / len(encoded),
-        "loss_first_step": losses[0],
-        "loss_last_5pct": sum(tail) / len(tail),
+        **loss_summary(losses),
         "data_wall_seconds": data_wall,
-        "wall_seconds": time.perf_counter() - wall0,
-        "cpu_seconds": time.process_time() - cpu0,
-        "torch_threads": torch.get_num_threads(),
-        "torch_version": torch.__version__,
-        "transformers_version": transformers.__version__,
+        **build_costs(wall0, cpu0),
     }
     (out_dir / RECIPE_FILE).write_text(json.dumps(stats, indent=2) + "\n")
 

@@ -154,19 +154,22 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
-import transformers
-from transformers import GenerationConfig, Qwen3ForCausalLM
+from transformers import Qwen3ForCausalLM
 
-from dasd._tiny_recipe import TinyRecipe, encode_pairs, train
+from dasd._tiny_recipe import TinyRecipe, encode_pairs
 from dasd.models import (
     TINY_RECIPE,
     atomic_build,
+    build_costs,
     build_progress_bar,
     cache_dir,
     ensure_cached,
     ensure_tiny_model,
+    loss_summary,
     make_char_tokenizer,
+    save_model,
     tiny_model_path,
+    train_with_bar,
 )
 from dasd.tasks import get_task
 
@@ -325,18 +328,10 @@ def _build_world_into(out_dir: Path, name: str, *, seed: int, progress: bool,
         pairs, n_priv = world_examples(recipe, seed=seed, task_name=base.task)
         encoded = encode_pairs(pairs, tokenizer, max_positions=base.max_positions)
         bar.update(data_row, advance=1, note=f"{len(pairs)} pairs")
-        train_row = bar.add_task(f"fine-tuning {name}", total=recipe.steps, note="")
-        losses = train(
-            model, encoded, recipe.schedule(base), seed=seed + recipe.data_seed,
-            pad_id=tokenizer.pad_token_id,
-            on_step=lambda step, loss: bar.update(train_row, advance=1, note=f"loss {loss:.3f}"),
-        )
-    model.generation_config = GenerationConfig(
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
-    )
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    tail = losses[-max(1, len(losses) // 20):]
+        losses = train_with_bar(bar, f"fine-tuning {name}", model, encoded,
+                                recipe.schedule(base), seed=seed + recipe.data_seed,
+                                pad_id=tokenizer.pad_token_id)
+    save_model(out_dir, model, tokenizer)
     stats = {
         "world": name,
         "control": True,
@@ -346,13 +341,8 @@ def _build_world_into(out_dir: Path, name: str, *, seed: int, progress: bool,
         "seed": seed,
         "n_pairs": len(pairs),
         "n_privileged": n_priv,
-        "loss_first_step": losses[0],
-        "loss_last_5pct": sum(tail) / len(tail),
-        "wall_seconds": time.perf_counter() - wall0,
-        "cpu_seconds": time.process_time() - cpu0,
-        "torch_threads": torch.get_num_threads(),
-        "torch_version": torch.__version__,
-        "transformers_version": transformers.__version__,
+        **loss_summary(losses),
+        **build_costs(wall0, cpu0),
     }
     (out_dir / WORLD_FILE).write_text(json.dumps(stats, indent=2) + "\n")
 
