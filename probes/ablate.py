@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -63,7 +63,7 @@ from dasd.config_checks import as_tuple, check_fields, check_known
 from dasd.registry import Registry
 from dasd.runlog import read_metrics
 from dasd.trainer import TrainConfig
-from probes.parent_run import open_parent, run_child
+from probes.parent_run import Progress, open_parent, run_child
 
 __all__ = [
     "DEFAULT_BUDGET",
@@ -207,10 +207,6 @@ PANELS.register("quantile")(_panel(
     ),
     finding="paper (Table 11): rho = 0.2 is best; accuracy falls gradually toward both ends",
 ))
-
-#: ``progress(run, step, metrics)``: ``run`` is the sub-run name ``<variant>-seed<s>``.
-Progress = Callable[[str, int, Mapping[str, float]], None]
-
 
 def run_name(variant: str, seed: int) -> str:
     """The sub-run directory of ``variant`` at ``seed``."""

@@ -52,7 +52,7 @@ import torch
 
 from dasd.config_checks import as_tuple, check_fields, check_known
 from dasd.trainer import CHECKPOINTS, OPTIMIZER_STATE, TrainConfig, Trainer
-from probes.parent_run import open_parent, run_child
+from probes.parent_run import Progress, check_arms, open_parent, run_child
 from probes.sign_flip import summarize as summarize_arms
 
 __all__ = [
@@ -101,8 +101,6 @@ QUICK_BUDGET: dict[str, Any] = {
     "min_lr_ratio": 1.0,
 }
 
-Progress = Callable[[str, int, Mapping[str, float]], None]
-
 
 @dataclass(frozen=True)
 class ArmFlipConfig:
@@ -121,13 +119,7 @@ class ArmFlipConfig:
         arms = as_tuple(self.arms)
         object.__setattr__(self, "arms", arms)
         check_fields(self)
-        if not arms:
-            raise ValueError(f"arms must name at least one of {', '.join(ARMS)}")
-        for arm in arms:
-            if arm not in ARMS:
-                raise ValueError(f"unknown arm {arm!r}; valid: {', '.join(ARMS)}")
-        if len(set(arms)) != len(arms):
-            raise ValueError(f"arms must not repeat, got {', '.join(arms)}")
+        check_arms(arms, ARMS)
         if "method" in self.train:
             raise ValueError("the arm-flip probe trains method dasd; do not set train.method")
         if "flip" in (self.train.get("method_options") or {}):

@@ -14,7 +14,7 @@ Departures: none from the paper (it describes no run layout); this is bookkeepin
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -22,9 +22,11 @@ from typing import Any
 from dasd.runlog import RunWriter, create_run, open_run, read_manifest
 from dasd.trainer import TrainConfig, Trainer
 
-__all__ = ["differences", "open_parent", "plain_config", "run_child"]
+__all__ = ["Progress", "check_arms", "differences", "open_parent", "plain_config", "run_child"]
 
 Report = Callable[[int, Mapping[str, float]], None]
+#: A multi-run probe's progress callback: ``(sub-run name, step, logged metrics)``.
+Progress = Callable[[str, int, Mapping[str, float]], None]
 
 
 def plain_config(config: TrainConfig) -> dict[str, Any]:
@@ -93,3 +95,14 @@ def run_child(config: TrainConfig, run_dir: Path, report: Report | None, *, labe
             report(trainer.start_step, {})
         trainer.run(report)
     return action
+
+
+def check_arms(arms: Sequence[str], valid: Sequence[str]) -> None:
+    """Refuse an empty, unknown or repeated arm of a multi-arm probe (one-line errors)."""
+    if not arms:
+        raise ValueError(f"arms must name at least one of {', '.join(valid)}")
+    for arm in arms:
+        if arm not in valid:
+            raise ValueError(f"unknown arm {arm!r}; valid: {', '.join(valid)}")
+    if len(set(arms)) != len(arms):
+        raise ValueError(f"arms must not repeat, got {', '.join(arms)}")

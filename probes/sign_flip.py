@@ -35,7 +35,7 @@ Departures from the paper:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -46,7 +46,7 @@ import pandas as pd
 from dasd.runlog import read_metrics
 from dasd.config_checks import as_tuple, check_fields, check_known
 from dasd.trainer import TrainConfig
-from probes.parent_run import open_parent, run_child
+from probes.parent_run import Progress, check_arms, open_parent, run_child
 
 __all__ = [
     "ARMS",
@@ -89,8 +89,6 @@ QUICK_BUDGET: dict[str, int] = {
     "checkpoint_every": 2,
 }
 
-Progress = Callable[[str, int, Mapping[str, float]], None]
-
 
 @dataclass(frozen=True)
 class SignFlipConfig:
@@ -107,13 +105,7 @@ class SignFlipConfig:
         arms = as_tuple(self.arms)
         object.__setattr__(self, "arms", arms)
         check_fields(self)
-        if not arms:
-            raise ValueError(f"arms must name at least one of {', '.join(ARMS)}")
-        for arm in arms:
-            if arm not in ARMS:
-                raise ValueError(f"unknown arm {arm!r}; valid: {', '.join(ARMS)}")
-        if len(set(arms)) != len(arms):
-            raise ValueError(f"arms must not repeat, got {', '.join(arms)}")
+        check_arms(arms, ARMS)
         if "method" in self.train:
             raise ValueError("the arms set the method; choose them with arms, not train.method")
         check_known(TrainConfig, self.train, exclude={"method"})
