@@ -11,6 +11,23 @@ import torch  # noqa: E402
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(scope="module")
+def tok():
+    """The built-in character tokenizer (``dasd.models.make_char_tokenizer``)."""
+    from dasd.models import make_char_tokenizer
+
+    return make_char_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    """A small random Qwen3 over ``tok`` (``tests.fixtures_models.random_qwen3``, seed 0);
+    a test module that needs another one defines its own ``model``."""
+    from tests.fixtures_models import random_qwen3
+
+    return random_qwen3(tok, seed=0)
+
+
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory):
     """A tiny random Qwen3 with the built-in character tokenizer, saved as a checkpoint

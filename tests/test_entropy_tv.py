@@ -13,7 +13,6 @@ from typer.testing import CliRunner
 import dasd.runlog
 import probes.entropy_tv as etv
 from cli import probe_app
-from dasd.models import make_char_tokenizer
 from dasd.rollout import generate
 from dasd.rollout.hf import encode_prompts
 from dasd.runlog import read_json, read_manifest, read_rollouts, read_table
@@ -89,11 +88,6 @@ def test_objective_sign_value_and_mask():
 
 
 # --------------------------------------------------------------------------- the measurement
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return make_char_tokenizer()
 
 
 @pytest.fixture(scope="module")

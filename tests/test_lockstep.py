@@ -8,7 +8,6 @@ import pytest
 import torch
 from scipy import stats
 
-from dasd.models import make_char_tokenizer
 from dasd.rollout import generate
 from dasd.rollout.lockstep import (
     Intervention,
@@ -25,16 +24,6 @@ from tests.fixtures_models import random_qwen3
 PROMPTS = ["1", "12+3=", "hello world", "9*8-7", "what is 3+4?", "x" * 40, "abc", "(1+2)*3"]
 #: Teacher prompts: a privileged prefix of varying length before each student prompt.
 TEACHER = [f"ref: {'7*3=21 ' * (i % 3)}\n{p}" for i, p in enumerate(PROMPTS)]
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return make_char_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def model(tok):
-    return random_qwen3(tok, seed=0)
 
 
 def _seeded(seed: int = 3) -> torch.Generator:

@@ -8,23 +8,12 @@ import pytest
 import torch
 from scipy import stats
 
-from dasd.models import make_char_tokenizer
 from dasd.rollout import generate, sample_from_logits
 from dasd.rollout.hf import eval_mode
 from tests.fixtures_models import random_qwen3
 
 #: Prompts of very different lengths (1 to 60 characters, one token each).
 PROMPTS = ["1", "12+3=", "hello world", "9*8-7", "what is 3+4?", "x" * 60, "abc", "(1+2)*3"]
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return make_char_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def model(tok):
-    return random_qwen3(tok, seed=0)
 
 
 def _greedy(model, tok, prompts, **kw):

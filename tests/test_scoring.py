@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dasd.models import make_char_tokenizer
 from dasd.rollout import generate
 from dasd.rollout.hf import encode_prompts
 from dasd.scoring import score_responses, score_rollouts
@@ -21,16 +20,6 @@ TEACHER = [
     STUDENT[4],
 ]
 RESPONSES = ["3", "9*8=72-7", "", "16<eos>", "de f<eos>"]
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return make_char_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def model(tok):
-    return random_qwen3(tok, seed=0)
 
 
 @pytest.fixture(scope="module")
