@@ -4,7 +4,6 @@ intervals, resume and refusal, the paper tables read through the parent, and the
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -26,6 +25,7 @@ from probes.ablate import (
     ablate_config,
     run_ablate,
 )
+from tests.fixtures_probes import Killed, files_of, kill_when
 from tests.test_tables import make_eval, table_named
 
 runner = CliRunner()
@@ -49,11 +49,6 @@ def small_config(model_dir, **overrides):
 def full(model_dir, tmp_path_factory):
     cfg = small_config(model_dir)
     return cfg, run_ablate(cfg, tmp_path_factory.mktemp("runs") / "abl")
-
-
-def _files(run_dir: Path) -> dict[str, tuple[int, bytes]]:
-    return {str(p.relative_to(run_dir)): (p.stat().st_mtime_ns, p.read_bytes())
-            for p in sorted(run_dir.rglob("*")) if p.is_file()}
 
 
 def test_t_interval_by_hand():
@@ -138,26 +133,19 @@ def test_summary_is_the_mean_and_interval_across_seeds(full):
 
 def test_rerun_skips_finished_runs_and_leaves_them_untouched(full):
     cfg, result = full
-    before = {name: _files(result.run_dir / name) for name in RUNS}
+    before = {name: files_of(result.run_dir / name) for name in RUNS}
     again = run_ablate(cfg, result.run_dir)
     assert again.actions == {name: "skipped" for name in RUNS}
-    assert {name: _files(result.run_dir / name) for name in RUNS} == before
+    assert {name: files_of(result.run_dir / name) for name in RUNS} == before
     pd.testing.assert_frame_equal(again.summary, result.summary)
 
 
 def test_killed_probe_resumes(full, tmp_path):
     cfg, reference = full
 
-    class Killed(Exception):
-        pass
-
-    def kill(run, step, metrics):
-        if run == "minus-seed1" and metrics:
-            raise Killed
-
     run_dir = tmp_path / "abl"
     with pytest.raises(Killed):
-        run_ablate(cfg, run_dir, progress=kill)
+        run_ablate(cfg, run_dir, progress=kill_when("minus-seed1"))
     assert read_manifest(run_dir)["status"] == "failed"
     assert not (run_dir / "tanh-seed0").exists()
     result = run_ablate(cfg, run_dir)

@@ -26,18 +26,13 @@ from probes.arm_flip import (
     headline_columns,
     run_arm_flip,
 )
+from tests.fixtures_probes import Killed, files_of, kill_when, small_train
 
 runner = CliRunner()
 
 
 def small_config(model_dir, **overrides):
-    values = {
-        "model": str(model_dir), "steps": 2, "prompts_per_step": 2, "group_size": 4,
-        "mini_batch_size": 8, "micro_batch_size": 4, "max_new_tokens": 12, "eval_every": 1,
-        "eval_prompts": 2, "eval_k": 2, "checkpoint_every": 1, "log_rollouts_every": 1,
-        "lr": 1e-3, "beta": 1.0, "device": "cpu",
-    }
-    return arm_flip_config(quick=True, flip_at=1, **{**values, **overrides})
+    return arm_flip_config(quick=True, flip_at=1, **small_train(model_dir, **overrides))
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +43,6 @@ def full(model_dir, tmp_path_factory):
     result = run_arm_flip(cfg, tmp_path_factory.mktemp("runs") / "af",
                           progress=lambda name, step, m: calls.append((name, step, bool(m))))
     return cfg, result, calls
-
-
-def _files(run_dir: Path) -> dict[str, tuple[int, bytes]]:
-    return {str(p.relative_to(run_dir)): (p.stat().st_mtime_ns, p.read_bytes())
-            for p in sorted(run_dir.rglob("*")) if p.is_file()}
 
 
 def test_arms_continue_dasd_from_the_flip_checkpoint(full):
@@ -152,26 +142,19 @@ def test_fig6bc_draws_the_probe(full):
 
 def test_rerun_skips_every_finished_run(full):
     cfg, result, _ = full
-    before = _files(result.run_dir / "low")
+    before = files_of(result.run_dir / "low")
     again = run_arm_flip(cfg, result.run_dir)
     assert again.actions == {"base": "skipped", **{arm: "skipped" for arm in ARMS}}
-    assert _files(result.run_dir / "low") == before
+    assert files_of(result.run_dir / "low") == before
     pd.testing.assert_frame_equal(again.summary, result.summary)
 
 
 def test_arm_killed_before_its_first_checkpoint_resumes_with_the_carried_state(full, tmp_path):
     cfg, reference, _ = full
 
-    class Killed(Exception):
-        pass
-
-    def kill_low_after_its_first_eval(name, step, metrics):
-        if name == "low" and metrics:
-            raise Killed
-
     run_dir = tmp_path / "af"
     with pytest.raises(Killed):
-        run_arm_flip(cfg, run_dir, progress=kill_low_after_its_first_eval)
+        run_arm_flip(cfg, run_dir, progress=kill_when("low"))
     assert read_manifest(run_dir / "low")["status"] == "failed"
     assert not (run_dir / "low" / "checkpoints").exists()
     result = run_arm_flip(cfg, run_dir)

@@ -3,7 +3,6 @@ method, the summary has one row per (arm, eval step), re-runs skip finished arms
 resumes exactly, bad settings are refused, and the CLI works end to end."""
 
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -21,19 +20,14 @@ from probes.sign_flip import (
     run_sign_flip,
     sign_flip_config,
 )
+from tests.fixtures_probes import Killed, files_of, kill_when, small_train
 
 runner = CliRunner()
 EVAL_STEPS = [0, 1, 2]
 
 
 def small_config(model_dir, **overrides):
-    values = {
-        "model": str(model_dir), "steps": 2, "prompts_per_step": 2, "group_size": 4,
-        "mini_batch_size": 8, "micro_batch_size": 4, "max_new_tokens": 12, "eval_every": 1,
-        "eval_prompts": 2, "eval_k": 2, "checkpoint_every": 1, "log_rollouts_every": 1,
-        "lr": 1e-3, "beta": 1.0, "device": "cpu",
-    }
-    return sign_flip_config(quick=True, **{**values, **overrides})
+    return sign_flip_config(quick=True, **small_train(model_dir, **overrides))
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +38,6 @@ def full(model_dir, tmp_path_factory):
     result = run_sign_flip(cfg, tmp_path_factory.mktemp("runs") / "sf",
                            progress=lambda arm, step, m: calls.append((arm, step, bool(m))))
     return cfg, result, calls
-
-
-def _files(run_dir: Path) -> dict[str, tuple[int, bytes]]:
-    """mtime and bytes of every file of a run (checkpoints included)."""
-    return {str(p.relative_to(run_dir)): (p.stat().st_mtime_ns, p.read_bytes())
-            for p in sorted(run_dir.rglob("*")) if p.is_file()}
 
 
 def test_arms_are_train_runs_that_differ_only_in_method(full):
@@ -114,10 +102,10 @@ def test_summary_has_one_row_per_arm_and_eval_step(full):
 
 def test_rerun_skips_finished_arms_and_leaves_them_untouched(full):
     cfg, result, _ = full
-    before = {arm: _files(result.run_dir / arm) for arm in ARMS}
+    before = {arm: files_of(result.run_dir / arm) for arm in ARMS}
     again = run_sign_flip(cfg, result.run_dir)
     assert again.actions == {arm: "skipped" for arm in ARMS}
-    assert {arm: _files(result.run_dir / arm) for arm in ARMS} == before
+    assert {arm: files_of(result.run_dir / arm) for arm in ARMS} == before
     pd.testing.assert_frame_equal(again.summary, result.summary)
     assert read_manifest(result.run_dir)["status"] == "complete"
 
@@ -125,28 +113,21 @@ def test_rerun_skips_finished_arms_and_leaves_them_untouched(full):
 def test_killed_arm_resumes_from_its_checkpoint(full, model_dir, tmp_path):
     cfg, reference, _ = full
 
-    class Killed(Exception):
-        pass
-
-    def kill_conformity_after_step_1(arm, step, metrics):
-        if arm == "conformity" and step == 1 and metrics:
-            raise Killed
-
     run_dir = tmp_path / "sf"
     with pytest.raises(Killed):
-        run_sign_flip(cfg, run_dir, progress=kill_conformity_after_step_1)
+        run_sign_flip(cfg, run_dir, progress=kill_when("conformity", step=1))
     assert read_manifest(run_dir)["status"] == "failed"
     assert read_manifest(run_dir / "grpo")["status"] == "complete"
     assert read_manifest(run_dir / "conformity")["status"] == "failed"
     assert not (run_dir / "novelty").exists()
-    grpo_files = _files(run_dir / "grpo")
+    grpo_files = files_of(run_dir / "grpo")
     starts = []
     result = run_sign_flip(cfg, run_dir,
                            progress=lambda arm, step, m: starts.append((arm, step)) if not m
                            else None)
     assert result.actions == {"grpo": "skipped", "conformity": "resumed", "novelty": "trained"}
     assert starts == [("grpo", 2), ("conformity", 1), ("novelty", 0)]
-    assert _files(run_dir / "grpo") == grpo_files
+    assert files_of(run_dir / "grpo") == grpo_files
     assert read_manifest(run_dir)["status"] == "complete"
     pd.testing.assert_frame_equal(result.summary, reference.summary)
 

@@ -1,0 +1,43 @@
+"""Shared pieces of the multi-run probe tests (sign-flip, arm-flip, ablate)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+#: TrainConfig fields of a probe of two-update runs on the random test model (``model`` added
+#: by ``small_train``).
+SMALL_TRAIN: dict[str, Any] = {
+    "steps": 2, "prompts_per_step": 2, "group_size": 4, "mini_batch_size": 8,
+    "micro_batch_size": 4, "max_new_tokens": 12, "eval_every": 1, "eval_prompts": 2,
+    "eval_k": 2, "checkpoint_every": 1, "log_rollouts_every": 1, "lr": 1e-3, "beta": 1.0,
+    "device": "cpu",
+}
+
+
+def small_train(model_dir: Path, **overrides: Any) -> dict[str, Any]:
+    """``SMALL_TRAIN`` on the checkpoint ``model_dir``, with ``overrides``."""
+    return {"model": str(model_dir), **SMALL_TRAIN, **overrides}
+
+
+def files_of(run_dir: Path) -> dict[str, tuple[int, bytes]]:
+    """mtime and bytes of every file of a run (checkpoints included)."""
+    return {str(p.relative_to(run_dir)): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+class Killed(Exception):
+    """Raised by ``kill_when`` to stand for a probe killed mid-run."""
+
+
+def kill_when(run: str, step: int | None = None
+              ) -> Callable[[str, int, Mapping[str, float]], None]:
+    """A probe progress callback raising ``Killed`` once sub-run ``run`` logs metrics (at
+    ``step``, when given)."""
+
+    def progress(name: str, at: int, metrics: Mapping[str, float]) -> None:
+        if name == run and (step is None or at == step) and metrics:
+            raise Killed
+
+    return progress
