@@ -29,13 +29,12 @@ small models by one to two orders of magnitude.
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from benchmarks.bench_rollout import random_model
+from benchmarks.bench_rollout import best_of, random_model, settings_line
 from dasd.models import load_model
 from dasd.rollout import generate
 from dasd.rollout.lockstep import Intervention, lockstep_generate
@@ -101,21 +100,8 @@ def main() -> None:
     }
     for fn in engines.values():  # warm-up
         fn()
-    best = {name: (0, float("inf")) for name in engines}
-    for _ in range(args.repeats):  # interleaved, best of --repeats: the machine may be shared
-        for name, fn in engines.items():
-            start = time.perf_counter()
-            tokens = fn()
-            seconds = time.perf_counter() - start
-            if tokens / seconds > best[name][0] / best[name][1]:
-                best[name] = (tokens, seconds)
-
-    n_params = sum(p.numel() for p in model.parameters())
-    print(
-        f"model={args.model} ({n_params / 1e6:.2f}M params)  prompts={args.prompts}  "
-        f"batch={args.batch_size}  max_new_tokens={args.max_new_tokens}  T=1.0 top_p=0.9  "
-        f"threads={args.threads}  stop at EOS: {args.stop_at_eos}  best of {args.repeats}"
-    )
+    best = best_of(engines, args.repeats)
+    print(settings_line(args, model, f"stop at EOS: {args.stop_at_eos}  "))
     reference = best["two generations (x, then x + r)"]
     print(f"{'engine':<36}{'ctx-tokens':>11}{'seconds':>9}{'ctx-tok/s':>11}{'ratio':>7}")
     for name, (tokens, seconds) in best.items():

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable, Mapping
 
 import torch
 from transformers import (
@@ -64,6 +65,29 @@ def hf_new_tokens(sequences: torch.Tensor, prompt_width: int, eos: list[int]) ->
     is_eos = torch.isin(new, torch.tensor(eos))
     before_or_at_eos = (is_eos.long().cumsum(-1) - is_eos.long()) == 0
     return int(before_or_at_eos.sum())
+
+
+def best_of(engines: Mapping[str, Callable[[], int]], repeats: int) -> dict[str, tuple[int, float]]:
+    """Per engine, the ``(tokens, seconds)`` of its fastest call (tokens per second) over
+    ``repeats`` rounds; the rounds interleave the engines, as the machine may be shared."""
+    best = {name: (0, float("inf")) for name in engines}
+    for _ in range(repeats):
+        for name, fn in engines.items():
+            start = time.perf_counter()
+            tokens = fn()
+            seconds = time.perf_counter() - start
+            if tokens / seconds > best[name][0] / best[name][1]:
+                best[name] = (tokens, seconds)
+    return best
+
+
+def settings_line(args: argparse.Namespace, model: PreTrainedModel, extra: str = "") -> str:
+    """The measured setting: model and size, prompts, batch, length, sampling, threads,
+    ``extra`` and the number of rounds."""
+    n_params = sum(p.numel() for p in model.parameters())
+    return (f"model={args.model} ({n_params / 1e6:.2f}M params)  prompts={args.prompts}  "
+            f"batch={args.batch_size}  max_new_tokens={args.max_new_tokens}  T=1.0 top_p=0.9  "
+            f"threads={args.threads}  {extra}best of {args.repeats}")
 
 
 def main() -> None:
@@ -113,21 +137,8 @@ def main() -> None:
     engines = {"dasd generate": ours, "HF model.generate": hf, "score_responses (student+teacher)": score}
     hf()
     score()
-    best = {name: (0, float("inf")) for name in engines}
-    for _ in range(args.repeats):  # interleaved, best of --repeats: the machine may be shared
-        for name, fn in engines.items():
-            start = time.perf_counter()
-            tokens = fn()
-            seconds = time.perf_counter() - start
-            if tokens / seconds > best[name][0] / best[name][1]:
-                best[name] = (tokens, seconds)
-
-    n_params = sum(p.numel() for p in model.parameters())
-    print(
-        f"model={args.model} ({n_params / 1e6:.2f}M params)  prompts={args.prompts}  "
-        f"batch={args.batch_size}  max_new_tokens={args.max_new_tokens}  T=1.0 top_p=0.9  "
-        f"threads={args.threads}  best of {args.repeats}"
-    )
+    best = best_of(engines, args.repeats)
+    print(settings_line(args, model))
     print(f"{'engine':<36}{'tokens':>8}{'seconds':>10}{'tokens/s':>11}")
     for name, (tokens, seconds) in best.items():
         print(f"{name:<36}{tokens:>8}{seconds:>10.2f}{tokens / seconds:>11.0f}")
