@@ -41,3 +41,18 @@ def kill_when(run: str, step: int | None = None
             raise Killed
 
     return progress
+
+
+#: Command-line options of a small probe run on the random test model (``--model`` and the
+#: probe's own options given beside them).
+SMALL_CLI = ["--prompts-per-step", "2", "--set", "group_size=4", "--set", "mini_batch_size=8",
+             "--set", "micro_batch_size=8", "--set", "max_new_tokens=8", "--set",
+             "device=\"cpu\""]
+
+
+def run_recorded(run: Callable[..., Any], cfg: Any, run_dir: Path) -> tuple[Any, Any, list]:
+    """``run(cfg, run_dir, progress=...)`` recording every progress call as ``(name, step,
+    whether metrics were given)``; returns ``(cfg, result, calls)``."""
+    calls: list[tuple[str, int, bool]] = []
+    result = run(cfg, run_dir, progress=lambda name, step, m: calls.append((name, step, bool(m))))
+    return cfg, result, calls

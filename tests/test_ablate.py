@@ -25,7 +25,7 @@ from probes.ablate import (
     ablate_config,
     run_ablate,
 )
-from tests.fixtures_probes import Killed, files_of, kill_when
+from tests.fixtures_probes import SMALL_CLI, Killed, files_of, kill_when
 from tests.test_tables import make_eval, table_named
 
 runner = CliRunner()
@@ -253,9 +253,7 @@ def test_tables_from_a_probe_run(full):
 def test_cli_runs_and_resumes_a_panel(model_dir, tmp_path):
     args = ["ablate", "--panel", "quantile", "--variants", "0.2,0.95", "--seeds", "2",
             "--model", str(model_dir), "--steps", "1", "--k", "2", "--eval-prompts", "2",
-            "--prompts-per-step", "2", "--set", "group_size=4", "--set", "mini_batch_size=8",
-            "--set", "micro_batch_size=8", "--set", "max_new_tokens=8", "--set",
-            "device=\"cpu\"", "--runs-dir", str(tmp_path), "--name", "q"]
+            *SMALL_CLI, "--runs-dir", str(tmp_path), "--name", "q"]
     result = runner.invoke(probe_app, args)
     assert result.exit_code == 0, result.output
     assert "Avg@2" in result.output and "0.95 (Conformity-biased)" in result.output

@@ -26,7 +26,14 @@ from probes.arm_flip import (
     headline_columns,
     run_arm_flip,
 )
-from tests.fixtures_probes import Killed, files_of, kill_when, small_train
+from tests.fixtures_probes import (
+    SMALL_CLI,
+    Killed,
+    files_of,
+    kill_when,
+    run_recorded,
+    small_train,
+)
 
 runner = CliRunner()
 
@@ -38,11 +45,8 @@ def small_config(model_dir, **overrides):
 @pytest.fixture(scope="module")
 def full(model_dir, tmp_path_factory):
     """An uninterrupted probe: base to update 1, three arms to update 2."""
-    cfg = small_config(model_dir)
-    calls = []
-    result = run_arm_flip(cfg, tmp_path_factory.mktemp("runs") / "af",
-                          progress=lambda name, step, m: calls.append((name, step, bool(m))))
-    return cfg, result, calls
+    return run_recorded(run_arm_flip, small_config(model_dir),
+                        tmp_path_factory.mktemp("runs") / "af")
 
 
 def test_arms_continue_dasd_from_the_flip_checkpoint(full):
@@ -197,9 +201,7 @@ def test_budgets_and_the_default_flip_point():
 def test_cli_runs_the_probe(model_dir, tmp_path):
     args = ["arm-flip", "--model", str(model_dir), "--arms", "none,high", "--steps", "2",
             "--flip-at", "1", "--eval-every", "1", "--k", "2", "--eval-prompts", "2",
-            "--prompts-per-step", "2", "--set", "group_size=4", "--set", "mini_batch_size=8",
-            "--set", "micro_batch_size=8", "--set", "max_new_tokens=8", "--set",
-            "device=\"cpu\"", "--runs-dir", str(tmp_path), "--name", "af"]
+            *SMALL_CLI, "--runs-dir", str(tmp_path), "--name", "af"]
     result = runner.invoke(probe_app, args)
     assert result.exit_code == 0, result.output
     assert "StepAcc" in result.output and "E(y)" in result.output

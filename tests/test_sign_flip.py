@@ -20,7 +20,14 @@ from probes.sign_flip import (
     run_sign_flip,
     sign_flip_config,
 )
-from tests.fixtures_probes import Killed, files_of, kill_when, small_train
+from tests.fixtures_probes import (
+    SMALL_CLI,
+    Killed,
+    files_of,
+    kill_when,
+    run_recorded,
+    small_train,
+)
 
 runner = CliRunner()
 EVAL_STEPS = [0, 1, 2]
@@ -33,11 +40,8 @@ def small_config(model_dir, **overrides):
 @pytest.fixture(scope="module")
 def full(model_dir, tmp_path_factory):
     """An uninterrupted probe of all three arms."""
-    cfg = small_config(model_dir)
-    calls = []
-    result = run_sign_flip(cfg, tmp_path_factory.mktemp("runs") / "sf",
-                           progress=lambda arm, step, m: calls.append((arm, step, bool(m))))
-    return cfg, result, calls
+    return run_recorded(run_sign_flip, small_config(model_dir),
+                        tmp_path_factory.mktemp("runs") / "sf")
 
 
 def test_arms_are_train_runs_that_differ_only_in_method(full):
@@ -167,10 +171,8 @@ def test_budgets_resolve_into_the_arm_configs():
 
 def test_cli_runs_and_resumes_the_probe(model_dir, tmp_path):
     args = ["sign-flip", "--model", str(model_dir), "--arms", "grpo,novelty", "--steps", "1",
-            "--eval-every", "1", "--k", "2", "--eval-prompts", "2", "--prompts-per-step", "2",
-            "--set", "group_size=4", "--set", "mini_batch_size=8", "--set", "micro_batch_size=8",
-            "--set", "max_new_tokens=8", "--set", "device=\"cpu\"", "--runs-dir", str(tmp_path),
-            "--name", "sf"]
+            "--eval-every", "1", "--k", "2", "--eval-prompts", "2", *SMALL_CLI,
+            "--runs-dir", str(tmp_path), "--name", "sf"]
     result = runner.invoke(probe_app, args)
     assert result.exit_code == 0, result.output
     assert "Avg@2" in result.output and "Pass@2" in result.output
