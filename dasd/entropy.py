@@ -38,6 +38,7 @@ Departures and limits:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -245,17 +246,24 @@ def _entropy_logprob_grad_into(g: Tensor, p: Tensor, ent: Tensor, ids: Tensor,
         g.div_(temperature)
 
 
+def _saved_outputs(ctx: Any, inputs: tuple[Tensor | None, ...], ent: Tensor, lp: Tensor,
+                   chunk_size: int, temperature: float) -> tuple[Tensor, Tensor]:
+    """End a chunked forward: save ``inputs`` and the entropies for the backward (which
+    recomputes the softmax), and return float32 ``(entropy, logprob)``; the entropy is a copy,
+    so that in-place edits of the returned entropy cannot break backward."""
+    ctx.save_for_backward(*inputs, ent)
+    ctx.chunk_size, ctx.temperature = chunk_size, temperature
+    ctx.set_materialize_grads(False)
+    return ent.to(torch.float32, copy=True), lp.float()
+
+
 class _EntropyLogprob(torch.autograd.Function):
     """Autograd wrapper: saves logits and O(N) stats, recomputes softmax chunkwise in backward."""
 
     @staticmethod
     def forward(ctx, logits, ids, chunk_size, temperature):
         ent, lp = _entropy_logprob_fwd(logits, ids, chunk_size, temperature)
-        ctx.save_for_backward(logits, ids, ent)
-        ctx.chunk_size, ctx.temperature = chunk_size, temperature
-        ctx.set_materialize_grads(False)
-        # a copy, so that in-place edits of the returned entropy cannot break backward
-        return ent.to(torch.float32, copy=True), lp.float()
+        return _saved_outputs(ctx, (logits, ids), ent, lp, chunk_size, temperature)
 
     @staticmethod
     @once_differentiable
@@ -348,10 +356,7 @@ class _HeadEntropyLogprob(torch.autograd.Function):
             w = weight.to(cd)
             b = None if bias is None else bias.to(cd)
             ent, lp = _head_fwd(hidden, w, b, ids, chunk_size, temperature)
-        ctx.save_for_backward(hidden, weight, bias, ids, ent)
-        ctx.chunk_size, ctx.temperature = chunk_size, temperature
-        ctx.set_materialize_grads(False)
-        return ent.to(torch.float32, copy=True), lp.float()
+        return _saved_outputs(ctx, (hidden, weight, bias, ids), ent, lp, chunk_size, temperature)
 
     @staticmethod
     @once_differentiable
