@@ -26,14 +26,7 @@ from probes.arm_flip import (
     headline_columns,
     run_arm_flip,
 )
-from tests.fixtures_probes import (
-    SMALL_CLI,
-    Killed,
-    files_of,
-    kill_when,
-    run_recorded,
-    small_train,
-)
+from tests.fixtures_probes import SMALL_CLI, Killed, files_of, kill_when, run_recorded, small_train
 
 runner = CliRunner()
 

@@ -20,14 +20,7 @@ from probes.sign_flip import (
     run_sign_flip,
     sign_flip_config,
 )
-from tests.fixtures_probes import (
-    SMALL_CLI,
-    Killed,
-    files_of,
-    kill_when,
-    run_recorded,
-    small_train,
-)
+from tests.fixtures_probes import SMALL_CLI, Killed, files_of, kill_when, run_recorded, small_train
 
 runner = CliRunner()
 EVAL_STEPS = [0, 1, 2]
