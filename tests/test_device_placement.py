@@ -196,24 +196,14 @@ def test_a_trainer_ppo_update(model_dir, method):
     losses, backward, gradient clipping, AdamW) on a prepared CPU batch. AdamW's state is
     created by a first update outside the trap (its ``step`` counter is made on the default
     device by ``torch.optim`` itself)."""
-    from dasd.rollout import generate
-    from dasd.rollout.hf import encode_prompts
-    from dasd.scoring import score_rollouts
-    from dasd.trainer import TrainConfig, Trainer, _Batch
+    from dasd.trainer import TrainConfig, Trainer
+    from tests.test_trainer import ppo_batch
 
     cfg = TrainConfig(model=str(model_dir), method=method, steps=2, prompts_per_step=1,
                       group_size=4, mini_batch_size=4, micro_batch_size=2, max_new_tokens=8,
                       eval_prompts=1, eval_k=2, device="cpu")
     trainer = Trainer.start(cfg, Path(tempfile.mkdtemp()) / "run")
-    tok = trainer.tokenizer
-    prompts = ["nums: 1 2 3\ntarget: 6\n"] * 4
-    rollouts = generate(trainer.model, tok, prompts, max_new_tokens=8,
-                        generator=torch.Generator().manual_seed(0))
-    old = score_rollouts(trainer.model, tok, rollouts, None).student_logp
-    advantages = torch.tensor([1.0, -1.0, 0.5, -0.5])[:, None] * rollouts.response_mask
-    t_ids, t_mask = encode_prompts(tok, ["ref: 1+2+3\n" + p for p in prompts])
-    batch = _Batch(rollouts.prompt_ids, rollouts.prompt_mask, rollouts.response_ids,
-                   rollouts.response_mask, old, advantages, t_ids, t_mask)
+    _, batch = ppo_batch(trainer, [1.0, -1.0, 0.5, -0.5], teacher=True)
     trainer._ppo(batch, 1)
     with stray_tensors_on_meta():
         stats = trainer._ppo(batch, 2)

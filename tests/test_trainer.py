@@ -47,6 +47,28 @@ def params(model):
     return torch.cat([p.detach().flatten().clone() for p in model.parameters()])
 
 
+def ppo_batch(trainer, signs, *, teacher=False):
+    """Four rollouts of one prompt with the fixed per-response advantages ``signs`` (times the
+    mask), as the trainer's PPO step takes them; the teacher prompts (r + x) when ``teacher``.
+    Returns ``(rollouts, batch)``."""
+    from dasd.rollout import generate
+    from dasd.rollout.hf import encode_prompts
+    from dasd.scoring import score_rollouts
+    from dasd.trainer import _Batch
+
+    tok = trainer.tokenizer
+    prompts = ["nums: 1 2 3\ntarget: 6\n"] * 4
+    rollouts = generate(trainer.model, tok, prompts, max_new_tokens=8,
+                        generator=torch.Generator().manual_seed(0))
+    old = score_rollouts(trainer.model, tok, rollouts, None).student_logp
+    advantages = torch.tensor(signs)[:, None] * rollouts.response_mask
+    t_ids = t_mask = None
+    if teacher:
+        t_ids, t_mask = encode_prompts(tok, ["ref: 1+2+3\n" + p for p in prompts])
+    return rollouts, _Batch(rollouts.prompt_ids, rollouts.prompt_mask, rollouts.response_ids,
+                            rollouts.response_mask, old, advantages, t_ids, t_mask)
+
+
 @pytest.mark.parametrize("method", METHODS.names())
 def test_one_update_per_method(method, model_dir, tmp_path):
     trainer = parity_trainer(small_config(model_dir, method=method), tmp_path / "run")
@@ -62,21 +84,13 @@ def test_one_update_per_method(method, model_dir, tmp_path):
 
 
 def test_update_moves_logprob_in_the_direction_of_the_advantage(model_dir, tmp_path):
-    trainer = Trainer.start(small_config(model_dir, method="grpo", lr=3e-3), tmp_path / "run")
-    tok = trainer.tokenizer
-    prompts = ["nums: 1 2 3\ntarget: 6\n"] * 4
-    from dasd.rollout import generate
     from dasd.scoring import score_rollouts
-    from dasd.trainer import _Batch
 
-    rollouts = generate(trainer.model, tok, prompts, max_new_tokens=8,
-                        generator=torch.Generator().manual_seed(0))
-    before = score_rollouts(trainer.model, tok, rollouts, None).student_logp
-    advantages = torch.tensor([1.0, -1.0, 1.0, -1.0])[:, None] * rollouts.response_mask
-    batch = _Batch(rollouts.prompt_ids, rollouts.prompt_mask, rollouts.response_ids,
-                   rollouts.response_mask, before, advantages, None, None)
+    trainer = Trainer.start(small_config(model_dir, method="grpo", lr=3e-3), tmp_path / "run")
+    rollouts, batch = ppo_batch(trainer, [1.0, -1.0, 1.0, -1.0])
+    before = batch.old_logp
     trainer._ppo(batch, 1)
-    after = score_rollouts(trainer.model, tok, rollouts, None).student_logp
+    after = score_rollouts(trainer.model, trainer.tokenizer, rollouts, None).student_logp
     change = ((after - before) * rollouts.response_mask).sum(1)
     assert change[0] > 0 and change[2] > 0
     assert change[1] < 0 and change[3] < 0
