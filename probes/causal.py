@@ -91,6 +91,7 @@ __all__ = [
     "CONDITIONS",
     "CUTS",
     "FIRST_TOKENS",
+    "FirstTokenInputs",
     "KIND",
     "PAPER_FINDING",
     "PARTS",
@@ -143,45 +144,50 @@ def _cut_random(entropy: np.ndarray, rng: np.random.Generator) -> int:
     return int(rng.integers(len(entropy)))
 
 
-#: First-token rules: ``f(student_logits, teacher_logits, *, banned, temperature, top_p,
-#: generator) -> (N,) token ids`` from the next-token logits ``(N, V)`` of both contexts.
-FIRST_TOKENS: Registry[Callable[..., Tensor]] = Registry("first-token rule")
+@dataclass(frozen=True)
+class FirstTokenInputs:
+    """What a first-token rule chooses from: the next-token logits ``(N, V)`` of both
+    contexts at the cut, the token ids a rule may ban, and how generation samples."""
+
+    student: Tensor
+    teacher: Tensor
+    banned: Tensor
+    temperature: float
+    top_p: float
+    generator: torch.Generator | None
+
+    def sample(self, logits: Tensor) -> Tensor:
+        """``(N,)`` token ids drawn from ``logits (N, V)`` as generation draws them."""
+        return sample_from_logits(logits, temperature=self.temperature, top_p=self.top_p,
+                                  generator=self.generator)[0]
+
+
+#: First-token rules: ``f(FirstTokenInputs) -> (N,) token ids``.
+FIRST_TOKENS: Registry[Callable[[FirstTokenInputs], Tensor]] = Registry("first-token rule")
 
 
 @FIRST_TOKENS.register("student")
-def _first_student(student_logits: Tensor, teacher_logits: Tensor, *, banned: Tensor,
-                   temperature: float, top_p: float,
-                   generator: torch.Generator | None) -> Tensor:
+def _first_student(x: FirstTokenInputs) -> Tensor:
     """A sample of the student p_t, as generation would draw it."""
-    return sample_from_logits(student_logits, temperature=temperature, top_p=top_p,
-                              generator=generator)[0]
+    return x.sample(x.student)
 
 
 @FIRST_TOKENS.register("student_banned")
-def _first_student_banned(student_logits: Tensor, teacher_logits: Tensor, *, banned: Tensor,
-                          temperature: float, top_p: float,
-                          generator: torch.Generator | None) -> Tensor:
+def _first_student_banned(x: FirstTokenInputs) -> Tensor:
     """A sample of the student p_t with the ``banned`` token ids masked (renormalised)."""
-    masked = student_logits.float().index_fill(-1, banned, -math.inf)
-    return sample_from_logits(masked, temperature=temperature, top_p=top_p,
-                              generator=generator)[0]
+    return x.sample(x.student.float().index_fill(-1, x.banned, -math.inf))
 
 
 @FIRST_TOKENS.register("teacher_top")
-def _first_teacher_top(student_logits: Tensor, teacher_logits: Tensor, *, banned: Tensor,
-                       temperature: float, top_p: float,
-                       generator: torch.Generator | None) -> Tensor:
+def _first_teacher_top(x: FirstTokenInputs) -> Tensor:
     """The privileged teacher's top choice argmax q_t (lowest id on ties)."""
-    return teacher_logits.argmax(-1)
+    return x.teacher.argmax(-1)
 
 
 @FIRST_TOKENS.register("teacher")
-def _first_teacher(student_logits: Tensor, teacher_logits: Tensor, *, banned: Tensor,
-                   temperature: float, top_p: float,
-                   generator: torch.Generator | None) -> Tensor:
+def _first_teacher(x: FirstTokenInputs) -> Tensor:
     """A sample of the privileged teacher q_t."""
-    return sample_from_logits(teacher_logits, temperature=temperature, top_p=top_p,
-                              generator=generator)[0]
+    return x.sample(x.teacher)
 
 
 @dataclass(frozen=True)
@@ -438,11 +444,11 @@ def _continue(ctx: ProbeContext, cuts: pd.DataFrame, condition: str, seed: int) 
     teacher = [ctx.task.teacher_prompt(p) + x for p, x in zip(problems, cuts["prefix"])]
     s_logits = next_token_logits(ctx.model, tok, student, batch_size=cfg.batch_size)
     t_logits = next_token_logits(ctx.model, tok, teacher, batch_size=cfg.batch_size)
-    first = FIRST_TOKENS.get(rule.first)(
+    first = FIRST_TOKENS.get(rule.first)(FirstTokenInputs(
         s_logits.repeat_interleave(m, 0), t_logits.repeat_interleave(m, 0),
         banned=ctx.banned, temperature=cfg.temperature, top_p=cfg.top_p,
         generator=torch.Generator().manual_seed(_seed(seed, 0)),
-    ).tolist()
+    )).tolist()
     first_text = ["" if t in ctx.stops else tok.decode([t]) for t in first]
     contexts = np.repeat(np.array(student if rule.context == "student" else teacher,
                                   dtype=object), m)

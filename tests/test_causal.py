@@ -26,6 +26,7 @@ from probes.causal import (
     FIRST_TOKENS,
     CausalConfig,
     Checkpoint,
+    FirstTokenInputs,
     ProbeContext,
     _continue,
     _unique,
@@ -120,15 +121,20 @@ def test_first_token_rules_on_rigged_logits():
     student = torch.tensor([[0.0, 9.0, 8.0, 1.0]]).repeat(500, 1)  # banned 1 and 2 lead
     teacher = torch.tensor([[0.0, 1.0, 2.0, 7.0]]).repeat(500, 1)
     banned = torch.tensor([1, 2])
-    kw = {"banned": banned, "top_p": 1.0, "generator": torch.Generator().manual_seed(0)}
-    drawn = FIRST_TOKENS.get("student_banned")(student, teacher, temperature=1.0, **kw)
+    generator = torch.Generator().manual_seed(0)
+
+    def rule(name, temperature):
+        return FIRST_TOKENS.get(name)(FirstTokenInputs(
+            student, teacher, banned=banned, temperature=temperature, top_p=1.0,
+            generator=generator))
+
+    drawn = rule("student_banned", 1.0)
     assert not torch.isin(drawn, banned).any()
     assert set(drawn.tolist()) == {0, 3}
-    greedy_banned = FIRST_TOKENS.get("student_banned")(student, teacher, temperature=0.0, **kw)
-    assert (greedy_banned == 3).all()
-    assert (FIRST_TOKENS.get("student")(student, teacher, temperature=0.0, **kw) == 1).all()
-    assert (FIRST_TOKENS.get("teacher_top")(student, teacher, temperature=1.0, **kw) == 3).all()
-    assert (FIRST_TOKENS.get("teacher")(student, teacher, temperature=0.0, **kw) == 3).all()
+    assert (rule("student_banned", 0.0) == 3).all()
+    assert (rule("student", 0.0) == 1).all()
+    assert (rule("teacher_top", 1.0) == 3).all()
+    assert (rule("teacher", 0.0) == 3).all()
 
 
 def test_paired_difference_by_hand():
