@@ -131,6 +131,11 @@ class Row:
                 "high": self.high, "verdict": self.verdict}
 
 
+def _signed(sign: int) -> str:
+    """``+1``, ``-1`` or ``0``."""
+    return f"{sign:+d}" if sign else "0"
+
+
 def _counts(rows: Sequence[Row]) -> str:
     verdicts = [r.verdict for r in rows]
     wanted = "detected" if rows[0].role == "positive" else "clean"
@@ -168,7 +173,7 @@ def to_markdown(rows: Sequence[Row]) -> str:
     for world in dict.fromkeys(r.label for r in rows):
         lines += ["", f"## {world}", "", "| probe | claim | predicted | ours [95% CI] | "
                   "verdict |", "| --- | --- | --- | --- | --- |"]
-        lines += [f"| {r.probe} | {r.claim} | {r.predicted_sign:+d} | "
+        lines += [f"| {r.probe} | {r.claim} | {_signed(r.predicted_sign)} | "
                   f"{estimate_text(r.value, r.low, r.high)} | {r.verdict} |"
                   for r in rows if r.label == world]
     return "\n".join(lines) + "\n"

@@ -227,6 +227,8 @@ def test_calibration_table_from_hand_written_probe_outputs(tmp_path):
     assert "- entropy-tv: 1/3 detected (2 missed) on tiny (positive control); 2/3 clean " \
            "(1 false positive) on tiny (negative control)" in text
     assert "- sign-flip: 0/4 detected (4 not measured) on tiny (positive control)" in text
+    assert f"| causal | {teacher} | 0 | -0.2 [-0.3, -0.1] | false positive |" in text
+    assert f"| causal | {teacher} | -1 | -0.2 [-0.3, -0.1] | detected |" in text
     # Rerun: every stage is skipped; other settings on the same parent are refused.
     again = run_validate(cfg, parent, stages=_fake_stages(calls))
     assert set(again.actions.values()) == {"skipped"} and len(calls) == 6
