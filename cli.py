@@ -3,17 +3,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import inspect
 import json
-import math
 import os
 import re
+import types
+import typing
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -25,8 +29,11 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
 from typer.core import TyperGroup
+
+from dasd.config_checks import field_docs
+from figures.terminal import Terminal, cell
+from probes.registry import Probe, discover_probes, get_probe
 
 if TYPE_CHECKING:
     from probes.reproduce import ReproduceConfig, Stage
@@ -83,8 +90,30 @@ class _OneLineGroup(TyperGroup):
             return super().invoke(ctx)
 
 
+class _ProbeGroup(_OneLineGroup):
+    """``dasd-probe``: its own commands plus one per registered probe (``probes.registry``),
+    each built from its module only when it runs or shows its help, so that listing the
+    commands imports no probe."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        own = super().list_commands(ctx)
+        return [*own, *(name for name in discover_probes() if name not in own)]
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        if command is None and (source := discover_probes().get(name)) is not None:
+            return click.Command(name, help=source.help)  # what the command list shows
+        return command
+
+    def resolve_command(self, ctx: click.Context, args: list[str]
+                        ) -> tuple[str | None, click.Command | None, list[str]]:
+        if args and args[0] not in self.commands and args[0] in discover_probes():
+            self.add_command(probe_command(get_probe(args[0])), args[0])
+        return super().resolve_command(ctx, args)
+
+
 probe_app = typer.Typer(
-    cls=_OneLineGroup,
+    cls=_ProbeGroup,
     add_completion=False,
     no_args_is_help=True,
     help="Run the DASD paper's probes and training on a model and task (default: the built-in "
@@ -97,6 +126,7 @@ analyze_app = typer.Typer(
     help="Metrics, tables and figures computed from run directories only.",
 )
 console = Console()
+terminal = Terminal(console)
 
 
 @probe_app.callback()
@@ -126,28 +156,6 @@ def _run_dir(runs_dir: Path, name: str, default: str) -> Path:
     return run_path(runs_dir, name or default)
 
 
-def _print_arms(title: str, caption: str, labels: dict[str, str], result: Any,
-                run_dir: Path) -> None:
-    """A training probe's result: one table row per (arm, evaluation step) with the ``labels``
-    columns of ``result.summary``, then what was done to each arm and the probe directory."""
-    formats = {"eval/ey_density": ".2f", "eval/length_tokens": ".1f"}
-    table = Table(title=title, caption=caption)
-    table.add_column("arm")
-    table.add_column("step", justify="right")
-    for label in labels.values():
-        table.add_column(label, justify="right")
-    for arm, rows in result.summary.groupby("arm", sort=False):
-        for row in rows.to_dict("records"):
-            table.add_row(arm, str(row["step"]),
-                          *(_cell(float(row.get(key, float("nan"))), formats.get(key, ".3f"))
-                            for key in labels))
-        table.add_section()
-    console.print(table)
-    for arm, action in result.actions.items():
-        console.print(f"{arm}: {action}", highlight=False)
-    console.print(f"probe directory: {escape(str(run_dir))}", highlight=False, soft_wrap=True)
-
-
 @contextmanager
 def _resumable(hint: str) -> Iterator[None]:
     """Ctrl-C -> one line on stderr saying how to resume (``hint``), exit 130."""
@@ -158,22 +166,9 @@ def _resumable(hint: str) -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
-@contextmanager
-def _progress_bar(description: str, total: int) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar (with time left); yields ``advance(n)``."""
-    columns = (*Progress.get_default_columns(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n: bar.advance(task, n)
-
-
 def _print_metrics(title: str, metrics: dict[str, float]) -> None:
-    table = Table(title=title)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, value in metrics.items():
-        table.add_row(key, f"{value:.4g}")
-    console.print(table)
+    terminal.table(title, ["metric", "value"],
+                   [[key, f"{value:.4g}"] for key, value in metrics.items()])
 
 
 @probe_app.command("reproduce")
@@ -339,7 +334,7 @@ def eval_cmd(
         device=device, dtype=dtype, seed=seed, thinking=_on_off("thinking", thinking),
     )
     run_dir = _run_dir(runs_dir, name, _run_name("eval", model))
-    with _progress_bar(f"sampling {n_prompts} x {k}", n_prompts * k) as step:
+    with terminal.bar(f"sampling {n_prompts} x {k}", n_prompts * k) as step:
         _, summary = run_eval(cfg, run_dir, progress=step)
     _print_metrics(f"{model} on {task} ({n_prompts} prompts x {k})",
                    {key: v for key, v in summary.items() if not key.startswith("mechanism/")})
@@ -353,21 +348,6 @@ def _on_off(option: str, value: str) -> bool | None:
     if value not in choices:
         raise ValueError(f"--{option} takes on or off, got {value!r}")
     return choices[value]
-
-
-def _parse_overrides(pairs: list[str]) -> dict[str, object]:
-    """``KEY=VALUE`` pairs; VALUE is read as JSON when it parses (numbers, booleans, objects),
-    else kept as a string."""
-    out: dict[str, object] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set takes KEY=VALUE (VALUE as JSON), got {pair!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
 
 
 def _given_options(ctx: typer.Context, *, allowed: set[str]) -> list[str]:
@@ -409,6 +389,7 @@ def train_cmd(
     """Train with the one core trainer (GRPO backbone; the method shapes per-token advantages)
     and log metrics, rollouts, held-out evaluations and checkpoints to a run directory."""
     from dasd import trainer
+    from probes.parent_run import parse_overrides
 
     with _one_line_errors():
         if resume is not None:
@@ -421,7 +402,7 @@ def train_cmd(
                           eval_every=eval_every, seed=seed, report_to=report_to)
             if steps is not None:
                 values["steps"] = steps
-            values.update(_parse_overrides(overrides))
+            values.update(parse_overrides(overrides))
             cfg = trainer.TrainConfig.from_dict(values)
             run = trainer.Trainer.start(cfg, _run_dir(runs_dir, name,
                                                       _run_name(f"train-{method}", model)))
@@ -447,464 +428,77 @@ def train_cmd(
     console.print(f"run directory: {run_dir}")
 
 
-@probe_app.command("sign-flip")
-def sign_flip_cmd(
-    arms: str = typer.Option("grpo,conformity,novelty", help="Comma-separated arms: grpo "
-                             "(Base), conformity (omega = +1), novelty (omega = -1)."),
-    model: str = typer.Option("tiny", help="'tiny' (built-in), a local checkpoint dir, or a "
-                              "hub name."),
-    task: str = typer.Option("countdown", help="Registered task name."),
-    steps: int = typer.Option(None, help="Policy updates per arm (default 40; --quick: 4)."),
-    eval_every: int = typer.Option(None, help="Held-out evaluation every N updates "
-                                   "(default 5; --quick: 2)."),
-    k: int = typer.Option(None, "--k", help="Samples per held-out prompt, for Avg@k and Pass@k "
-                          "(default 16; --quick: 8)."),
-    eval_prompts: int = typer.Option(None, help="Held-out prompts, the same for every arm "
-                                     "(default 32; --quick: 16)."),
-    prompts_per_step: int = typer.Option(None, help="Training prompts per update "
-                                         "(default 16; --quick: 8)."),
-    beta: float = typer.Option(None, help="Teacher-term weight, shared by the arms "
-                               "(default: the trainer's, 0.1)."),
-    seed: int = typer.Option(0, help="Seed of data order, sampling and evaluation (all arms)."),
-    quick: bool = typer.Option(False, "--quick", help="A 2-minute smoke version (smaller sizes)."),
-    overrides: list[str] = typer.Option(
-        [], "--set", help="Any other TrainConfig field shared by the arms as KEY=VALUE (JSON "
-        "values), e.g. --set lr=3e-4."),
-    runs_dir: Path = typer.Option(Path("runs"), help="Parent directory of run directories."),
-    name: str = typer.Option("", help="Probe directory name (default: "
-                             "sign-flip-<model>-<time>); an existing one with the same "
-                             "settings is resumed."),
-) -> None:
-    """Probe 1 (Fig. 2): Base (GRPO), Conformity and Novelty trained from the same model, data
-    order and seed, each evaluated every N updates on the same held-out prompts; one train run
-    per arm under one probe directory, a summary, and the final table."""
-    from probes.sign_flip import (
-        ARM_LABELS,
-        PAPER_FINDING,
-        headline_columns,
-        run_sign_flip,
-        sign_flip_config,
-    )
-
-    values = {"model": model, "task": task, "seed": seed, "steps": steps,
-              "eval_every": eval_every, "eval_k": k, "eval_prompts": eval_prompts,
-              "prompts_per_step": prompts_per_step, "beta": beta}
-    values = {key: value for key, value in values.items() if value is not None}
-    values.update(_parse_overrides(overrides))
-    run_dir = _run_dir(runs_dir, name, _run_name("sign-flip", model))
-    with _one_line_errors():
-        cfg = sign_flip_config(arms=[a.strip() for a in arms.split(",") if a.strip()],
-                               quick=quick, **values)
-        eval_k = cfg.train["eval_k"]
-        console.print(f"probe directory: {escape(str(run_dir))}", highlight=False, soft_wrap=True)
-        columns = (*Progress.get_default_columns(), TimeElapsedColumn(),
-                   TextColumn("{task.fields[info]}"))
-        with _resumable(f"resume with the same options and --name {escape(run_dir.name)}"):
-            with Progress(*columns, console=console) as bar:
-                bars: dict[str, TaskID] = {}
-
-                def show(arm: str, step: int, metrics: dict[str, float]) -> None:
-                    if arm not in bars:
-                        bars[arm] = bar.add_task(ARM_LABELS[arm], total=cfg.train["steps"],
-                                                 info="")
-                    info = {}
-                    if f"eval/avg_at_{eval_k}" in metrics:
-                        info["info"] = f"eval Avg@{eval_k} {metrics[f'eval/avg_at_{eval_k}']:.3f}"
-                    bar.update(bars[arm], completed=step, **info)
-
-                result = run_sign_flip(cfg, run_dir, progress=show)
-    _print_arms(f"Sign-flip probe (Fig. 2): {cfg.train['eval_prompts']} held-out prompts x "
-                f"{eval_k} samples", PAPER_FINDING, headline_columns(eval_k), result, run_dir)
+def _option(f: dataclasses.Field, hint: Any, probe: Probe) -> tuple[Any, Any] | None:
+    """The command-line annotation and ``typer.Option`` of the options field ``f`` (the
+    conventions in ``probes.registry``); None for a field that is not an option."""
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else \
+        (... if f.default is dataclasses.MISSING else f.default)
+    doc = field_docs(probe.options).get(f.name, "").replace("``", "")
+    stated = getattr(probe.options, "option_default", lambda name: None)(f.name)
+    help_text = f"{doc} ({stated})" if stated else doc
+    flags = [f.metadata.get("flag", "--" + f.name.replace("_", "-"))]
+    args = typing.get_args(hint)
+    if hint in (str, int, float):
+        return hint, typer.Option(default, *flags, help=help_text)
+    if hint is bool:
+        flag = flags[0] if default is False else f"{flags[0]}/--no-{flags[0][2:]}"
+        return bool, typer.Option(default, flag, help=help_text)
+    if typing.get_origin(hint) in (types.UnionType, typing.Union) and type(None) in args:
+        inner = next(a for a in args if a is not type(None))
+        return typing.Optional[inner], typer.Option(default, *flags, help=help_text)
+    if typing.get_origin(hint) is tuple and args == (str, ...):
+        if f.metadata.get("repeatable"):
+            return list[str], typer.Option(list(default), *flags, help=help_text)
+        return str, typer.Option(",".join(default), *flags, help=f"{help_text} "
+                                 "Comma-separated.")
+    return None
 
 
-@probe_app.command("arm-flip")
-def arm_flip_cmd(
-    arms: str = typer.Option("none,low,high", help="Comma-separated arms continued from the "
-                             "flip: none (unperturbed DASD), low (omega > 0 tokens become "
-                             "repulsive), high (omega < 0 tokens become attractive)."),
-    flip_at: int = typer.Option(None, help="Update S at which the arms branch off the DASD run "
-                                "(default: half of --steps)."),
-    model: str = typer.Option("tiny", help="'tiny' (built-in), a local checkpoint dir, or a "
-                              "hub name."),
-    task: str = typer.Option("countdown", help="Registered task name."),
-    steps: int = typer.Option(None, help="Total updates T, base plus arm "
-                              "(default 40; --quick: 4)."),
-    eval_every: int = typer.Option(None, help="Held-out evaluation every N updates "
-                                   "(default 5; --quick: 1)."),
-    k: int = typer.Option(None, "--k", help="Samples per held-out prompt "
-                          "(default 16; --quick: 8)."),
-    eval_prompts: int = typer.Option(None, help="Held-out prompts, the same for every run "
-                                     "(default 32; --quick: 16)."),
-    prompts_per_step: int = typer.Option(None, help="Training prompts per update "
-                                         "(default 16; --quick: 8)."),
-    beta: float = typer.Option(None, help="Teacher-term weight (default: the trainer's, 0.1)."),
-    seed: int = typer.Option(0, help="Seed of data order, sampling and evaluation (all runs)."),
-    quick: bool = typer.Option(False, "--quick", help="A smoke version (smaller sizes)."),
-    overrides: list[str] = typer.Option(
-        [], "--set", help="Any other TrainConfig field shared by all runs as KEY=VALUE (JSON "
-        "values), e.g. --set lr=3e-4 (the probe's default min_lr_ratio is 1: constant lr)."),
-    runs_dir: Path = typer.Option(Path("runs"), help="Parent directory of run directories."),
-    name: str = typer.Option("", help="Probe directory name (default: arm-flip-<model>-<time>); "
-                             "an existing one with the same settings is resumed."),
-) -> None:
-    """RQ1 (Fig. 6b/6c): DASD trained to update S, then continued to T three ways from the
-    same checkpoint and optimizer state: unperturbed, low-entropy arm flipped, high-entropy arm
-    flipped; StepAcc and E(y) on the same held-out prompts every N updates."""
-    from probes.arm_flip import (
-        ARM_LABELS,
-        PAPER_FINDING,
-        arm_flip_config,
-        headline_columns,
-        run_arm_flip,
-    )
-
-    values = {"model": model, "task": task, "seed": seed, "steps": steps,
-              "eval_every": eval_every, "eval_k": k, "eval_prompts": eval_prompts,
-              "prompts_per_step": prompts_per_step, "beta": beta}
-    values = {key: value for key, value in values.items() if value is not None}
-    values.update(_parse_overrides(overrides))
-    run_dir = _run_dir(runs_dir, name, _run_name("arm-flip", model))
-    with _one_line_errors():
-        cfg = arm_flip_config(arms=[a.strip() for a in arms.split(",") if a.strip()],
-                              flip_at=flip_at, quick=quick, **values)
-        eval_k = cfg.train["eval_k"]
-        console.print(f"probe directory: {escape(str(run_dir))}", highlight=False, soft_wrap=True)
-        columns = (*Progress.get_default_columns(), TimeElapsedColumn(),
-                   TextColumn("{task.fields[info]}"))
-        with _resumable(f"resume with the same options and --name {escape(run_dir.name)}"):
-            with Progress(*columns, console=console) as bar:
-                bars: dict[str, TaskID] = {}
-
-                def show(arm: str, step: int, metrics: dict[str, float]) -> None:
-                    if arm not in bars:
-                        bars[arm] = bar.add_task(ARM_LABELS[arm], total=cfg.steps, info="")
-                    info = {}
-                    if "eval/step_acc" in metrics:
-                        info["info"] = (f"StepAcc {metrics['eval/step_acc']:.3f}  "
-                                        f"E(y) {metrics.get('eval/ey_density', math.nan):.2f}")
-                    bar.update(bars[arm], completed=step, **info)
-
-                result = run_arm_flip(cfg, run_dir, progress=show)
-    _print_arms(f"Arm-flip probe (Fig. 6b/6c): flip at update {cfg.flip_at} of {cfg.steps}, "
-                f"{cfg.train['eval_prompts']} held-out prompts x {eval_k}", PAPER_FINDING,
-                headline_columns(eval_k), result, run_dir)
+def _as_field(value: Any, hint: Any) -> Any:
+    """A command-line value as the options field of annotation ``hint`` takes it."""
+    if typing.get_origin(hint) is tuple:
+        parts = value.split(",") if isinstance(value, str) else value
+        return tuple(part.strip() for part in parts if part.strip())
+    return value
 
 
-@probe_app.command("ablate")
-def ablate_cmd(
-    panel: str = typer.Option(..., help="Design choice to ablate: routing (Table 12), direction "
-                              "(Table 13), gate (Table 14) or quantile (Table 11)."),
-    variants: str = typer.Option("", help="Comma-separated rows to train (default: all of the "
-                                 "panel's), e.g. --variants position,entropy."),
-    seeds: int = typer.Option(None, help="Repeats of each row at consecutive seeds, for a "
-                              "confidence interval (default 3; --quick: 2)."),
-    model: str = typer.Option("tiny", help="'tiny' (built-in), a local checkpoint dir, or a "
-                              "hub name."),
-    task: str = typer.Option("countdown", help="Registered task name."),
-    steps: int = typer.Option(None, help="Policy updates per run (default 20; --quick: 2)."),
-    k: int = typer.Option(None, "--k", help="Samples per held-out prompt, for Avg@k and Pass@k "
-                          "(default 8; --quick: 4)."),
-    eval_prompts: int = typer.Option(None, help="Held-out prompts of the final evaluation "
-                                     "(default 32; --quick: 8)."),
-    prompts_per_step: int = typer.Option(None, help="Training prompts per update "
-                                         "(default 16; --quick: 4)."),
-    beta: float = typer.Option(None, help="Teacher-term weight, shared by the rows "
-                               "(default: the trainer's, 0.1)."),
-    seed: int = typer.Option(0, help="First seed of data order, sampling and evaluation."),
-    quick: bool = typer.Option(False, "--quick", help="A smoke version (smaller sizes)."),
-    overrides: list[str] = typer.Option(
-        [], "--set", help="Any other TrainConfig field shared by the rows as KEY=VALUE (JSON "
-        "values), e.g. --set lr=3e-4."),
-    runs_dir: Path = typer.Option(Path("runs"), help="Parent directory of run directories."),
-    name: str = typer.Option("", help="Probe directory name (default: "
-                             "ablate-<panel>-<model>-<time>); an existing one with the same "
-                             "settings is resumed."),
-) -> None:
-    """RQ3 (Table 5, Tables 11-14): DASD trained once per row of a design-space panel, all else
-    fixed, each row repeated over seeds; the final evaluation's Avg@k, Pass@k and E(y) as mean
-    and 95% interval across seeds, and the paired difference from DASD's default row.
-    `dasd-analyze tables` puts the runs into the paper's tables."""
-    from probes.ablate import PANELS, ablate_config, result_table, run_ablate
+def probe_command(probe: Probe) -> click.Command:
+    """The command of ``probe``: its options are the fields of its options dataclass plus
+    ``--runs-dir`` and ``--name`` (``probes.registry``)."""
+    hints = typing.get_type_hints(probe.options)
+    params, annotations = [], {}
+    for f in dataclasses.fields(probe.options):
+        made = _option(f, hints[f.name], probe)
+        if made is not None:
+            annotations[f.name], option = made
+            params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
+                                            default=option, annotation=annotations[f.name]))
+    resume = "; an existing one with the same settings is resumed" if probe.resumable else ""
+    extra = {"runs_dir": (Path, typer.Option(Path("runs"), help="Parent directory of run "
+                                                            "directories.")),
+             "name": (str, typer.Option("", help=f"Run directory name (default: {probe.name}"
+                                              f"-<model>-<time>){resume}."))}
+    for key, (annotation, option) in extra.items():
+        annotations[key] = annotation
+        params.append(inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=option,
+                                        annotation=annotation))
 
-    values = {"model": model, "task": task, "seed": seed, "steps": steps, "eval_k": k,
-              "eval_prompts": eval_prompts, "prompts_per_step": prompts_per_step, "beta": beta}
-    values = {key: value for key, value in values.items() if value is not None}
-    values.update(_parse_overrides(overrides))
-    run_dir = _run_dir(runs_dir, name, _run_name(f"ablate-{panel}", model))
-    with _one_line_errors():
-        cfg = ablate_config(panel, variants=[v.strip() for v in variants.split(",") if v.strip()],
-                            seeds=seeds, quick=quick, **values)
-        spec = PANELS.get(panel)
-        console.print(f"probe directory: {escape(str(run_dir))}", highlight=False, soft_wrap=True)
-        with _resumable(f"resume with the same options and --name {escape(run_dir.name)}"):
-            with Progress(*Progress.get_default_columns(), TimeElapsedColumn(),
-                          console=console) as bar:
-                bars: dict[str, TaskID] = {}
+    def command(**values: Any) -> None:
+        runs_dir, name = values.pop("runs_dir"), values.pop("name")
+        options = probe.options(**{key: _as_field(value, hints[key])
+                                   for key, value in values.items()})
+        run_dir = _run_dir(runs_dir, name, _run_name(*probe.run_name(options)))
+        hint = f"resume with the same options and --name {escape(run_dir.name)}"
+        with _resumable(hint) if probe.resumable else nullcontext():
+            result = probe.run(options, run_dir, terminal)
+        probe.show(options, result, run_dir, terminal)
 
-                def show(run: str, step: int, logged: dict[str, float]) -> None:
-                    if run not in bars:
-                        bars[run] = bar.add_task(run, total=cfg.train["steps"])
-                    bar.update(bars[run], completed=step)
-
-                result = run_ablate(cfg, run_dir, progress=show)
-    title, columns, rows = result_table(cfg, result)
-    _print_wide(title, columns, rows)
-    console.print(spec.finding, highlight=False, soft_wrap=True)
-    for run, action in result.actions.items():
-        console.print(f"{run}: {action}", highlight=False)
-    console.print(f"probe directory: {escape(str(run_dir))}", highlight=False, soft_wrap=True)
-
-
-@probe_app.command("entropy-tv")
-def entropy_tv_cmd(
-    model: str = typer.Option("tiny", help="'tiny' (built-in), a local checkpoint dir, or a hub "
-                              "name."),
-    task: str = typer.Option("countdown", help="Registered task name."),
-    benchmark: str = typer.Option("", help="Benchmark of a task that has several (math: aime24, "
-                                  "math500, a file ...)."),
-    n_prompts: int = typer.Option(64, help="Held-out problems."),
-    k: int = typer.Option(4, "--k", help="Student samples per problem."),
-    lr: float = typer.Option(1.0, help="Learning rate of the one plain-SGD step (s = +1 and -1)."),
-    bootstrap: int = typer.Option(1000, help="Prompt-level bootstrap resamples (Spearman CIs; "
-                                  "0: none)."),
-    max_new_tokens: int = typer.Option(160, help="Generation limit per response."),
-    micro_batch_size: int = typer.Option(32, help="Responses per forward pass (lower it for "
-                                         "large vocabularies)."),
-    device: str = typer.Option("auto", help="auto (CUDA when available), cpu, cuda, cuda:N."),
-    seed: int = typer.Option(0, help="Seed of problems, sampling and bootstrap."),
-    runs_dir: Path = typer.Option(Path("runs"), help="Parent directory of run directories."),
-    name: str = typer.Option("", help="Run directory name (default: entropy-tv-<model>-<time>)."),
-) -> None:
-    """Probe 2 (Fig. 3): per token, student entropy H_t, the log-evidence gap A_t (eq. 6) and its
-    expectation -KL(p_t || q_t); Spearman rho_s(A_t, H_t) with a prompt-bootstrap CI; and the
-    one-step TV shifts D_t^(+/-) (eq. 7) after one SGD step toward (+) or away from (-) the
-    privileged teacher. Writes tokens.parquet and summary.json."""
-    from probes.entropy_tv import EntropyTVConfig, run_entropy_tv
-
-    run_dir = _run_dir(runs_dir, name, _run_name("entropy-tv", model))
-    with _one_line_errors():
-        cfg = EntropyTVConfig(
-            model=model, task=task, benchmark=benchmark, n_prompts=n_prompts, k=k, lr=lr,
-            bootstrap=bootstrap, max_new_tokens=max_new_tokens,
-            micro_batch_size=micro_batch_size, device=device, seed=seed,
-        )
-        total = 3 * n_prompts * k
-        with _progress_bar(f"sampling, scoring and stepping {n_prompts} x {k}", total) as step:
-            _, summary = run_entropy_tv(cfg, run_dir, progress=step)
-    _print_entropy_tv(summary, title=f"{model} on {task}")
-    console.print(f"run directory: {escape(str(run_dir))}", highlight=False, soft_wrap=True)
-
-
-def _print_entropy_tv(summary: dict, *, title: str) -> None:
-    """Probe 2's summary: Spearman with CIs by outcome, means by outcome, the entropy bins."""
-    def rho(entry: dict) -> str:
-        if _cell(entry["rho"]) == "–":
-            return "–"
-        ci = "" if _cell(entry["low"]) == "–" else f" [{entry['low']:+.2f}, {entry['high']:+.2f}]"
-        return f"{entry['rho']:+.3f}{ci}"
-
-    parts = {"all": summary, **summary["by_outcome"]}
-    level = summary["spearman"]["A"]["level"]
-    labels = {"A": "A_t", "abs_A": "|A_t|", "neg_kl": "E_p[A_t] = -KL(p||q)",
-              "D_plus": "D+ (Conformity)", "D_minus": "D- (Novelty)"}
-    table = Table(title=f"{title}: Spearman rho_s(., H_t) [{level:.0%} CI, prompt bootstrap] "
-                        "by rollouts (count); paper: rho_s(A_t, H_t) = +0.52")
-    table.add_column("statistic")
-    for part in parts:
-        table.add_column(f"{part} ({parts[part]['n_rollouts']})", justify="right")
-    for key, label in labels.items():
-        table.add_row(label, *(rho(parts[part]["spearman"][key]) for part in parts))
-    console.print(table)
-    means = {"H": "H_t", "A": "A_t", "neg_kl": "-KL(p||q)", "abs_A": "|A_t|",
-             "D_plus": "D+", "D_minus": "D-"}
-    _print_wide("Token means by rollout outcome", ["part", "tokens", *means.values()],
-                [[part, str(parts[part]["n_tokens"]),
-                  *(_cell(parts[part]["means"][key], ".4f") for key in means)] for part in parts])
-    columns = {"n": "n", "A": "A_t", "abs_A": "|A_t|", "neg_kl": "-KL", "D_plus": "D+",
-               "D_minus": "D-", "kl_plus": "KL after +", "kl_minus": "KL after -"}
-    _print_wide("By entropy quantile bin (means)", ["H_t range", *columns.values()],
-                [[f"{b['H_low']:.2g} to {b['H_high']:.2g}",
-                  *(str(int(b[c])) if c == "n" else _cell(b[c], ".4f") for c in columns)]
-                 for b in summary["bins"]])
-    m = summary["means"]
-    console.print(
-        f"one SGD step, lr {summary['lr']:g}, |grad| {summary['grad_norm']:.3g}: mean KL(p||q) "
-        f"{m['kl_before']:.4g} before, {m['kl_plus']:.4g} after s=+1, {m['kl_minus']:.4g} after "
-        f"s=-1; accuracy {summary['accuracy']:.3f}", highlight=False, soft_wrap=True)
-
-
-@probe_app.command("prefix-intervene")
-def prefix_intervene_cmd(
-    bucket: str = typer.Option("all", help="Where to intervene: low (H_t below the running "
-                               "median), high (at/above it), random (entropy-agnostic control) "
-                               "or all three."),
-    model: str = typer.Option("tiny", help="'tiny' (built-in), a local checkpoint dir, or a hub name."),
-    task: str = typer.Option("countdown", help="Registered task name."),
-    benchmark: str = typer.Option("", help="Benchmark of a task that has several (math: aime24, "
-                                  "math500, ..., or a .jsonl/.json/.parquet file)."),
-    alpha: float = typer.Option(0.5, help="Novelty exponent: p / q^alpha (paper: 0.5)."),
-    positions: str = typer.Option("every", help="Intervene at every in-bucket position, or only "
-                                  "the first (appendix A.3's single token)."),
-    burn_in: int = typer.Option(8, help="Leading response tokens never intervened (they seed "
-                                "the running median)."),
-    random_rate: float = typer.Option(None, help="Random control's per-position rate "
-                                      "(default: the realized low/high in-bucket rate; 0.5 "
-                                      "when the random bucket runs alone)."),
-    n_prompts: int = typer.Option(64, help="Held-out problems."),
-    k: int = typer.Option(4, "--k", help="Samples per problem in every condition."),
-    temperature: float = typer.Option(1.0, help="Sampling temperature (paper: 1.0)."),
-    top_p: float = typer.Option(0.9, help="Nucleus top-p (paper: 0.9)."),
-    max_new_tokens: int = typer.Option(160, help="Generation limit per response."),
-    batch_size: int = typer.Option(128, help="Prompts per generation micro-batch."),
-    n_boot: int = typer.Option(1000, help="Bootstrap resamples of the prompts (CIs)."),
-    seed: int = typer.Option(0, help="Seed of problems, sampling (shared by all conditions) and "
-                             "bootstrap."),
-    device: str = typer.Option("auto", help="auto (CUDA when available), cpu or cuda."),
-    runs_dir: Path = typer.Option(Path("runs"), help="Parent directory of run directories."),
-    name: str = typer.Option("", help="Run directory name "
-                             "(default: prefix-intervene-<model>-<time>)."),
-) -> None:
-    """Probe 3 (Table 1): inference-time prefix interventions. The student and the privileged
-    teacher are decoded in lockstep; in the chosen entropy bucket the token comes from the
-    teacher (Conformity) or from p / q^alpha (Novelty), elsewhere from the student. Reports
-    the % change of StepAcc and E(y) vs unmodified rollouts of the same prompts and seeds."""
-    from analysis.paper import TABLE1_BUCKETS, TABLE1_METRICS
-    from probes.prefix_intervene import PrefixInterveneConfig, run_prefix_intervene
-
-    run_dir = _run_dir(runs_dir, name, _run_name("prefix-intervene", model))
-    with _one_line_errors():
-        cfg = PrefixInterveneConfig(
-            model=model, task=task, benchmark=benchmark, bucket=bucket, alpha=alpha,
-            positions=positions, burn_in=burn_in, random_rate=random_rate,
-            n_prompts=n_prompts, k=k, temperature=temperature, top_p=top_p,
-            max_new_tokens=max_new_tokens, batch_size=batch_size, n_boot=n_boot, seed=seed,
-            device=device,
-        )
-        total = n_prompts * k * (1 + 2 * len(cfg.buckets))
-        with _progress_bar(f"sampling {total} responses", total) as step:
-            summary = run_prefix_intervene(cfg, run_dir, progress=step)
-    labels = {**TABLE1_BUCKETS, **TABLE1_METRICS}
-    table = Table(title=f"Table 1: prefix interventions, % change vs unmodified rollouts "
-                        f"[{summary['ci']['level']:.0%} CI], {n_prompts} prompts x {k}")
-    for col in ("bucket / metric", "Conformity", "Novelty", "paper C", "paper N"):
-        table.add_column(col, justify="left" if col == "bucket / metric" else "right")
-    cells = {(c["bucket"], c["metric"], c["mode"]): c for c in summary["cells"]}
-    for bucket_name in cfg.buckets:
-        table.add_row(labels[bucket_name])
-        for metric in ("step_acc", "ey_density"):
-            ours = [cells[(bucket_name, metric, mode)] for mode in ("conformity", "novelty")]
-            table.add_row(
-                f"  {labels[metric]}",
-                *(f"{c['delta_pct']:+.1f}% [{c['ci_low']:+.1f}, {c['ci_high']:+.1f}]"
-                  if c["delta_pct"] == c["delta_pct"] else "–" for c in ours),
-                *(f"{c['paper_delta_pct']:+.1f}%" for c in ours),
-            )
-        table.add_section()
-    console.print(table)
-    base = summary["unmodified"]
-    console.print(f"unmodified: StepAcc {_cell(base['step_acc'])}, E(y) "
-                  f"{_cell(base['ey_density'], '.2f')} per 1k words, accuracy "
-                  f"{_cell(base['avg_correct'])}", highlight=False)
-    if summary["random_rate"] is not None:
-        console.print(f"random control rate: {summary['random_rate']['value']:.3f} "
-                      f"({summary['random_rate']['source']})", highlight=False)
-    console.print(f"run directory: {escape(str(run_dir))}", highlight=False, soft_wrap=True)
-
-@probe_app.command("causal")
-def causal_cmd(
-    checkpoints: list[str] = typer.Option(
-        ["tiny"], "--checkpoints", help="Model to probe, repeatable: 'tiny', a checkpoint dir, "
-        "or a train run dir (its newest checkpoint), e.g. one each of GRPO, OPSD and DASD."),
-    task: str = typer.Option("countdown", help="Registered task name."),
-    benchmark: str = typer.Option("", help="Benchmark of a task that has several."),
-    parts: str = typer.Option("forks,revisions", help="forks (Fig. 7a,b: teacher's top choice "
-                              "at a cut position) and/or revisions (Fig. 7c,d: preserve, "
-                              "suppress or teacher-force at revision prefixes)."),
-    cuts: str = typer.Option("high,low,random", help="Cut positions of the forks part: highest "
-                             "H_t, lowest H_t, random."),
-    n_prompts: int = typer.Option(32, help="Held-out problems."),
-    k: int = typer.Option(2, "--k", help="Rollouts per problem (the prefixes come from them)."),
-    continuations: int = typer.Option(4, help="Continuations per prefix and condition."),
-    temperature: float = typer.Option(1.0, help="Sampling temperature (paper: 1.0)."),
-    top_p: float = typer.Option(0.9, help="Nucleus top-p (paper: 0.9)."),
-    max_new_tokens: int = typer.Option(160, help="Length limit of every response."),
-    batch_size: int = typer.Option(128, help="Prompts per generation micro-batch."),
-    n_boot: int = typer.Option(1000, help="Bootstrap resamples of the prompts (CIs)."),
-    seed: int = typer.Option(0, help="Seed of problems, sampling and bootstrap."),
-    device: str = typer.Option("auto", help="auto (CUDA when available), cpu, cuda, cuda:N."),
-    runs_dir: Path = typer.Option(Path("runs"), help="Parent directory of run directories."),
-    name: str = typer.Option("", help="Run directory name (default: causal-<model>-<time>)."),
-) -> None:
-    """RQ2 (Fig. 7): cut each checkpoint's rollouts at a high-H_t, low-H_t or random position
-    and emit the privileged teacher's top choice there, or at a revision prefix and preserve,
-    suppress or teacher-force the revision; final correctness and revision rate against the
-    paired reference continuations, with prompt-bootstrap CIs."""
-    from probes.causal import PAPER_FINDING, CausalConfig, run_causal
-
-    def split(text: str) -> tuple[str, ...]:
-        return tuple(x.strip() for x in text.split(",") if x.strip())
-
-    run_dir = _run_dir(runs_dir, name, _run_name("causal", checkpoints[0]))
-    with _one_line_errors():
-        cfg = CausalConfig(
-            checkpoints=tuple(checkpoints), task=task, benchmark=benchmark, parts=split(parts),
-            cuts=split(cuts), n_prompts=n_prompts, k=k, continuations=continuations,
-            temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-            batch_size=batch_size, n_boot=n_boot, seed=seed, device=device,
-        )
-        with console.status("probing") as status:
-            summary = run_causal(cfg, run_dir, progress=lambda line: status.update(line))
-
-    level = f"{summary['ci']['level']:.0%} CI"
-    for entry in summary["checkpoints"]:
-        console.print(f"{escape(entry['label'])}: {entry['rollouts']['n']} rollouts, accuracy "
-                      f"{entry['rollouts']['accuracy']:.3f}, revision rate "
-                      f"{entry['rollouts']['rev_rate']:.3f}", highlight=False)
-        if entry.get("forks", {}).get("contrasts"):
-            console.print(_forks_table(entry["forks"], summary["continuations"], level))
-        if entry.get("revisions", {}).get("contrasts"):
-            console.print(_revisions_table(entry["revisions"], summary["continuations"], level))
-        elif "revisions" in entry:
-            console.print("  no revision prefix in these rollouts", highlight=False)
-    console.print(PAPER_FINDING, highlight=False, soft_wrap=True)
-    console.print(f"run directory: {escape(str(run_dir))}", highlight=False, soft_wrap=True)
-
-
-def _effect(c: dict) -> str:
-    """A causal contrast's difference and interval, or "–"."""
-    if _cell(c["diff"]) == "–":
-        return "–"
-    return f"{c['diff']:+.3f} [{_cell(c['ci_low'], '+.3f')}, {_cell(c['ci_high'], '+.3f')}]"
-
-
-def _forks_table(forks: dict, continuations: int, level: str) -> Table:
-    """Fig. 7a,b of one checkpoint: per cut and metric, the unmodified and teacher-top rates."""
-    table = Table(title=f"Fig. 7a,b: teacher's top choice at the cut vs the student "
-                        f"({forks['n_prefixes']} prefixes x {continuations}), {level}")
-    for col in ("cut", "metric", "unmodified", "teacher top", "difference"):
-        table.add_column(col, justify="left" if col in ("cut", "metric") else "right")
-    for c in forks["contrasts"]:
-        table.add_row(c["cut"], c["metric"], _cell(c["reference_rate"]), _cell(c["rate"]),
-                      _effect(c))
-    return table
-
-
-def _revisions_table(revisions: dict, continuations: int, level: str) -> Table:
-    """Fig. 7c,d of one checkpoint: the rates per condition, then each contrast's difference."""
-    table = Table(title=f"Fig. 7c,d: continuations of {revisions['n_prefixes']} revision "
-                        f"prefixes x {continuations}, {level}")
-    for col in ("condition", "correct", "revises", "marker at cut"):
-        table.add_column(col, justify="left" if col == "condition" else "right")
-    for condition, r in {r["condition"]: r for r in revisions["rates"]}.items():
-        table.add_row(condition, _cell(r["correct"]), _cell(r["revises"]),
-                      _cell(r["marker_at_cut"]))
-    pairs: dict[tuple[str, str], dict[str, dict]] = {}
-    for c in revisions["contrasts"]:
-        pairs.setdefault((c["condition"], c["reference"]), {})[c["metric"]] = c
-    for (new, ref), by_metric in pairs.items():
-        table.add_row(f"{new} - {ref}", _effect(by_metric["correct"]),
-                      _effect(by_metric["revises"]), "")
-    return table
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = annotations
+    command.__doc__ = probe.help
+    app = typer.Typer(add_completion=False)
+    app.command(probe.name)(command)
+    return typer.main.get_command(app)
 
 
 def _report_issues(issues: list, *, analysed: bool, what: str = "runs") -> None:
@@ -922,32 +516,6 @@ def _report_issues(issues: list, *, analysed: bool, what: str = "runs") -> None:
         err.print(f"[{style.get(level, 'bold')}]{level}:[/] {escape(message)}", highlight=False)
     if not analysed:
         raise typer.Exit(2)
-
-
-def _print_wide(title: str, columns: list[str], rows: list[list[str]], *, left: int = 1
-                ) -> None:
-    """A rich table; on a terminal too narrow for it, one "column=value" record per row."""
-    widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
-    if sum(widths) + 3 * len(columns) + 1 <= console.width:
-        table = Table(title=escape(title))
-        for i, col in enumerate(columns):
-            table.add_column(escape(col), justify="left" if i < left else "right",
-                             no_wrap=True)
-        for row in rows:
-            table.add_row(*(escape(cell) for cell in row))
-        console.print(table)
-        return
-    console.print(title, highlight=False, markup=False)
-    for row in rows:
-        console.print(" ".join(row[:left]) + ": " + ", ".join(
-            f"{c}={v}" for c, v in zip(columns[left:], row[left:])),
-            highlight=False, markup=False, soft_wrap=True)
-
-
-def _cell(value: object, fmt: str = ".3f") -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return format(value, fmt) if isinstance(value, float) else str(value)
 
 
 @analyze_app.command("passk")
@@ -972,11 +540,11 @@ def passk_cmd(
     frame, issues = passk_report(runs, ks=k_values or None, split=split)
     if len(frame):
         passes = [c for c in frame.columns if c.startswith("pass@")]
-        _print_wide(
+        terminal.wide_table(
             f"Pass@k ({split} rollouts)",
             ["run", "task", "step", "prompts", "n", "Avg@n", *(f"Pass@{c[5:]}" for c in passes)],
             [[row.run, str(row.task or "–"), str(row.step), str(row.n_prompts), str(row.n),
-              f"{row.avg_at_n:.3f}", *(_cell(float(v)) for v in row[6:])]
+              f"{row.avg_at_n:.3f}", *(cell(float(v)) for v in row[6:])]
              for row in frame.itertuples(index=False)], left=2,
         )
     _report_issues(issues, analysed=len(frame) > 0)
@@ -1010,9 +578,9 @@ def health_cmd(
                  "ey_density": "E(y)", "rev_rate": "RevRate", "dist3": "Dist-3",
                  "length_tokens": "length"}
         formats = {"fes": ".2f", "ey_density": ".2f", "length_tokens": ".1f"}
-        _print_wide(
+        terminal.wide_table(
             f"Reasoning health ({split} rollouts)", [heads.get(c, c) for c in HEALTH_COLUMNS],
-            [[_cell(v, formats.get(col, ".3f")) for col, v in zip(HEALTH_COLUMNS, row)]
+            [[cell(v, formats.get(col, ".3f")) for col, v in zip(HEALTH_COLUMNS, row)]
              for row in rows.itertuples(index=False)],
         )
         if out is not None:
@@ -1032,15 +600,15 @@ def _print_mechanism(runs: dict[str, Path]) -> None:
     if summary.empty:
         return
     fmt = {"wrong_steps": ".0f", "tail_student_low": ".3g", "tail_teacher_low": ".3g"}
-    _print_wide("Mechanism statistics (low = below the trajectory's median entropy; reference "
+    terminal.wide_table("Mechanism statistics (low = below the trajectory's median entropy; reference "
                 "share is a lower bound)", list(summary.columns),
-                [[row.run, *(_cell(float(v), fmt.get(c, ".3f"))
+                [[row.run, *(cell(float(v), fmt.get(c, ".3f"))
                              for c, v in zip(summary.columns[1:], row[1:]))]
                  for row in summary.itertuples(index=False)])
-    _print_wide("|delta| by student-entropy decile beside the round-off floors (floor: the same "
+    terminal.wide_table("|delta| by student-entropy decile beside the round-off floors (floor: the same "
                 "tokens scored in another batch; shift: positions shifted), nats",
                 list(deciles.columns),
-                [[row.run, str(row.decile), *(_cell(float(v), ".3g") for v in row[2:])]
+                [[row.run, str(row.decile), *(cell(float(v), ".3g") for v in row[2:])]
                  for row in deciles.itertuples(index=False)], left=2)
 
 
@@ -1166,19 +734,16 @@ def judge_eval_cmd(
         }
         step_judge = build_judge(judge, options, [r for subset_rows in rows.values() for r in subset_rows])
         total = sum(len(subset_rows) for subset_rows in rows.values())
-        with _progress_bar(f"judging {total} solutions", total) as advance:
+        with terminal.bar(f"judging {total} solutions", total) as advance:
             evaluation = evaluate_judge(step_judge, rows, chunk_size=8 * batch_size, progress=advance)
-    table = Table(title=f"ProcessBench: {judge}" + (f" ({model})" if model else ""))
-    for col in ("subset", "rows", "erroneous", "correct", "acc err", "acc ok", "F1"):
-        table.add_column(col, justify="left" if col == "subset" else "right", no_wrap=True)
-    for score in evaluation.scores:
-        table.add_row(
-            score.subset, str(score.n), str(score.n_error), str(score.n_correct),
-            f"{score.error_acc:.4f}", f"{score.correct_acc:.4f}", f"{score.f1:.4f}",
-        )
+    scores = [[score.subset, str(score.n), str(score.n_error), str(score.n_correct),
+               f"{score.error_acc:.4f}", f"{score.correct_acc:.4f}", f"{score.f1:.4f}"]
+              for score in evaluation.scores]
     if len(evaluation.scores) > 1:
-        table.add_row("average", "", "", "", "", "", f"{evaluation.average_f1:.4f}")
-    console.print(table)
+        scores.append(["average", "", "", "", "", "", f"{evaluation.average_f1:.4f}"])
+    terminal.wide_table(f"ProcessBench: {judge}" + (f" ({model})" if model else ""),
+                        ["subset", "rows", "erroneous", "correct", "acc err", "acc ok", "F1"],
+                        scores)
     if out:
         record = {"judge": judge, "model": model, "limit": limit, **evaluation.to_dict(rows)}
         Path(out).write_text(json.dumps(record, indent=1) + "\n")

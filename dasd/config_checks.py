@@ -16,8 +16,11 @@ Every error is a one-line ``ValueError`` naming the config and the field.
 
 from __future__ import annotations
 
+import ast
+import inspect
 import math
 import numbers
+import textwrap
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -25,7 +28,7 @@ from dataclasses import fields
 from functools import cache
 from typing import Any
 
-__all__ = ["as_tuple", "check_fields", "check_known", "check_value"]
+__all__ = ["as_tuple", "check_fields", "check_known", "check_value", "field_docs"]
 
 
 def as_tuple(value: Any) -> Any:
@@ -57,6 +60,24 @@ def check_known(cls: type, values: Iterable[str], *, exclude: Iterable[str] = ()
     known = {f.name for f in fields(cls)} - set(exclude)
     if unknown := sorted(set(values) - known):
         raise ValueError(f"unknown {cls.__name__} fields {unknown}; valid: {sorted(known)}")
+
+
+@cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of the dataclass ``cls`` (and of its dataclass bases),
+    on one line, by field name; a field without one is absent. The string literal right after
+    an annotated field is its documentation (PEP 257's attribute docstrings, as ``tyro`` and
+    Sphinx read them)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__[:-1]):
+        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0]
+        statements = body.body if isinstance(body, ast.ClassDef) else []
+        for field, doc in zip(statements, statements[1:]):
+            if isinstance(field, ast.AnnAssign) and isinstance(field.target, ast.Name) \
+                    and isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant) \
+                    and isinstance(doc.value.value, str):
+                docs[field.target.id] = " ".join(doc.value.value.split())
+    return docs
 
 
 @cache

@@ -53,7 +53,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 
@@ -63,7 +63,9 @@ from dasd.config_checks import as_tuple, check_fields, check_known
 from dasd.registry import Registry
 from dasd.runlog import read_metrics
 from dasd.trainer import TrainConfig
-from probes.parent_run import Progress, open_parent, run_child
+from figures.terminal import Terminal
+from probes.parent_run import Progress, TrainingProbeOptions, open_parent, run_child
+from probes.registry import register_probe
 
 __all__ = [
     "DEFAULT_BUDGET",
@@ -73,6 +75,7 @@ __all__ = [
     "QUICK_BUDGET",
     "QUICK_SEEDS",
     "AblateConfig",
+    "AblateOptions",
     "AblateResult",
     "Panel",
     "Variant",
@@ -422,3 +425,55 @@ def run_ablate(cfg: AblateConfig, run_dir: Path, *,
             "rows": summary.to_dict("records"),
         })
     return AblateResult(run_dir=run_dir, actions=actions, runs=runs, summary=summary)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AblateOptions(TrainingProbeOptions):
+    """The options of ``dasd-probe ablate``."""
+
+    panel: str
+    """Design choice to ablate: routing (Table 12), direction (Table 13), gate (Table 14) or
+    quantile (Table 11)."""
+    variants: tuple[str, ...] = ()
+    """Rows to train (default: all of the panel's), e.g. --variants position,entropy."""
+    seeds: int | None = None
+    """Repeats of each row at consecutive seeds, for a confidence interval."""
+
+    default_budget: ClassVar[Mapping[str, Any]] = DEFAULT_BUDGET
+    quick_budget: ClassVar[Mapping[str, Any]] = QUICK_BUDGET
+
+    @classmethod
+    def option_default(cls, name: str) -> str | None:
+        if name == "seeds":
+            return f"default {DEFAULT_SEEDS}; --quick: {QUICK_SEEDS}"
+        return super().option_default(name)
+
+    def config(self) -> AblateConfig:
+        """The probe's config: the budget, then these options."""
+        return ablate_config(self.panel, variants=self.variants, seeds=self.seeds,
+                             quick=self.quick, **self.train_values())
+
+
+def _run(options: AblateOptions, run_dir: Path, terminal: Terminal) -> AblateResult:
+    """RQ3 (Table 5, Tables 11-14): DASD trained once per row of a design-space panel, all else
+    fixed, each row repeated over seeds; the final evaluation's Avg@k, Pass@k and E(y) as mean
+    and 95% interval across seeds, and the paired difference from DASD's default row.
+    `dasd-analyze tables` puts the runs into the paper's tables."""
+    cfg = options.config()
+    terminal.line(f"probe directory: {run_dir}")
+    with terminal.bars(cfg.train["steps"]) as update:
+        return run_ablate(cfg, run_dir, progress=update)
+
+
+def _show(options: AblateOptions, result: AblateResult, run_dir: Path,
+          terminal: Terminal) -> None:
+    cfg = options.config()
+    terminal.wide_table(*result_table(cfg, result))
+    terminal.line(PANELS.get(cfg.panel).finding)
+    for run, action in result.actions.items():
+        terminal.line(f"{run}: {action}")
+    terminal.line(f"probe directory: {run_dir}")
+
+
+register_probe("ablate", options=AblateOptions, run=_run, show=_show, resumable=True,
+               run_name=lambda options: (f"ablate-{options.panel}", options.model))

@@ -45,14 +45,17 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 import torch
 
 from dasd.config_checks import as_tuple, check_fields, check_known
 from dasd.trainer import CHECKPOINTS, OPTIMIZER_STATE, TrainConfig, Trainer
-from probes.parent_run import Progress, check_arms, open_parent, run_child
+from figures.terminal import Terminal
+from probes.parent_run import Progress, TrainingProbeOptions, check_arms, open_parent
+from probes.parent_run import run_child, show_arms
+from probes.registry import register_probe
 from probes.sign_flip import summarize as summarize_arms
 
 __all__ = [
@@ -65,6 +68,7 @@ __all__ = [
     "QUICK_BUDGET",
     "SUMMARY",
     "ArmFlipConfig",
+    "ArmFlipOptions",
     "ArmFlipResult",
     "arm_flip_config",
     "flip_checkpoint",
@@ -252,3 +256,51 @@ def run_arm_flip(cfg: ArmFlipConfig, run_dir: Path, *,
     return ArmFlipResult(run_dir=run_dir,
                          run_dirs={name: run_dir / name for name in (BASE, *cfg.arms)},
                          actions=actions, summary=summary)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ArmFlipOptions(TrainingProbeOptions):
+    """The options of ``dasd-probe arm-flip`` (``steps`` is the total T, base plus arm)."""
+
+    arms: tuple[str, ...] = ARMS
+    """Arms continued from the flip: none (unperturbed DASD), low (omega > 0 tokens become
+    repulsive), high (omega < 0 tokens become attractive)."""
+    flip_at: int | None = None
+    """Update S at which the arms branch off the DASD run (default: half of --steps)."""
+
+    default_budget: ClassVar[Mapping[str, Any]] = DEFAULT_BUDGET
+    quick_budget: ClassVar[Mapping[str, Any]] = QUICK_BUDGET
+
+    def config(self) -> ArmFlipConfig:
+        """The probe's config: the budget, then these options."""
+        return arm_flip_config(arms=self.arms, flip_at=self.flip_at, quick=self.quick,
+                               **self.train_values())
+
+
+def _progress_info(metrics: Mapping[str, float]) -> str | None:
+    if "eval/step_acc" not in metrics:
+        return None
+    return (f"StepAcc {metrics['eval/step_acc']:.3f}  "
+            f"E(y) {metrics.get('eval/ey_density', float('nan')):.2f}")
+
+
+def _run(options: ArmFlipOptions, run_dir: Path, terminal: Terminal) -> ArmFlipResult:
+    """RQ1 (Fig. 6b/6c): DASD trained to update S, then continued to T three ways from the
+    same checkpoint and optimizer state: unperturbed, low-entropy arm flipped, high-entropy arm
+    flipped; StepAcc and E(y) on the same held-out prompts every N updates."""
+    cfg = options.config()
+    terminal.line(f"probe directory: {run_dir}")
+    with terminal.bars(cfg.steps, labels=ARM_LABELS, info=_progress_info) as update:
+        return run_arm_flip(cfg, run_dir, progress=update)
+
+
+def _show(options: ArmFlipOptions, result: ArmFlipResult, run_dir: Path,
+          terminal: Terminal) -> None:
+    cfg = options.config()
+    show_arms(terminal, f"Arm-flip probe (Fig. 6b/6c): flip at update {cfg.flip_at} of "
+              f"{cfg.steps}, {cfg.train['eval_prompts']} held-out prompts x "
+              f"{cfg.train['eval_k']}", PAPER_FINDING, headline_columns(cfg.train["eval_k"]),
+              result, run_dir)
+
+
+register_probe("arm-flip", options=ArmFlipOptions, run=_run, show=_show, resumable=True)

@@ -57,7 +57,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,8 @@ from dasd.rollout.hf import (
 from dasd.runlog import create_run, read_json, read_manifest
 from dasd.tasks import build_task
 from dasd.tasks.base import Problem, Task
+from figures.terminal import Terminal, cell
+from probes.registry import register_probe
 
 __all__ = [
     "CONDITIONS",
@@ -280,7 +282,7 @@ def next_token_logits(model: nn.Module, tokenizer: PreTrainedTokenizerBase,
 class CausalConfig:
     """Settings of one causal probe; written into the run's manifest."""
 
-    checkpoints: tuple[str, ...] = ("tiny",)
+    checkpoints: tuple[str, ...] = field(default=("tiny",), metadata={"repeatable": True})
     """Models to compare: ``tiny``, a checkpoint directory, or a train run directory (its
     newest checkpoint)."""
     task: str = "countdown"
@@ -298,7 +300,9 @@ class CausalConfig:
     continuations: int = 4
     """Continuations per prefix and condition."""
     temperature: float = 1.0
+    """Sampling temperature (paper: 1.0)."""
     top_p: float = 0.9
+    """Nucleus top-p (paper: 0.9)."""
     max_new_tokens: int = 160
     """Length limit of every response, rollouts and prefix + continuation alike."""
     batch_size: int = 128
@@ -310,6 +314,7 @@ class CausalConfig:
     ci: float = 0.95
     """Confidence level of the intervals."""
     seed: int = 0
+    """Seed of the problems, sampling (shared by all conditions) and bootstrap."""
     device: str = "auto"
     """``auto`` (cuda when available), ``cpu``, ``cuda`` or ``cuda:N``."""
 
@@ -633,3 +638,66 @@ def run_causal(cfg: CausalConfig, run_dir: Path, *,
             "checkpoints": entries,
         })
     return read_json(run_dir, "summary")
+
+
+def _run(cfg: CausalConfig, run_dir: Path, terminal: Terminal) -> dict[str, Any]:
+    """RQ2 (Fig. 7): cut each checkpoint's rollouts at a high-H_t, low-H_t or random position
+    and emit the privileged teacher's top choice there, or at a revision prefix and preserve,
+    suppress or teacher-force the revision; final correctness and revision rate against the
+    paired reference continuations, with prompt-bootstrap CIs."""
+    with terminal.status("probing") as update:
+        return run_causal(cfg, run_dir, progress=update)
+
+
+def _effect(c: dict[str, Any]) -> str:
+    """A contrast's difference and interval, or "–"."""
+    if cell(c["diff"]) == "–":
+        return "–"
+    return f"{c['diff']:+.3f} [{cell(c['ci_low'], '+.3f')}, {cell(c['ci_high'], '+.3f')}]"
+
+
+def _show_forks(terminal: Terminal, forks: dict[str, Any], continuations: int,
+                level: str) -> None:
+    """Fig. 7a,b of one checkpoint: per cut and metric, the unmodified and teacher-top rates."""
+    terminal.table(f"Fig. 7a,b: teacher's top choice at the cut vs the student "
+                   f"({forks['n_prefixes']} prefixes x {continuations}), {level}",
+                   ["cut", "metric", "unmodified", "teacher top", "difference"],
+                   [[c["cut"], c["metric"], cell(c["reference_rate"]), cell(c["rate"]),
+                     _effect(c)] for c in forks["contrasts"]], left=2)
+
+
+def _show_revisions(terminal: Terminal, revisions: dict[str, Any], continuations: int,
+                    level: str) -> None:
+    """Fig. 7c,d of one checkpoint: the rates per condition, then each contrast's difference."""
+    rows = [[condition, cell(r["correct"]), cell(r["revises"]), cell(r["marker_at_cut"])]
+            for condition, r in {r["condition"]: r for r in revisions["rates"]}.items()]
+    pairs: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    for c in revisions["contrasts"]:
+        pairs.setdefault((c["condition"], c["reference"]), {})[c["metric"]] = c
+    rows += [[f"{new} - {ref}", _effect(by_metric["correct"]), _effect(by_metric["revises"]),
+              ""] for (new, ref), by_metric in pairs.items()]
+    terminal.table(f"Fig. 7c,d: continuations of {revisions['n_prefixes']} revision "
+                   f"prefixes x {continuations}, {level}",
+                   ["condition", "correct", "revises", "marker at cut"], rows)
+
+
+def _show(cfg: CausalConfig, summary: dict[str, Any], run_dir: Path,
+          terminal: Terminal) -> None:
+    """Per checkpoint: its rollouts, then Fig. 7a,b and Fig. 7c,d; the paper's finding."""
+    level = f"{summary['ci']['level']:.0%} CI"
+    for entry in summary["checkpoints"]:
+        terminal.line(f"{entry['label']}: {entry['rollouts']['n']} rollouts, accuracy "
+                      f"{entry['rollouts']['accuracy']:.3f}, revision rate "
+                      f"{entry['rollouts']['rev_rate']:.3f}")
+        if entry.get("forks", {}).get("contrasts"):
+            _show_forks(terminal, entry["forks"], summary["continuations"], level)
+        if entry.get("revisions", {}).get("contrasts"):
+            _show_revisions(terminal, entry["revisions"], summary["continuations"], level)
+        elif "revisions" in entry:
+            terminal.line("  no revision prefix in these rollouts")
+    terminal.line(PAPER_FINDING)
+    terminal.line(f"run directory: {run_dir}")
+
+
+register_probe("causal", options=CausalConfig, run=_run, show=_show,
+               run_name=lambda cfg: ("causal", cfg.checkpoints[0]))

@@ -75,6 +75,8 @@ from dasd.rollout.hf import encode_prompts, eval_mode
 from dasd.runlog import create_run
 from dasd.scoring import TokenScores, response_logits
 from dasd.tasks import build_task
+from figures.terminal import Terminal, cell
+from probes.registry import register_probe
 
 __all__ = [
     "EntropyTVConfig",
@@ -526,3 +528,58 @@ def run_entropy_tv(
         }
         run.write_json("summary", summary)
     return tokens, summary
+
+
+def _run(cfg: EntropyTVConfig, run_dir: Path, terminal: Terminal) -> dict[str, Any]:
+    """Probe 2 (Fig. 3): per token, student entropy H_t, the log-evidence gap A_t (eq. 6) and its
+    expectation -KL(p_t || q_t); Spearman rho_s(A_t, H_t) with a prompt-bootstrap CI; and the
+    one-step TV shifts D_t^(+/-) (eq. 7) after one SGD step toward (+) or away from (-) the
+    privileged teacher. Writes tokens.parquet and summary.json."""
+    total = 3 * cfg.n_prompts * cfg.k
+    with terminal.bar(f"sampling, scoring and stepping {cfg.n_prompts} x {cfg.k}", total) as step:
+        _, summary = run_entropy_tv(cfg, run_dir, progress=step)
+    return summary
+
+
+def _rho(entry: dict[str, Any]) -> str:
+    """A Spearman correlation with its interval, or "–"."""
+    if cell(entry["rho"]) == "–":
+        return "–"
+    ci = "" if cell(entry["low"]) == "–" else f" [{entry['low']:+.2f}, {entry['high']:+.2f}]"
+    return f"{entry['rho']:+.3f}{ci}"
+
+
+def _show(cfg: EntropyTVConfig, summary: dict[str, Any], run_dir: Path,
+          terminal: Terminal) -> None:
+    """Probe 2's summary: Spearman with CIs by outcome, means by outcome, the entropy bins."""
+    parts = {"all": summary, **summary["by_outcome"]}
+    level = summary["spearman"]["A"]["level"]
+    labels = {"A": "A_t", "abs_A": "|A_t|", "neg_kl": "E_p[A_t] = -KL(p||q)",
+              "D_plus": "D+ (Conformity)", "D_minus": "D- (Novelty)"}
+    terminal.table(
+        f"{cfg.model} on {cfg.task}: Spearman rho_s(., H_t) [{level:.0%} CI, prompt bootstrap] "
+        "by rollouts (count); paper: rho_s(A_t, H_t) = +0.52",
+        ["statistic", *(f"{part} ({parts[part]['n_rollouts']})" for part in parts)],
+        [[label, *(_rho(parts[part]["spearman"][key]) for part in parts)]
+         for key, label in labels.items()])
+    means = {"H": "H_t", "A": "A_t", "neg_kl": "-KL(p||q)", "abs_A": "|A_t|",
+             "D_plus": "D+", "D_minus": "D-"}
+    terminal.wide_table("Token means by rollout outcome", ["part", "tokens", *means.values()],
+                        [[part, str(parts[part]["n_tokens"]),
+                          *(cell(parts[part]["means"][key], ".4f") for key in means)]
+                         for part in parts])
+    columns = {"n": "n", "A": "A_t", "abs_A": "|A_t|", "neg_kl": "-KL", "D_plus": "D+",
+               "D_minus": "D-", "kl_plus": "KL after +", "kl_minus": "KL after -"}
+    terminal.wide_table("By entropy quantile bin (means)", ["H_t range", *columns.values()],
+                        [[f"{b['H_low']:.2g} to {b['H_high']:.2g}",
+                          *(str(int(b[c])) if c == "n" else cell(b[c], ".4f") for c in columns)]
+                         for b in summary["bins"]])
+    m = summary["means"]
+    terminal.line(
+        f"one SGD step, lr {summary['lr']:g}, |grad| {summary['grad_norm']:.3g}: mean KL(p||q) "
+        f"{m['kl_before']:.4g} before, {m['kl_plus']:.4g} after s=+1, {m['kl_minus']:.4g} after "
+        f"s=-1; accuracy {summary['accuracy']:.3f}")
+    terminal.line(f"run directory: {run_dir}")
+
+
+register_probe("entropy-tv", options=EntropyTVConfig, run=_run, show=_show)

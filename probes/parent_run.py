@@ -14,15 +14,18 @@ Departures: none from the paper (it describes no run layout); this is bookkeepin
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from dasd.runlog import RunWriter, create_run, open_run, read_manifest
 from dasd.trainer import TrainConfig, Trainer
+from figures.terminal import SECTION, Terminal, cell
 
-__all__ = ["Progress", "check_arms", "differences", "open_parent", "plain_config", "run_child"]
+__all__ = ["Progress", "TrainingProbeOptions", "check_arms", "differences", "open_parent",
+           "parse_overrides", "plain_config", "run_child", "show_arms"]
 
 Report = Callable[[int, Mapping[str, float]], None]
 #: A multi-run probe's progress callback: ``(sub-run name, step, logged metrics)``.
@@ -106,3 +109,94 @@ def check_arms(arms: Sequence[str], valid: Sequence[str]) -> None:
             raise ValueError(f"unknown arm {arm!r}; valid: {', '.join(valid)}")
     if len(set(arms)) != len(arms):
         raise ValueError(f"arms must not repeat, got {', '.join(arms)}")
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, object]:
+    """``KEY=VALUE`` pairs (``--set``); VALUE is read as JSON when it parses (numbers,
+    booleans, objects), else kept as a string."""
+    out: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set takes KEY=VALUE (VALUE as JSON), got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+#: Options of the training probes that set a ``TrainConfig`` field of another name.
+_TRAIN_FIELD = {"k": "eval_k"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingProbeOptions:
+    """The command-line options every training probe shares (``probes.registry``); an option
+    left None takes the probe's budget (``default_budget``, or ``quick_budget`` with
+    ``quick``), then the trainer's default."""
+
+    model: str = "tiny"
+    """``tiny`` (built-in), a local checkpoint directory, or a hub name."""
+    task: str = "countdown"
+    """A registered task."""
+    steps: int | None = None
+    """Policy updates per run."""
+    eval_every: int | None = None
+    """Held-out evaluation every N updates (0: first and last only)."""
+    k: int | None = None
+    """Samples per held-out prompt, for Avg@k and Pass@k."""
+    eval_prompts: int | None = None
+    """Held-out prompts, the same for every run."""
+    prompts_per_step: int | None = None
+    """Training prompts per update."""
+    beta: float | None = None
+    """Teacher-term weight, shared by the runs."""
+    seed: int = 0
+    """Seed of data order, sampling and evaluation (the first seed where rows repeat over
+    seeds)."""
+    quick: bool = False
+    """A smoke version (the probe's smaller budget)."""
+    overrides: tuple[str, ...] = field(default=(), metadata={"flag": "--set",
+                                                             "repeatable": True})
+    """Any other TrainConfig field shared by the runs as KEY=VALUE (JSON values), e.g. --set
+    lr=3e-4."""
+
+    default_budget: ClassVar[Mapping[str, Any]] = {}
+    quick_budget: ClassVar[Mapping[str, Any]] = {}
+
+    def train_values(self) -> dict[str, Any]:
+        """The ``TrainConfig`` fields these options set (budget sizes not included)."""
+        names = ("model", "task", "steps", "eval_every", "k", "eval_prompts",
+                 "prompts_per_step", "beta", "seed")
+        values = {_TRAIN_FIELD.get(n, n): getattr(self, n) for n in names}
+        values = {key: value for key, value in values.items() if value is not None}
+        return {**values, **parse_overrides(self.overrides)}
+
+    @classmethod
+    def option_default(cls, name: str) -> str | None:
+        """The default of option ``name`` as its help states it (the budgets' sizes)."""
+        if name == "beta":
+            return f"default: the trainer's, {TrainConfig.beta}"
+        key = _TRAIN_FIELD.get(name, name)
+        if key in cls.default_budget and key in cls.quick_budget:
+            return f"default {cls.default_budget[key]}; --quick: {cls.quick_budget[key]}"
+        return None
+
+
+def show_arms(terminal: Terminal, title: str, caption: str, labels: Mapping[str, str],
+              result: Any, run_dir: Path) -> None:
+    """A training probe's result: one table row per (arm, evaluation step) with the
+    ``labels`` columns of ``result.summary``, then what was done to each arm and the probe
+    directory."""
+    formats = {"eval/ey_density": ".2f", "eval/length_tokens": ".1f"}
+    rows: list[Sequence[str]] = []
+    for arm, frame in result.summary.groupby("arm", sort=False):
+        rows += [[arm, str(row["step"]),
+                  *(cell(float(row.get(key, math.nan)), formats.get(key, ".3f"))
+                    for key in labels)] for row in frame.to_dict("records")]
+        rows.append(SECTION)
+    terminal.table(title, ["arm", "step", *labels.values()], rows, caption=caption)
+    for arm, action in result.actions.items():
+        terminal.line(f"{arm}: {action}")
+    terminal.line(f"probe directory: {run_dir}")

@@ -65,6 +65,8 @@ from dasd.rollout.lockstep import (
 )
 from dasd.runlog import create_run
 from dasd.tasks import build_task
+from figures.terminal import SECTION, Terminal, cell
+from probes.registry import register_probe
 
 __all__ = [
     "BUCKET_ORDER",
@@ -116,8 +118,11 @@ class PrefixInterveneConfig:
     k: int = 4
     """Samples per problem in every condition."""
     temperature: float = 1.0
+    """Sampling temperature (paper: 1.0)."""
     top_p: float = 0.9
+    """Nucleus top-p (paper: 0.9)."""
     max_new_tokens: int = 160
+    """Generation limit per response."""
     batch_size: int = 128
     """Prompts per generation micro-batch."""
     n_boot: int = 1000
@@ -125,6 +130,7 @@ class PrefixInterveneConfig:
     ci: float = 0.95
     """Confidence level of the intervals."""
     seed: int = 0
+    """Seed of the problems, sampling (shared by all conditions) and bootstrap."""
     device: str = "auto"
     """``auto`` (cuda when available), ``cpu`` or ``cuda``: where the model runs."""
 
@@ -315,3 +321,46 @@ def run_prefix_intervene(
         }
         run.write_json("summary", summary)
     return summary
+
+
+def _run(cfg: PrefixInterveneConfig, run_dir: Path, terminal: Terminal) -> dict[str, Any]:
+    """Probe 3 (Table 1): inference-time prefix interventions. The student and the privileged
+    teacher are decoded in lockstep; in the chosen entropy bucket the token comes from the
+    teacher (Conformity) or from p / q^alpha (Novelty), elsewhere from the student. Reports
+    the % change of StepAcc and E(y) vs unmodified rollouts of the same prompts and seeds."""
+    total = cfg.n_prompts * cfg.k * (1 + 2 * len(cfg.buckets))
+    with terminal.bar(f"sampling {total} responses", total) as step:
+        return run_prefix_intervene(cfg, run_dir, progress=step)
+
+
+def _show(cfg: PrefixInterveneConfig, summary: dict[str, Any], run_dir: Path,
+          terminal: Terminal) -> None:
+    """Table 1 with the paper's numbers beside ours, then the unmodified rollouts' metrics."""
+    labels = {**TABLE1_BUCKETS, **TABLE1_METRICS}
+    cells = {(c["bucket"], c["metric"], c["mode"]): c for c in summary["cells"]}
+    rows: list[Sequence[str]] = []
+    for bucket in cfg.buckets:
+        rows.append([labels[bucket], "", "", "", ""])
+        for metric in ("step_acc", "ey_density"):
+            ours = [cells[(bucket, metric, mode)] for mode in ("conformity", "novelty")]
+            rows.append([
+                f"  {labels[metric]}",
+                *(f"{c['delta_pct']:+.1f}% [{c['ci_low']:+.1f}, {c['ci_high']:+.1f}]"
+                  if c["delta_pct"] == c["delta_pct"] else "–" for c in ours),
+                *(f"{c['paper_delta_pct']:+.1f}%" for c in ours),
+            ])
+        rows.append(SECTION)
+    terminal.table(f"Table 1: prefix interventions, % change vs unmodified rollouts "
+                   f"[{summary['ci']['level']:.0%} CI], {cfg.n_prompts} prompts x {cfg.k}",
+                   ["bucket / metric", "Conformity", "Novelty", "paper C", "paper N"], rows)
+    base = summary["unmodified"]
+    terminal.line(f"unmodified: StepAcc {cell(base['step_acc'])}, E(y) "
+                  f"{cell(base['ey_density'], '.2f')} per 1k words, accuracy "
+                  f"{cell(base['avg_correct'])}")
+    if summary["random_rate"] is not None:
+        terminal.line(f"random control rate: {summary['random_rate']['value']:.3f} "
+                      f"({summary['random_rate']['source']})")
+    terminal.line(f"run directory: {run_dir}")
+
+
+register_probe("prefix-intervene", options=PrefixInterveneConfig, run=_run, show=_show)

@@ -39,14 +39,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 
 from dasd.runlog import read_metrics
 from dasd.config_checks import as_tuple, check_fields, check_known
 from dasd.trainer import TrainConfig
-from probes.parent_run import Progress, check_arms, open_parent, run_child
+from figures.terminal import Terminal
+from probes.parent_run import Progress, TrainingProbeOptions, check_arms, open_parent
+from probes.parent_run import run_child, show_arms
+from probes.registry import register_probe
 
 __all__ = [
     "ARMS",
@@ -57,6 +60,7 @@ __all__ = [
     "QUICK_BUDGET",
     "SUMMARY",
     "SignFlipConfig",
+    "SignFlipOptions",
     "SignFlipResult",
     "headline_columns",
     "run_sign_flip",
@@ -191,3 +195,42 @@ def run_sign_flip(cfg: SignFlipConfig, run_dir: Path, *,
                                     "rows": summary.to_dict("records")})
     return SignFlipResult(run_dir=run_dir, arm_dirs={arm: run_dir / arm for arm in cfg.arms},
                           actions=actions, summary=summary)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SignFlipOptions(TrainingProbeOptions):
+    """The options of ``dasd-probe sign-flip``."""
+
+    arms: tuple[str, ...] = ARMS
+    """Arms: grpo (Base), conformity (omega = +1), novelty (omega = -1)."""
+
+    default_budget: ClassVar[Mapping[str, Any]] = DEFAULT_BUDGET
+    quick_budget: ClassVar[Mapping[str, Any]] = QUICK_BUDGET
+
+    def config(self) -> SignFlipConfig:
+        """The probe's config: the budget, then these options."""
+        return sign_flip_config(arms=self.arms, quick=self.quick, **self.train_values())
+
+
+def _run(options: SignFlipOptions, run_dir: Path, terminal: Terminal) -> SignFlipResult:
+    """Probe 1 (Fig. 2): Base (GRPO), Conformity and Novelty trained from the same model, data
+    order and seed, each evaluated every N updates on the same held-out prompts; one train run
+    per arm under one probe directory, a summary, and the final table."""
+    cfg = options.config()
+    key = f"eval/avg_at_{cfg.train['eval_k']}"
+    terminal.line(f"probe directory: {run_dir}")
+    with terminal.bars(cfg.train["steps"], labels=ARM_LABELS, info=lambda metrics: (
+            f"eval Avg@{cfg.train['eval_k']} {metrics[key]:.3f}" if key in metrics else None)
+    ) as update:
+        return run_sign_flip(cfg, run_dir, progress=update)
+
+
+def _show(options: SignFlipOptions, result: SignFlipResult, run_dir: Path,
+          terminal: Terminal) -> None:
+    cfg = options.config()
+    show_arms(terminal, f"Sign-flip probe (Fig. 2): {cfg.train['eval_prompts']} held-out "
+              f"prompts x {cfg.train['eval_k']} samples", PAPER_FINDING,
+              headline_columns(cfg.train["eval_k"]), result, run_dir)
+
+
+register_probe("sign-flip", options=SignFlipOptions, run=_run, show=_show, resumable=True)

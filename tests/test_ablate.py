@@ -8,14 +8,14 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-import typer
 from typer.testing import CliRunner
 
 from analysis.health import analyze_runs
 from analysis.intervals import t_interval
 from analysis.tables import build_tables
-from cli import probe_app
+from cli import probe_app, probe_command
 from dasd.runlog import create_run, read_manifest, read_metrics, read_rollouts
+from probes.registry import get_probe
 from probes.ablate import (
     DEFAULT_BUDGET,
     DEFAULT_SEEDS,
@@ -277,7 +277,7 @@ def test_cli_bad_panel_gives_a_one_line_error(tmp_path):
 
 
 def test_cli_help_states_the_budgets():
-    command = typer.main.get_command(probe_app).commands["ablate"]
+    command = probe_command(get_probe("ablate"))
     helps = {param.name: param.help for param in command.params}
     options = {"steps": "steps", "k": "eval_k", "eval_prompts": "eval_prompts",
                "prompts_per_step": "prompts_per_step"}

@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import typer
 from typer.testing import CliRunner
 
-from cli import probe_app
+from cli import probe_app, probe_command
 from dasd.runlog import read_manifest, read_metrics, read_rollouts
 from figures import load_runs, make_figure
+from probes.registry import get_probe
 from probes.arm_flip import (
     ARMS,
     DEFAULT_BUDGET,
@@ -216,7 +216,7 @@ def test_cli_bad_flip_point_gives_a_one_line_error(tmp_path):
 
 
 def test_cli_help_states_the_budgets():
-    command = typer.main.get_command(probe_app).commands["arm-flip"]
+    command = probe_command(get_probe("arm-flip"))
     helps = {param.name: param.help for param in command.params}
     for option, key in {"steps": "steps", "eval_every": "eval_every", "k": "eval_k"}.items():
         assert f"default {DEFAULT_BUDGET[key]}; --quick: {QUICK_BUDGET[key]})" in helps[option]

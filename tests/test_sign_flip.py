@@ -6,11 +6,11 @@ import json
 
 import pandas as pd
 import pytest
-import typer
 from typer.testing import CliRunner
 
-from cli import probe_app
+from cli import probe_app, probe_command
 from dasd.runlog import read_manifest, read_metrics, read_rollouts
+from probes.registry import get_probe
 from probes.sign_flip import (
     ARMS,
     DEFAULT_BUDGET,
@@ -188,7 +188,7 @@ def test_cli_bad_arms_give_a_one_line_error(tmp_path):
 
 
 def test_cli_help_states_the_budgets():
-    command = typer.main.get_command(probe_app).commands["sign-flip"]
+    command = probe_command(get_probe("sign-flip"))
     helps = {param.name: param.help for param in command.params}
     options = {"steps": "steps", "eval_every": "eval_every", "k": "eval_k",
                "eval_prompts": "eval_prompts", "prompts_per_step": "prompts_per_step"}
