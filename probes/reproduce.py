@@ -77,24 +77,22 @@ PANELS = ("quantile", "routing", "direction", "gate")
 
 @dataclass(frozen=True)
 class Budget:
-    """Sizes of every stage. Each mapping holds the keyword arguments of that probe's config
-    (``TrainConfig`` fields for the training stages); empty mappings take the probe's defaults.
+    """Sizes of every stage: ``sizes`` maps a command (``eval``, ``train`` or a registered
+    probe: ``sign-flip``, ``entropy-tv``, ...) to the keyword arguments of its config
+    (``TrainConfig`` fields for the training stages); a command not named takes its defaults.
     ``seconds`` estimates each stage kind's wall time on a 2-core CPU (the progress display's
     time left; measured for ``quick`` and ``default``, rough for ``full``)."""
 
     name: str
     seeds: int
-    eval: Mapping[str, Any]
-    train: Mapping[str, Any]
-    sign_flip: Mapping[str, Any]
-    entropy_tv: Mapping[str, Any]
-    prefix: Mapping[str, Any]
-    arm_flip: Mapping[str, Any]
-    causal: Mapping[str, Any]
-    ablate: Mapping[str, Any]
+    sizes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     seconds: Mapping[str, float] = field(default_factory=dict)
     quick_probes: bool = False
     """Use the training probes' own ``--quick`` sizes (sign-flip, arm-flip, ablate)."""
+
+    def of(self, command: str) -> Mapping[str, Any]:
+        """The sizes of ``command`` (empty: its defaults)."""
+        return self.sizes.get(command, {})
 
 
 _QUICK_TRAIN = {"steps": 6, "prompts_per_step": 8, "group_size": 8, "mini_batch_size": 32,
@@ -105,31 +103,27 @@ _QUICK_TRAIN = {"steps": 6, "prompts_per_step": 8, "group_size": 8, "mini_batch_
 BUDGETS: dict[str, Budget] = {
     "quick": Budget(
         name="quick", seeds=1, quick_probes=True,
-        eval={"n_prompts": 16, "k": 8},
-        train=_QUICK_TRAIN,
-        sign_flip={}, arm_flip={}, ablate={},
-        entropy_tv={"n_prompts": 16, "k": 4, "bootstrap": 200},
-        prefix={"n_prompts": 16, "k": 4, "n_boot": 200},
-        causal={"n_prompts": 8, "k": 2, "continuations": 2, "n_boot": 200},
+        sizes={"eval": {"n_prompts": 16, "k": 8}, "train": _QUICK_TRAIN,
+               "entropy-tv": {"n_prompts": 16, "k": 4, "bootstrap": 200},
+               "prefix-intervene": {"n_prompts": 16, "k": 4, "n_boot": 200},
+               "causal": {"n_prompts": 8, "k": 2, "continuations": 2, "n_boot": 200}},
         seconds={"eval": 5, "train": 40, "sign-flip": 55, "entropy-tv": 10,
                  "prefix-intervene": 15, "arm-flip": 50, "causal": 40, "ablate": 45},
     ),
     "default": Budget(
         name="default", seeds=1,
-        eval={}, train={}, sign_flip={}, arm_flip={}, ablate={},
-        entropy_tv={}, prefix={}, causal={},
         seconds={"eval": 25, "train": 210, "sign-flip": 470, "entropy-tv": 25,
                  "prefix-intervene": 45, "arm-flip": 290, "causal": 300, "ablate": 260},
     ),
     "full": Budget(
         name="full", seeds=3,
-        eval={"n_prompts": 256},
-        train={"steps": 200, "eval_every": 20, "eval_prompts": 256},
-        sign_flip={"steps": 100, "eval_prompts": 128},
-        arm_flip={"steps": 100, "eval_prompts": 128},
-        ablate={"steps": 60, "eval_prompts": 128, "eval_k": 16},
-        entropy_tv={"n_prompts": 256}, prefix={"n_prompts": 256},
-        causal={"n_prompts": 128},
+        sizes={"eval": {"n_prompts": 256},
+               "train": {"steps": 200, "eval_every": 20, "eval_prompts": 256},
+               "sign-flip": {"steps": 100, "eval_prompts": 128},
+               "arm-flip": {"steps": 100, "eval_prompts": 128},
+               "ablate": {"steps": 60, "eval_prompts": 128, "eval_k": 16},
+               "entropy-tv": {"n_prompts": 256}, "prefix-intervene": {"n_prompts": 256},
+               "causal": {"n_prompts": 128}},
         seconds={"eval": 60, "train": 1800, "sign-flip": 3600, "entropy-tv": 90,
                  "prefix-intervene": 180, "arm-flip": 3600, "causal": 600, "ablate": 3600},
     ),
@@ -195,7 +189,7 @@ def _last_checkpoint(train_dir: Path) -> Path:
 
 def _train_stage(cfg: ReproduceConfig, method: str, seed: int) -> Stage:
     config = TrainConfig(method=method, model=cfg.model, task=cfg.task, seed=seed,
-                         **cfg.sizes.train)
+                         **cfg.sizes.of("train"))
 
     def work(run_dir: Path, report: Report) -> None:
         run_child(config, run_dir, lambda step, _: report(run_dir.name, step, config.steps),
@@ -209,7 +203,7 @@ def _eval_stage(name: str, cfg: ReproduceConfig, model: Callable[[Path], str]) -
 
     def work(run_dir: Path, report: Report) -> None:
         config = EvalConfig(model=model(run_dir.parent), task=cfg.task, seed=cfg.seed,
-                            **cfg.sizes.eval)
+                            **cfg.sizes.of("eval"))
         total, done = config.n_prompts * config.k, [0]
 
         def advance(n: int) -> None:
@@ -237,7 +231,7 @@ def _sign_flip_stage(cfg: ReproduceConfig, seed: int) -> Stage:
     from probes.sign_flip import run_sign_flip, sign_flip_config
 
     config = sign_flip_config(quick=cfg.sizes.quick_probes, model=cfg.model, task=cfg.task,
-                              seed=seed, **cfg.sizes.sign_flip)
+                              seed=seed, **cfg.sizes.of("sign-flip"))
 
     def work(run_dir: Path, report: Report) -> None:
         total = len(config.arms) * config.train["steps"]
@@ -250,7 +244,7 @@ def _arm_flip_stage(cfg: ReproduceConfig, seed: int) -> Stage:
     from probes.arm_flip import arm_flip_config, run_arm_flip
 
     config = arm_flip_config(quick=cfg.sizes.quick_probes, model=cfg.model, task=cfg.task,
-                             seed=seed, **cfg.sizes.arm_flip)
+                             seed=seed, **cfg.sizes.of("arm-flip"))
 
     def work(run_dir: Path, report: Report) -> None:
         total = config.flip_at + len(config.arms) * config.steps
@@ -263,7 +257,7 @@ def _ablate_stage(cfg: ReproduceConfig, panel: str) -> Stage:
     from probes.ablate import ablate_config, run_ablate
 
     config = ablate_config(panel, seeds=cfg.seeds, quick=cfg.sizes.quick_probes,
-                           model=cfg.model, task=cfg.task, seed=cfg.seed, **cfg.sizes.ablate)
+                           model=cfg.model, task=cfg.task, seed=cfg.seed, **cfg.sizes.of("ablate"))
 
     def work(run_dir: Path, report: Report) -> None:
         total = len(config.runs()) * config.train["steps"]
@@ -276,7 +270,7 @@ def _entropy_tv_stage(cfg: ReproduceConfig) -> Stage:
     from probes.entropy_tv import EntropyTVConfig, run_entropy_tv
 
     config = EntropyTVConfig(model=cfg.model, task=cfg.task, seed=cfg.seed,
-                             **cfg.sizes.entropy_tv)
+                             **cfg.sizes.of("entropy-tv"))
 
     def work(run_dir: Path, report: Report) -> None:
         total, done = 3 * config.n_prompts * config.k, [0]
@@ -294,7 +288,7 @@ def _prefix_stage(cfg: ReproduceConfig) -> Stage:
     from probes.prefix_intervene import PrefixInterveneConfig, run_prefix_intervene
 
     config = PrefixInterveneConfig(model=cfg.model, task=cfg.task, seed=cfg.seed,
-                                   **cfg.sizes.prefix)
+                                   **cfg.sizes.of("prefix-intervene"))
 
     def work(run_dir: Path, report: Report) -> None:
         total, done = config.n_prompts * config.k * (1 + 2 * len(config.buckets)), [0]
@@ -316,7 +310,7 @@ def _causal_stage(cfg: ReproduceConfig, methods: tuple[str, ...]) -> Stage:
     def work(run_dir: Path, report: Report) -> None:
         trained = tuple(str(run_dir.parent / f"train-{m}-s{cfg.seed}") for m in methods)
         config = CausalConfig(checkpoints=(cfg.model, *trained), task=cfg.task, seed=cfg.seed,
-                              **cfg.sizes.causal)
+                              **cfg.sizes.of("causal"))
         done = [0]
 
         def advance(line: str) -> None:

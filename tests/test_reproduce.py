@@ -131,8 +131,8 @@ TINY = {
     "train": {"steps": 2, "prompts_per_step": 2, "group_size": 4, "mini_batch_size": 8,
               "micro_batch_size": 4, "max_new_tokens": 12, "eval_every": 1, "eval_prompts": 2,
               "eval_k": 2, "checkpoint_every": 1, "device": "cpu"},
-    "entropy_tv": {"n_prompts": 2, "k": 2, "max_new_tokens": 12, "bootstrap": 20},
-    "prefix": {"n_prompts": 2, "k": 2, "max_new_tokens": 12, "n_boot": 20, "burn_in": 2},
+    "entropy-tv": {"n_prompts": 2, "k": 2, "max_new_tokens": 12, "bootstrap": 20},
+    "prefix-intervene": {"n_prompts": 2, "k": 2, "max_new_tokens": 12, "n_boot": 20, "burn_in": 2},
     "causal": {"n_prompts": 2, "k": 2, "continuations": 1, "max_new_tokens": 12,
                "n_boot": 20},
 }
@@ -142,12 +142,14 @@ TINY = {
 def test_reproduce_end_to_end_on_a_random_model_and_resume(model_dir, tmp_path, monkeypatch):
     train = TINY["train"]
     budget = Budget(
-        name="quick", seeds=1, quick_probes=True, eval=TINY["eval"], train=train,
-        sign_flip={k: v for k, v in train.items() if k != "device"},
-        arm_flip={**{k: v for k, v in train.items() if k != "device"}, "steps": 2},
-        ablate={**{k: v for k, v in train.items() if k not in ("device", "eval_every")},
-                "steps": 1},
-        entropy_tv=TINY["entropy_tv"], prefix=TINY["prefix"], causal=TINY["causal"],
+        name="quick", seeds=1, quick_probes=True,
+        sizes={"eval": TINY["eval"], "train": train,
+               "sign-flip": {k: v for k, v in train.items() if k != "device"},
+               "arm-flip": {**{k: v for k, v in train.items() if k != "device"}, "steps": 2},
+               "ablate": {**{k: v for k, v in train.items() if k not in ("device", "eval_every")},
+                          "steps": 1},
+               "entropy-tv": TINY["entropy-tv"], "prefix-intervene": TINY["prefix-intervene"],
+               "causal": TINY["causal"]},
         seconds={k: 1.0 for k in BUDGETS["quick"].seconds})
     monkeypatch.setitem(reproduce.BUDGETS, "quick", budget)
     result = runner.invoke(probe_app, ["reproduce", "--model", str(model_dir),

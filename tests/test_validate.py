@@ -330,9 +330,10 @@ def test_validate_end_to_end_on_a_random_model_and_resume(model_dir, tmp_path, m
 
     train = {k: v for k, v in TINY["train"].items() if k != "device"}
     budget = Budget(
-        name="quick", seeds=1, quick_probes=True, eval=TINY["eval"], train=TINY["train"],
-        sign_flip=train, arm_flip=train, ablate={}, entropy_tv=TINY["entropy_tv"],
-        prefix=TINY["prefix"], causal=TINY["causal"],
+        name="quick", seeds=1, quick_probes=True,
+        sizes={"eval": TINY["eval"], "train": TINY["train"], "sign-flip": train,
+               "arm-flip": train, "entropy-tv": TINY["entropy-tv"],
+               "prefix-intervene": TINY["prefix-intervene"], "causal": TINY["causal"]},
         seconds={k: 1.0 for k in BUDGETS["quick"].seconds})
     monkeypatch.setitem(reproduce.BUDGETS, "quick", budget)
     args = ["validate", "--worlds", f"{model_dir},{model_dir}", "--runs-dir", str(tmp_path)]
