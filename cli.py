@@ -6,39 +6,24 @@ from __future__ import annotations
 import dataclasses
 import errno
 import inspect
-import json
 import os
-import re
 import types
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import Progress, TextColumn, TimeElapsedColumn
 from typer.core import TyperGroup
 
 from dasd.config_checks import field_docs
 from figures.terminal import Terminal, cell
-from probes.registry import Probe, discover_probes, get_probe
-
-if TYPE_CHECKING:
-    from probes.reproduce import ReproduceConfig, Stage
-    from probes.validate import ValidateConfig
-
+from probes.registry import Probe, discover_probes, get_probe, timestamped_name
 
 #: What to do about an OSError, by errno (the message names the path and the system's reason).
 _OS_ADVICE = {
@@ -143,11 +128,6 @@ def _analyze() -> None:
     """Analyse logged runs."""
 
 
-def _run_name(kind: str, model: str) -> str:
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model).name or model).strip("-")
-    return f"{kind}-{slug}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
-
-
 def _run_dir(runs_dir: Path, name: str, default: str) -> Path:
     """``runs_dir/name`` (``name``: plain folder names, checked by ``runlog.run_path``), or
     ``runs_dir/default`` when no name is given."""
@@ -169,127 +149,6 @@ def _resumable(hint: str) -> Iterator[None]:
 def _print_metrics(title: str, metrics: dict[str, float]) -> None:
     terminal.table(title, ["metric", "value"],
                    [[key, f"{value:.4g}"] for key, value in metrics.items()])
-
-
-@probe_app.command("reproduce")
-def reproduce_cmd(
-    budget: str = typer.Option("quick", help="quick (about 10 minutes on a 2-core CPU), default "
-                               "(every probe's default size, about 45 minutes there) or full "
-                               "(larger, 3 seeds; for a GPU)."),
-    seeds: int = typer.Option(None, help="Seeds of the training stages (default: the "
-                              "budget's, 1 for quick and default, 3 for full)."),
-    seed: int = typer.Option(0, help="First seed."),
-    model: str = typer.Option("tiny", help="'tiny' (built-in), a local checkpoint dir, or a "
-                              "hub name."),
-    task: str = typer.Option("countdown", help="Registered task name."),
-    runs_dir: Path = typer.Option(Path("runs"), help="Parent directory of run directories."),
-    name: str = typer.Option("", help="Parent run directory name (default: "
-                             "reproduce-<budget>); rerunning with the same settings resumes "
-                             "it."),
-    calibration: Path = typer.Option(None, help="calibration.csv of dasd-probe validate: the "
-                                     "findings show each claim's power on the positive "
-                                     "control (default: <runs-dir>/validate-<budget>/"
-                                     "calibration.csv when it exists)."),
-) -> None:
-    """The paper on one model and task, in one command: base evaluation, GRPO / OPSD / DASD
-    training and their evaluations, the three probes and RQ1-RQ3, under one parent directory;
-    then the tables (paper beside ours), figures, findings (reproduced / not reproduced, by a
-    stated rule) and the HTML report. Interrupted, it resumes where it stopped."""
-    from probes.reproduce import ReproduceConfig, plan, run_reproduce
-
-    run_dir = _run_dir(runs_dir, name, f"reproduce-{budget}")
-    with _one_line_errors():
-        cfg = ReproduceConfig(budget=budget, seeds=seeds, seed=seed, model=model, task=task)
-        stages = plan(cfg)
-        console.print(f"parent directory: {escape(str(run_dir))} ({len(stages)} stages, "
-                      f"budget {cfg.budget}, {cfg.seeds} seed(s))", highlight=False,
-                      soft_wrap=True)
-        result = _run_shown(run_dir, stages, cfg, lambda display: run_reproduce(
-            cfg, run_dir, stages=stages, calibration=calibration, display=display))
-    from analysis.findings import findings
-
-    for finding in findings([run_dir]):
-        console.print(f"- {finding.line()}", highlight=False, soft_wrap=True, markup=False)
-    for key, path in result.outputs.items():
-        console.print(f"{key}: {escape(str(path))}", highlight=False, soft_wrap=True)
-
-
-class _ReproduceDisplay:
-    """``probes.reproduce.Display`` on a rich progress bar: the stage, the run at work and the
-    time left from the budget's per-stage estimates."""
-
-    def __init__(self, bar: Progress, stages: list[Stage],
-                 cfg: ReproduceConfig | ValidateConfig) -> None:
-        self.bar, self.stages = bar, stages
-        self.seconds = [cfg.sizes.seconds.get(s.kind, 60.0) for s in stages]
-        self.task = bar.add_task("starting", total=sum(self.seconds), run="")
-        self.index = 0
-
-    def stage(self, index: int, stage: Stage, action: str) -> None:
-        self.index = index
-        self.bar.update(self.task, completed=sum(self.seconds[:index]),
-                        description=f"stage {index + 1}/{len(self.stages)} {stage.name} "
-                                    f"({action})", run="")
-
-    def progress(self, run: str, done: float, total: float) -> None:
-        share = min(done / total, 1.0) if total else 0.0
-        self.bar.update(self.task, run=run, completed=sum(self.seconds[:self.index])
-                        + share * self.seconds[self.index])
-
-    def finished(self, index: int, stage: Stage) -> None:
-        self.bar.update(self.task, completed=sum(self.seconds[:index + 1]))
-
-
-def _run_shown(run_dir: Path, stages: list[Stage], cfg: ReproduceConfig | ValidateConfig,
-               run: Callable[[_ReproduceDisplay], Any]) -> Any:
-    """``run(display)`` under a progress bar of ``stages``; Ctrl-C says how to resume."""
-    with _resumable(f"the same command resumes it ({escape(str(run_dir))})"):
-        with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                      TextColumn("left"), TimeRemainingColumn(),
-                      TextColumn("{task.fields[run]}"), console=console) as bar:
-            return run(_ReproduceDisplay(bar, stages, cfg))
-
-
-@probe_app.command("validate")
-def validate_cmd(
-    budget: str = typer.Option("quick", help="quick (smoke sizes, within 10 minutes on a "
-                               "2-core CPU) or default (every probe's default size, within "
-                               "an hour there); model builds excluded."),
-    seeds: int = typer.Option(None, help="Seeds of sign-flip and arm-flip (default: the "
-                              "budget's, 1)."),
-    worlds: str = typer.Option("tiny-planted,tiny-null", help="The positive control, then the "
-                               "negative control, comma-separated: built-in control worlds, "
-                               "'tiny' as a stand-in, or checkpoint directories."),
-    runs_dir: Path = typer.Option(Path("runs"), help="Parent directory of run directories."),
-    name: str = typer.Option("", help="Parent run directory name (default: "
-                             "validate-<budget>); rerunning with the same settings resumes "
-                             "it."),
-) -> None:
-    """Each probe's power on control worlds: sign-flip, entropy-tv, prefix-intervene, arm-flip
-    and causal on a positive control (the paper's mechanisms planted) and a negative control (a
-    teacher that knows nothing), under one parent directory; then calibration.csv / .md, one
-    row per (probe claim, world): detected / missed on the positive control, clean / false
-    positive on the negative one. Controls, not reproductions. Interrupted, it resumes where
-    it stopped."""
-    from probes.validate import ValidateConfig, plan, run_validate
-
-    run_dir = runs_dir / (name or f"validate-{budget}")
-    with _one_line_errors():
-        cfg = ValidateConfig(budget=budget, seeds=seeds,
-                             worlds=tuple(w.strip() for w in worlds.split(",")))
-        stages = plan(cfg)
-        console.print(f"parent directory: {escape(str(run_dir))} ({len(stages)} stages, "
-                      f"budget {cfg.budget}, {cfg.seeds} seed(s)); positive control "
-                      f"{escape(cfg.worlds[0])}, negative control {escape(cfg.worlds[1])}",
-                      highlight=False, soft_wrap=True)
-        result = _run_shown(run_dir, stages, cfg, lambda display: run_validate(
-            cfg, run_dir, stages=stages, display=display))
-    from analysis.calibration import summary_lines
-
-    for line in summary_lines(result.rows):
-        console.print(f"- {line}", highlight=False, soft_wrap=True, markup=False)
-    for key, path in result.outputs.items():
-        console.print(f"{key}: {escape(str(path))}", highlight=False, soft_wrap=True)
 
 
 @probe_app.command("eval")
@@ -333,7 +192,7 @@ def eval_cmd(
         teacher=teacher, score_batch_size=score_batch_size, rollout_engine=rollout_engine,
         device=device, dtype=dtype, seed=seed, thinking=_on_off("thinking", thinking),
     )
-    run_dir = _run_dir(runs_dir, name, _run_name("eval", model))
+    run_dir = _run_dir(runs_dir, name, timestamped_name("eval", model))
     with terminal.bar(f"sampling {n_prompts} x {k}", n_prompts * k) as step:
         _, summary = run_eval(cfg, run_dir, progress=step)
     _print_metrics(f"{model} on {task} ({n_prompts} prompts x {k})",
@@ -405,7 +264,7 @@ def train_cmd(
             values.update(parse_overrides(overrides))
             cfg = trainer.TrainConfig.from_dict(values)
             run = trainer.Trainer.start(cfg, _run_dir(runs_dir, name,
-                                                      _run_name(f"train-{method}", model)))
+                                                      timestamped_name(f"train-{method}", model)))
         cfg = run.cfg
         columns = (*Progress.get_default_columns(), TimeElapsedColumn(),
                    TextColumn("{task.fields[info]}"))
@@ -438,7 +297,7 @@ def _option(f: dataclasses.Field, hint: Any, probe: Probe) -> tuple[Any, Any] | 
     help_text = f"{doc} ({stated})" if stated else doc
     flags = [f.metadata.get("flag", "--" + f.name.replace("_", "-"))]
     args = typing.get_args(hint)
-    if hint in (str, int, float):
+    if hint in (str, int, float, Path):
         return hint, typer.Option(default, *flags, help=help_text)
     if hint is bool:
         flag = flags[0] if default is False else f"{flags[0]}/--no-{flags[0][2:]}"
@@ -476,8 +335,8 @@ def probe_command(probe: Probe) -> click.Command:
     resume = "; an existing one with the same settings is resumed" if probe.resumable else ""
     extra = {"runs_dir": (Path, typer.Option(Path("runs"), help="Parent directory of run "
                                                             "directories.")),
-             "name": (str, typer.Option("", help=f"Run directory name (default: {probe.name}"
-                                              f"-<model>-<time>){resume}."))}
+             "name": (str, typer.Option("", help=f"Run directory name (default: "
+                                              f"{probe.default_name_text}){resume}."))}
     for key, (annotation, option) in extra.items():
         annotations[key] = annotation
         params.append(inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=option,
@@ -487,7 +346,7 @@ def probe_command(probe: Probe) -> click.Command:
         runs_dir, name = values.pop("runs_dir"), values.pop("name")
         options = probe.options(**{key: _as_field(value, hints[key])
                                    for key, value in values.items()})
-        run_dir = _run_dir(runs_dir, name, _run_name(*probe.run_name(options)))
+        run_dir = _run_dir(runs_dir, name, probe.default_name(options))
         hint = f"resume with the same options and --name {escape(run_dir.name)}"
         with _resumable(hint) if probe.resumable else nullcontext():
             result = probe.run(options, run_dir, terminal)

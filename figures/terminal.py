@@ -12,13 +12,21 @@ import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
-__all__ = ["SECTION", "Terminal", "cell"]
+__all__ = ["SECTION", "StageBar", "Terminal", "cell"]
 
 #: A row that ends a group of rows (a rule under it) in :meth:`Terminal.table`.
 SECTION: tuple[str, ...] = ()
@@ -117,3 +125,36 @@ class Terminal:
         """A spinner with a status line; yields ``update(line)``."""
         with self.console.status(text) as status:
             yield lambda line: status.update(line)
+
+    @contextmanager
+    def stages(self, names: Sequence[str], seconds: Sequence[float]) -> Iterator[StageBar]:
+        """One progress bar over a sequence of stages (``reproduce``, ``validate``), each
+        weighted by its estimated ``seconds``; yields the ``probes.reproduce.Display``."""
+        with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                      TextColumn("left"), TimeRemainingColumn(),
+                      TextColumn("{task.fields[run]}"), console=self.console) as progress:
+            yield StageBar(progress, list(names), list(seconds))
+
+
+class StageBar:
+    """``probes.reproduce.Display`` on a rich progress bar: the stage, the run at work and the
+    time left from the per-stage estimates."""
+
+    def __init__(self, bar: Progress, names: list[str], seconds: list[float]) -> None:
+        self.bar, self.names, self.seconds = bar, names, seconds
+        self.task = bar.add_task("starting", total=sum(seconds), run="")
+        self.index = 0
+
+    def stage(self, index: int, stage: Any, action: str) -> None:
+        self.index = index
+        self.bar.update(self.task, completed=sum(self.seconds[:index]),
+                        description=f"stage {index + 1}/{len(self.names)} {stage.name} "
+                                    f"({action})", run="")
+
+    def progress(self, run: str, done: float, total: float) -> None:
+        share = min(done / total, 1.0) if total else 0.0
+        self.bar.update(self.task, run=run, completed=sum(self.seconds[:self.index])
+                        + share * self.seconds[self.index])
+
+    def finished(self, index: int, stage: Any) -> None:
+        self.bar.update(self.task, completed=sum(self.seconds[:index + 1]))

@@ -65,7 +65,7 @@ from dasd.runlog import read_metrics
 from dasd.trainer import TrainConfig
 from figures.terminal import Terminal
 from probes.parent_run import Progress, TrainingProbeOptions, open_parent, run_child
-from probes.registry import register_probe
+from probes.registry import register_probe, timestamped_name
 
 __all__ = [
     "DEFAULT_BUDGET",
@@ -476,4 +476,6 @@ def _show(options: AblateOptions, result: AblateResult, run_dir: Path,
 
 
 register_probe("ablate", options=AblateOptions, run=_run, show=_show, resumable=True,
-               run_name=lambda options: (f"ablate-{options.panel}", options.model))
+               default_name=lambda options: timestamped_name(f"ablate-{options.panel}",
+                                                             options.model),
+               default_name_text="ablate-<panel>-<model>-<time>")

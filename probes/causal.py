@@ -87,7 +87,7 @@ from dasd.runlog import create_run, read_json, read_manifest
 from dasd.tasks import build_task
 from dasd.tasks.base import Problem, Task
 from figures.terminal import Terminal, cell
-from probes.registry import register_probe
+from probes.registry import register_probe, timestamped_name
 
 __all__ = [
     "CONDITIONS",
@@ -700,4 +700,5 @@ def _show(cfg: CausalConfig, summary: dict[str, Any], run_dir: Path,
 
 
 register_probe("causal", options=CausalConfig, run=_run, show=_show,
-               run_name=lambda cfg: ("causal", cfg.checkpoints[0]))
+               default_name=lambda cfg: timestamped_name("causal", cfg.checkpoints[0]),
+               default_name_text="causal-<first checkpoint>-<time>")

@@ -15,7 +15,8 @@ prints it. :func:`discover_probes` finds every ``register_probe`` call in the mo
 (docs/adding-a-probe.md walks through a toy one), and ``dasd-probe --help`` imports none of them
 (torch and transformers take seconds to import); :func:`get_probe` imports the one asked for.
 
-Field conventions read by the command-line generator (``cli.py``):
+Field conventions read by the command-line generator (``cli.py``): ``str``, ``int``,
+``float``, ``bool`` and ``Path`` fields (or ``X | None``) are options of the same name;
 
 - ``tuple[str, ...]`` fields are given comma-separated (``--parts forks,revisions``), or
   repeated when the field's metadata says ``{"repeatable": True}``;
@@ -30,14 +31,17 @@ from __future__ import annotations
 import ast
 import importlib
 import pkgutil
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, is_dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from figures.terminal import Terminal
 
-__all__ = ["PROBES", "Probe", "ProbeSource", "discover_probes", "get_probe", "register_probe"]
+__all__ = ["PROBES", "Probe", "ProbeSource", "discover_probes", "get_probe", "register_probe",
+           "timestamped_name"]
 
 
 @dataclass(frozen=True)
@@ -54,10 +58,19 @@ class Probe:
     """``show(options, result, run_dir, terminal)``: the result on the terminal."""
     help: str
     """What the probe measures (the command's help; the run function's docstring)."""
-    run_name: Callable[[Any], tuple[str, str]]
-    """``(kind, model)`` of the default run directory name ``<kind>-<model>-<time>``."""
+    default_name: Callable[[Any], str]
+    """The run directory's name when ``--name`` is not given."""
+    default_name_text: str
+    """That name as the help states it, e.g. ``entropy-tv-<model>-<time>``."""
     resumable: bool
     """Whether re-running with the same options and ``--name`` resumes an interrupted run."""
+
+
+def timestamped_name(kind: str, model: str) -> str:
+    """``<kind>-<model>-<UTC time>``, the model reduced to its last path part in safe
+    characters: a fresh run directory name."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model).name or model).strip("-")
+    return f"{kind}-{slug}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
 
 
 #: Every registered probe by name, in registration order.
@@ -66,10 +79,12 @@ PROBES: dict[str, Probe] = {}
 
 def register_probe(name: str, *, options: type, run: Callable[[Any, Path, Terminal], Any],
                    show: Callable[[Any, Any, Path, Terminal], None],
-                   run_name: Callable[[Any], tuple[str, str]] | None = None,
-                   resumable: bool = False) -> Probe:
+                   default_name: Callable[[Any], str] | None = None,
+                   default_name_text: str | None = None, resumable: bool = False) -> Probe:
     """Register the probe ``name`` (module docstring); returns its :class:`Probe`.
-    ``run_name`` defaults to ``(name, options.model)``; the help is ``run``'s docstring."""
+    ``default_name`` defaults to ``timestamped_name(name, options.model)``
+    (``<name>-<model>-<time>``, its ``default_name_text``); the help is ``run``'s
+    docstring."""
     if name in PROBES:
         raise ValueError(f"probe {name!r} is registered twice")
     if not is_dataclass(options):
@@ -78,7 +93,9 @@ def register_probe(name: str, *, options: type, run: Callable[[Any, Path, Termin
         raise ValueError(f"probe {name!r}: its run function needs a docstring (the help)")
     probe = Probe(name=name, options=options, run=run, show=show,
                   help=" ".join(run.__doc__.split()),
-                  run_name=run_name or (lambda opts: (name, opts.model)), resumable=resumable)
+                  default_name=default_name or (lambda opts: timestamped_name(name, opts.model)),
+                  default_name_text=default_name_text or f"{name}-<model>-<time>",
+                  resumable=resumable)
     PROBES[name] = probe
     return probe
 

@@ -39,16 +39,19 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from analysis.calibration import Row, read_calibration
-from analysis.findings import write_findings
+from analysis.findings import findings, write_findings
 from dasd.config_checks import check_fields
 from dasd.runlog import read_manifest
 from dasd.trainer import TrainConfig
+from figures.terminal import Terminal
 from probes.parent_run import open_parent, run_child
+from probes.registry import register_probe
 
 __all__ = [
     "BUDGETS",
@@ -59,12 +62,14 @@ __all__ = [
     "Budget",
     "Display",
     "ReproduceConfig",
+    "ReproduceOptions",
     "Stage",
     "calibration_beside",
     "plan",
     "probe_stages",
     "run_reproduce",
     "run_stages",
+    "stage_display",
     "stage_done",
 ]
 
@@ -485,3 +490,64 @@ def _analyse(run_dir: Path, power: Mapping[str, Row] | None) -> dict[str, Path]:
             write_figures(sources, run_dir / "figures", names=[name])
     return {"tables": run_dir / "tables", "figures": run_dir / "figures",
             "report": write_report([run_dir], run_dir / "report.html", power=power)}
+
+
+@dataclass(frozen=True)
+class ReproduceOptions:
+    """The options of ``dasd-probe reproduce``: a ``ReproduceConfig`` and where the power of
+    each claim comes from."""
+
+    budget: str = "quick"
+    """quick (about 10 minutes on a 2-core CPU), default (every probe's default size, about 45
+    minutes there) or full (larger, 3 seeds; for a GPU)."""
+    seeds: int | None = None
+    """Seeds of the training stages (default: the budget's, 1 for quick and default, 3 for
+    full)."""
+    seed: int = 0
+    """First seed."""
+    model: str = "tiny"
+    """``tiny`` (built-in), a local checkpoint directory, or a hub name."""
+    task: str = "countdown"
+    """A registered task."""
+    calibration: Path | None = None
+    """calibration.csv of dasd-probe validate: the findings show each claim's power on the
+    positive control (default: <runs-dir>/validate-<budget>/calibration.csv when it exists)."""
+
+    def config(self) -> ReproduceConfig:
+        return ReproduceConfig(budget=self.budget, seeds=self.seeds, seed=self.seed,
+                               model=self.model, task=self.task)
+
+
+def stage_display(terminal: Terminal, sizes: Budget, stages: list[Stage]
+                  ) -> AbstractContextManager[Display]:
+    """A progress bar over ``stages`` on ``terminal``, each weighted by the budget's estimate
+    of its kind's seconds (60 when it has none)."""
+    return terminal.stages([s.name for s in stages],
+                           [sizes.seconds.get(s.kind, 60.0) for s in stages])
+
+
+def _run(options: ReproduceOptions, run_dir: Path, terminal: Terminal) -> ReproduceResult:
+    """The paper on one model and task, in one command: base evaluation, GRPO / OPSD / DASD
+    training and their evaluations, the three probes and RQ1-RQ3, under one parent directory;
+    then the tables (paper beside ours), figures, findings (reproduced / not reproduced, by a
+    stated rule) and the HTML report. Interrupted, it resumes where it stopped."""
+    cfg = options.config()
+    stages = plan(cfg)
+    terminal.line(f"parent directory: {run_dir} ({len(stages)} stages, budget {cfg.budget}, "
+                  f"{cfg.seeds} seed(s))")
+    with stage_display(terminal, cfg.sizes, stages) as display:
+        return run_reproduce(cfg, run_dir, stages=stages, calibration=options.calibration,
+                             display=display)
+
+
+def _show(options: ReproduceOptions, result: ReproduceResult, run_dir: Path,
+          terminal: Terminal) -> None:
+    for finding in findings([run_dir]):
+        terminal.line(f"- {finding.line()}")
+    for key, path in result.outputs.items():
+        terminal.line(f"{key}: {path}")
+
+
+register_probe("reproduce", options=ReproduceOptions, run=_run, show=_show, resumable=True,
+               default_name=lambda options: f"reproduce-{options.budget}",
+               default_name_text="reproduce-<budget>")

@@ -30,10 +30,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from analysis.calibration import ROLES, Row, write_calibration
+from analysis.calibration import ROLES, Row, summary_lines, write_calibration
 from analysis.findings import CONTROLS_KIND, Claim, findings
 from dasd.config_checks import check_fields
+from figures.terminal import Terminal
 from probes.parent_run import open_parent
+from probes.registry import register_probe
 from probes.reproduce import (
     BUDGETS,
     METHODS,
@@ -43,6 +45,7 @@ from probes.reproduce import (
     Stage,
     probe_stages,
     run_stages,
+    stage_display,
 )
 
 __all__ = [
@@ -124,14 +127,17 @@ class ValidateConfig:
     """Settings of one validation; written into the parent's manifest."""
 
     budget: str = "quick"
-    """A name in ``BUDGET_NAMES``."""
+    """A name in ``BUDGET_NAMES``: quick (smoke sizes, within 10 minutes on a 2-core CPU) or
+    default (every probe's default size, within an hour there); model builds excluded."""
     seeds: int | None = None
-    """Seeds of sign-flip and arm-flip; None: the budget's."""
+    """Seeds of sign-flip and arm-flip; None: the budget's (1)."""
     worlds: tuple[str, ...] = ("tiny-planted", "tiny-null")
     """The positive control, then the negative control: a name of ``WORLDS``, a stand-in
-    (``STAND_INS``) or a checkpoint directory."""
+    (``STAND_INS``, e.g. tiny) or a checkpoint directory."""
     seed: int = 0
+    """First seed of every stage."""
     task: str = "countdown"
+    """A registered task."""
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -219,3 +225,31 @@ def run_validate(cfg: ValidateConfig, run_dir: Path, *, display: Display | None 
                                      "worlds": dict(zip(ROLES, cfg.worlds)),
                                      "stages": [s.name for s in stages], "actions": actions})
     return ValidateResult(run_dir=run_dir, actions=actions, rows=rows, outputs=outputs)
+
+
+def _run(cfg: ValidateConfig, run_dir: Path, terminal: Terminal) -> ValidateResult:
+    """Each probe's power on control worlds: sign-flip, entropy-tv, prefix-intervene, arm-flip
+    and causal on a positive control (the paper's mechanisms planted) and a negative control (a
+    teacher that knows nothing), under one parent directory; then calibration.csv / .md, one
+    row per (probe claim, world): detected / missed on the positive control, clean / false
+    positive on the negative one. Controls, not reproductions. Interrupted, it resumes where
+    it stopped."""
+    stages = plan(cfg)
+    terminal.line(f"parent directory: {run_dir} ({len(stages)} stages, budget {cfg.budget}, "
+                  f"{cfg.seeds} seed(s)); positive control {cfg.worlds[0]}, negative control "
+                  f"{cfg.worlds[1]}")
+    with stage_display(terminal, cfg.sizes, stages) as display:
+        return run_validate(cfg, run_dir, stages=stages, display=display)
+
+
+def _show(cfg: ValidateConfig, result: ValidateResult, run_dir: Path,
+          terminal: Terminal) -> None:
+    for line in summary_lines(result.rows):
+        terminal.line(f"- {line}")
+    for key, path in result.outputs.items():
+        terminal.line(f"{key}: {path}")
+
+
+register_probe("validate", options=ValidateConfig, run=_run, show=_show, resumable=True,
+               default_name=lambda cfg: f"validate-{cfg.budget}",
+               default_name_text="validate-<budget>")

@@ -20,13 +20,14 @@ import probes.registry as registry
 from cli import probe_app, probe_command
 from dasd.runlog import read_json, read_manifest
 from dasd.tasks import build_task
-from probes.registry import PROBES, discover_probes, get_probe, register_probe
+from probes.registry import PROBES, discover_probes, get_probe, register_probe, timestamped_name
 
 runner = CliRunner()
 DOC = Path(__file__).resolve().parents[1] / "docs" / "adding-a-probe.md"
 BUILT_IN = {"ablate": "probes.ablate", "arm-flip": "probes.arm_flip", "causal": "probes.causal",
             "entropy-tv": "probes.entropy_tv", "prefix-intervene": "probes.prefix_intervene",
-            "sign-flip": "probes.sign_flip"}
+            "reproduce": "probes.reproduce", "sign-flip": "probes.sign_flip",
+            "validate": "probes.validate"}
 
 
 @pytest.fixture
@@ -131,7 +132,7 @@ def _echo(options: _Options, result: dict, run_dir: Path, terminal) -> None:
 
 def test_each_field_kind_becomes_its_option(registry_copy, tmp_path):
     probe = register_probe("echo", options=_Options, run=_record, show=_echo,
-                           run_name=lambda o: ("echo", o.name_part))
+                           default_name=lambda o: timestamped_name("echo", o.name_part))
     command = probe_command(probe)
     helps = {param.name: param.help for param in command.params}
     assert set(helps) == {"name_part", "count", "rate", "loud", "parts", "models", "pairs",
