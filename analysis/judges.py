@@ -545,16 +545,18 @@ class JudgeOptions:
     """Allow a PRM's own modeling code (Qwen2.5-Math-PRM)."""
 
 
-def _device(options: JudgeOptions) -> str:
-    if options.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return options.device
-
-
-def _needs_model(name: str, options: JudgeOptions) -> str:
+def _from_checkpoint(
+    judge: type[PRMJudge] | type[CriticJudge], name: str, options: JudgeOptions, **kwargs: Any
+) -> StepJudge:
+    """``judge`` loaded from ``options.model`` on ``options.device`` (``auto``: CUDA when
+    available, else CPU) with ``options.batch_size``; ``kwargs`` go to its ``from_pretrained``."""
     if not options.model:
         raise ValueError(f"judge {name!r} needs --model (a checkpoint directory or hub id)")
-    return options.model
+    device = options.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return judge.from_pretrained(options.model, device=device, batch_size=options.batch_size,
+                                 **kwargs)
 
 
 #: Judge builders by name: ``(options, processbench_rows) -> StepJudge``.
@@ -563,22 +565,12 @@ JUDGES: Registry[Callable[[JudgeOptions, Sequence[ProcessBenchRow]], StepJudge]]
 
 @JUDGES.register("prm")
 def _prm(options: JudgeOptions, rows: Sequence[ProcessBenchRow]) -> StepJudge:
-    return PRMJudge.from_pretrained(
-        _needs_model("prm", options),
-        device=_device(options),
-        trust_remote_code=options.trust_remote_code,
-        batch_size=options.batch_size,
-    )
+    return _from_checkpoint(PRMJudge, "prm", options, trust_remote_code=options.trust_remote_code)
 
 
 @JUDGES.register("critic")
 def _critic(options: JudgeOptions, rows: Sequence[ProcessBenchRow]) -> StepJudge:
-    return CriticJudge.from_pretrained(
-        _needs_model("critic", options),
-        device=_device(options),
-        batch_size=options.batch_size,
-        max_new_tokens=options.max_new_tokens,
-    )
+    return _from_checkpoint(CriticJudge, "critic", options, max_new_tokens=options.max_new_tokens)
 
 
 @JUDGES.register("oracle")

@@ -337,12 +337,12 @@ def per_prompt_sums(prompt_ids: Sequence[str], values: np.ndarray, order: Sequen
 
 
 def _paired_bootstrap(base: tuple[np.ndarray, np.ndarray], new: tuple[np.ndarray, np.ndarray],
-                      contrast: Callable[[np.ndarray, np.ndarray], np.ndarray], *, n_boot: int,
-                      level: float, seed: int) -> dict[str, float]:
+                      contrast: Callable[[np.ndarray, np.ndarray], np.ndarray], name: str, *,
+                      n_boot: int, level: float, seed: int) -> dict[str, float]:
     """``contrast(rate_base, rate_new)`` of two ratio-of-sums rates over the same P prompts,
-    at the point and over ``n_boot`` paired resamples of the prompts (each resample weights
-    both conditions by the same multinomial draw); the percentile interval leaves out
-    resamples whose contrast is undefined (NaN) and counts them."""
+    at the point (key ``name``) and over ``n_boot`` paired resamples of the prompts (each
+    resample weights both conditions by the same multinomial draw); the percentile interval
+    leaves out resamples whose contrast is undefined (NaN) and counts them."""
     (b_sum, b_cnt), (n_sum, n_cnt) = base, new
     weights = np.random.default_rng(seed).multinomial(
         len(b_sum), np.full(len(b_sum), 1.0 / len(b_sum)), size=n_boot).astype(np.float64)
@@ -359,7 +359,7 @@ def _paired_bootstrap(base: tuple[np.ndarray, np.ndarray], new: tuple[np.ndarray
     defined = boot[np.isfinite(boot)]
     tail = 50.0 * (1.0 - level)
     low, high = np.percentile(defined, [tail, 100.0 - tail]) if defined.size else (np.nan, np.nan)
-    return {"base": float(b_point), "value": float(v_point), "contrast": float(point),
+    return {"base": float(b_point), "value": float(v_point), name: float(point),
             "ci_low": float(low), "ci_high": float(high),
             "n_boot_undefined": int(boot.size - defined.size)}
 
@@ -383,10 +383,10 @@ def paired_difference(base: tuple[np.ndarray, np.ndarray], new: tuple[np.ndarray
         ``base``, ``value`` (the two rates), ``diff``, ``ci_low``, ``ci_high``; NaN where a
         condition has no counts (the interval leaves out resamples without counts).
     """
-    out = _paired_bootstrap(base, new, lambda b, v: v - b, n_boot=n_boot, level=level,
+    out = _paired_bootstrap(base, new, lambda b, v: v - b, "diff", n_boot=n_boot, level=level,
                             seed=seed)
-    return {"base": out["base"], "value": out["value"], "diff": out["contrast"],
-            "ci_low": out["ci_low"], "ci_high": out["ci_high"]}
+    del out["n_boot_undefined"]
+    return out
 
 
 def paired_relative_change(
@@ -401,14 +401,7 @@ def paired_relative_change(
 
     The metric of a condition is Σ_p sums_p / Σ_p counts_p; Δ = 100 (metric_new / metric_base
     − 1). Each resample draws P prompts with replacement and weights both conditions by the
-    same draw.
-
-    Args:
-        base: ``(sums (P,), counts (P,))`` of the unmodified condition.
-        new: ``(sums (P,), counts (P,))`` of the intervened condition, same prompt order.
-        n_boot: resamples.
-        level: confidence level of the interval.
-        seed: seed of the resampling.
+    same draw. The arguments are those of ``paired_difference``.
 
     Returns:
         ``base``, ``value`` (the two metrics), ``delta_pct``, ``ci_low``, ``ci_high`` (NaN
@@ -419,7 +412,5 @@ def paired_relative_change(
     def relative(b: np.ndarray, v: np.ndarray) -> np.ndarray:
         return np.where(b != 0, 100.0 * (v / np.where(b != 0, b, 1.0) - 1.0), np.nan)
 
-    out = _paired_bootstrap(base, new, relative, n_boot=n_boot, level=level, seed=seed)
-    return {"base": out["base"], "value": out["value"], "delta_pct": out["contrast"],
-            "ci_low": out["ci_low"], "ci_high": out["ci_high"],
-            "n_boot_undefined": out["n_boot_undefined"]}
+    return _paired_bootstrap(base, new, relative, "delta_pct", n_boot=n_boot, level=level,
+                             seed=seed)

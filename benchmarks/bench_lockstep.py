@@ -28,14 +28,12 @@ small models by one to two orders of magnitude.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from benchmarks.bench_rollout import best_of, random_model, settings_line
-from dasd.models import load_model
+from benchmarks.bench_rollout import best_of, engine_model, engine_parser, settings_line
 from dasd.rollout import generate
 from dasd.rollout.lockstep import Intervention, lockstep_generate
 from dasd.scoring import score_rollouts
@@ -51,18 +49,10 @@ def never_stop(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> No
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=["random", "tiny"], default="random")
-    parser.add_argument("--prompts", type=int, default=64, help="number of prompts")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per engine; the best counts")
+    parser = engine_parser(__doc__.splitlines()[0])
     parser.add_argument("--stop-at-eos", action="store_true", help="let rows stop at EOS")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    model, tokenizer = random_model(args.seed) if args.model == "random" else load_model("tiny")
+    model, tokenizer = engine_model(args)
     if not args.stop_at_eos:
         never_stop(model, tokenizer)
     task = CountdownTask()

@@ -24,39 +24,43 @@ import time
 from collections.abc import Callable, Mapping
 
 import torch
-from transformers import (
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    Qwen3Config,
-    Qwen3ForCausalLM,
-)
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dasd.models import load_model, make_char_tokenizer
 from dasd.rollout import Rollouts, generate
 from dasd.rollout.hf import encode_prompts, stop_token_ids
 from dasd.scoring import score_rollouts
 from dasd.tasks.countdown import CountdownTask
+from tests.fixtures_models import random_qwen3
 
 
 def random_model(seed: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A random Qwen3 of about 1M parameters (hidden 128, 4 layers) over the char tokenizer."""
     tokenizer = make_char_tokenizer()
-    config = Qwen3Config(
-        vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=512,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=32,
-        max_position_embeddings=1024,
-        tie_word_embeddings=False,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-    )
-    torch.manual_seed(seed)
-    return Qwen3ForCausalLM(config).eval(), tokenizer
+    model = random_qwen3(tokenizer, seed=seed, hidden_size=128, intermediate_size=512,
+                         num_hidden_layers=4, max_position_embeddings=1024)
+    return model, tokenizer
+
+
+def engine_parser(description: str) -> argparse.ArgumentParser:
+    """The options of the engine benchmarks (this one and ``bench_lockstep``): model, prompts,
+    response length, batch, threads, seed and timed rounds."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--model", choices=["random", "tiny"], default="random")
+    parser.add_argument("--prompts", type=int, default=64, help="number of prompts")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per engine; the best counts")
+    return parser
+
+
+def engine_model(args: argparse.Namespace) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The benchmarked model (``--model``: ``random_model(--seed)`` or ``tiny``), with torch
+    limited to ``--threads`` threads."""
+    torch.set_num_threads(args.threads)
+    return random_model(args.seed) if args.model == "random" else load_model("tiny")
 
 
 def hf_new_tokens(sequences: torch.Tensor, prompt_width: int, eos: list[int]) -> int:
@@ -91,17 +95,8 @@ def settings_line(args: argparse.Namespace, model: PreTrainedModel, extra: str =
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=["random", "tiny"], default="random")
-    parser.add_argument("--prompts", type=int, default=64, help="number of prompts (one batch)")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per engine; the best counts")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    model, tokenizer = random_model(args.seed) if args.model == "random" else load_model("tiny")
+    args = engine_parser(__doc__.splitlines()[0]).parse_args()
+    model, tokenizer = engine_model(args)
     task = CountdownTask()
     problems = task.sample(args.prompts, seed=args.seed)
     prompts = [task.student_prompt(p) for p in problems]

@@ -53,19 +53,35 @@ def _gate(name, delta, delta_bar, c):
     raise ValueError(name)
 
 
+FIELDS = ("advantages", "omega", "delta_bar", "router", "gate")
+
+
+def _zeros(mask, dtype):
+    return {k: np.zeros(mask.shape, dtype=dtype) for k in FIELDS}
+
+
+def _row_gap(student_logp, teacher_logp, i, valid, eps, gap_scale="none"):
+    """delta and delta / (median |delta| + eps) ("median") or delta itself ("none") over the
+    valid tokens of row ``i``."""
+    delta = teacher_logp[i, valid] - student_logp[i, valid]
+    if gap_scale == "none":
+        return delta, delta.copy()
+    return delta, delta / (np.median(np.abs(delta)) + eps)
+
+
+def _valid_rows(mask):
+    """``(i, valid)`` for each row ``i`` of ``mask`` with at least one valid token."""
+    return ((i, valid) for i, valid in enumerate(mask) if valid.any())
+
+
 def dasd_advantages(group_adv, entropy, student_logp, teacher_logp, mask, *, beta, rho=0.2,
                     eps=1e-6, direction="tanh", gate="sigmoid", c=math.log(2.0),
                     gap_scale="median"):
     """Row loop over trajectories; returns a dict with the five ``TokenAdvantages`` fields."""
     mask = np.asarray(mask, dtype=bool)
     entropy = np.asarray(entropy)
-    dtype = entropy.dtype
-    names = ("advantages", "omega", "delta_bar", "router", "gate")
-    out = {k: np.zeros(mask.shape, dtype=dtype) for k in names}
-    for i in range(mask.shape[0]):
-        valid = mask[i]
-        if not valid.any():
-            continue
+    out = _zeros(mask, entropy.dtype)
+    for i, valid in _valid_rows(mask):
         h = entropy[i, valid]
         delta, delta_bar = _row_gap(student_logp, teacher_logp, i, valid, eps, gap_scale)
         tau = np.quantile(h, rho)
@@ -82,22 +98,6 @@ def dasd_advantages(group_adv, entropy, student_logp, teacher_logp, mask, *, bet
 
 
 # --------------------------------------------------------------------------- paper baselines
-
-FIELDS = ("advantages", "omega", "delta_bar", "router", "gate")
-
-
-def _zeros(mask, dtype):
-    return {k: np.zeros(mask.shape, dtype=dtype) for k in FIELDS}
-
-
-def _row_gap(student_logp, teacher_logp, i, valid, eps, gap_scale="none"):
-    """delta and delta / (median |delta| + eps) ("median") or delta itself ("none") over the
-    valid tokens of row ``i``."""
-    delta = teacher_logp[i, valid] - student_logp[i, valid]
-    if gap_scale == "none":
-        return delta, delta.copy()
-    return delta, delta / (np.median(np.abs(delta)) + eps)
-
 
 def hepo_advantages(group_adv, entropy, mask, *, rho=0.2):
     """A_G on tokens at or above the batch-wide (1 - rho) entropy quantile, 0 elsewhere."""
@@ -119,10 +119,7 @@ def rlsd_advantages(group_adv, student_logp, teacher_logp, mask, *, eps=1e-6, cl
     """A_G * clip(exp(sign(A_G) delta), 1 - clip, 1 + clip); gate = the scale."""
     mask = np.asarray(mask, dtype=bool)
     out = _zeros(mask, np.asarray(student_logp).dtype)
-    for i in range(mask.shape[0]):
-        valid = mask[i]
-        if not valid.any():
-            continue
+    for i, valid in _valid_rows(mask):
         delta, delta_bar = _row_gap(student_logp, teacher_logp, i, valid, eps)
         scale = np.clip(np.exp(np.sign(group_adv[i]) * delta), 1 - clip, 1 + clip)
         out["advantages"][i, valid] = group_adv[i] * scale
@@ -135,10 +132,7 @@ def opsd_advantages(group_adv, student_logp, teacher_logp, mask, *, eps=1e-6):
     """A_G on every valid token; omega = router = gate = 1; delta_bar recorded."""
     mask = np.asarray(mask, dtype=bool)
     out = _zeros(mask, np.asarray(student_logp).dtype)
-    for i in range(mask.shape[0]):
-        valid = mask[i]
-        if not valid.any():
-            continue
+    for i, valid in _valid_rows(mask):
         _, delta_bar = _row_gap(student_logp, teacher_logp, i, valid, eps)
         out["advantages"][i, valid] = group_adv[i]
         out["delta_bar"][i, valid] = delta_bar
@@ -152,11 +146,10 @@ def sdpo_advantages(group_adv, student_logp, teacher_logp, mask, *, beta, eps=1e
     """A_G + beta delta_bar; omega = router = gate = 1."""
     out = opsd_advantages(group_adv, student_logp, teacher_logp, mask, eps=eps)
     mask = np.asarray(mask, dtype=bool)
-    for i in range(mask.shape[0]):
-        if mask[i].any():
-            _, delta_bar = _row_gap(student_logp, teacher_logp, i, mask[i], eps, gap_scale)
-            out["delta_bar"][i, mask[i]] = delta_bar
-            out["advantages"][i, mask[i]] += beta * delta_bar
+    for i, valid in _valid_rows(mask):
+        _, delta_bar = _row_gap(student_logp, teacher_logp, i, valid, eps, gap_scale)
+        out["delta_bar"][i, valid] = delta_bar
+        out["advantages"][i, valid] += beta * delta_bar
     return out
 
 
@@ -165,10 +158,7 @@ def srpo_advantages(group_adv, entropy, student_logp, teacher_logp, mask, correc
     """Correct rows A_G; failed rows A_G + beta exp(-max(H, 0)) delta_bar."""
     mask = np.asarray(mask, dtype=bool)
     out = _zeros(mask, np.asarray(entropy).dtype)
-    for i in range(mask.shape[0]):
-        valid = mask[i]
-        if not valid.any():
-            continue
+    for i, valid in _valid_rows(mask):
         _, delta_bar = _row_gap(student_logp, teacher_logp, i, valid, eps, gap_scale)
         w = np.exp(-np.maximum(entropy[i, valid], 0.0))
         out["delta_bar"][i, valid] = delta_bar

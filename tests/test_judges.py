@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import Qwen3Config, Qwen3ForTokenClassification
+from transformers import Qwen3ForTokenClassification
 from typer.testing import CliRunner
 
 from analysis.judges import (
@@ -45,19 +45,8 @@ def prm_tokenizer():
 
 def tiny_prm(tok, *, num_labels=2, seed=0):
     """A tiny Qwen3 with a two-class token head: the real PRM's interface (logits (B, T, 2))."""
-    config = Qwen3Config(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        num_labels=num_labels,
-        pad_token_id=tok.pad_token_id,
-    )
-    torch.manual_seed(seed)
-    return Qwen3ForTokenClassification(config).eval()
+    return random_qwen3(tok, seed=seed, hidden_size=32, num_hidden_layers=1,
+                        head=Qwen3ForTokenClassification, num_labels=num_labels)
 
 
 @pytest.fixture(scope="module")

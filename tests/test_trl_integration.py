@@ -19,6 +19,7 @@ pytest.importorskip("trl")
 from dasd.integrations.trl import DASDConfig, DASDGRPOTrainer
 from dasd.models import load_model
 from dasd.rollout import Rollouts
+from dasd.rollout.hf import encode_prompts
 from dasd.scoring import TokenScores, score_responses
 from dasd.tasks import CountdownTask
 from dasd.trainer import TrainConfig, Trainer
@@ -42,6 +43,21 @@ def cpu_config(out: Path, **overrides: object) -> DASDConfig:
     }
     values.update(overrides)
     return DASDConfig(**values)
+
+
+def assert_dasd_scores(model, tokenizer, batch, countdown_rows) -> None:
+    """The entropies and student / privileged-teacher log-probs TRL took of ``batch``'s
+    completions equal ``dasd.scoring``'s of ``model`` on them (to 1e-4)."""
+    prompts = tokenizer.batch_decode(batch.prompt_ids, skip_special_tokens=True)
+    teacher = {row["prompt"]: row["teacher_prompt"] for row in countdown_rows}
+    teacher_ids, teacher_mask = encode_prompts(tokenizer, [teacher[p] for p in prompts])
+    ours = score_responses(model, batch.completion_ids.cpu(), batch.mask.cpu(),
+                           batch.prompt_ids.cpu(), batch.prompt_mask.bool().cpu(),
+                           teacher_prompt_ids=teacher_ids, teacher_prompt_mask=teacher_mask)
+    mask = batch.mask.cpu()
+    for name in ("entropy", "student_logp", "teacher_logp"):
+        diff = (getattr(ours, name) - getattr(batch, name).cpu()).abs()[mask]
+        assert float(diff.max()) < 1e-4, name
 
 
 @pytest.fixture(scope="module")
@@ -119,21 +135,9 @@ def test_trl_step_matches_our_trainer_advantages(trl_step, model_dir, tmp_path, 
 def test_trl_scores_match_dasd_scoring(trl_step, model_dir, countdown_rows):
     """TRL's fused-head entropies and log-probs (student and privileged teacher), taken before the
     update, equal dasd.scoring's on the same completions with the initial weights."""
-    from dasd.rollout.hf import encode_prompts
-
     batch = trl_step.dasd_last
     model, tokenizer = load_model(model_dir)
-    prompts = tokenizer.batch_decode(batch.prompt_ids, skip_special_tokens=True)
-    teacher = {row["prompt"]: row["teacher_prompt"] for row in countdown_rows}
-    teacher_ids, teacher_mask = encode_prompts(tokenizer, [teacher[p] for p in prompts])
-    ours = score_responses(model, batch.completion_ids.cpu(), batch.mask.cpu(),
-                           batch.prompt_ids.cpu(), batch.prompt_mask.bool().cpu(),
-                           teacher_prompt_ids=teacher_ids, teacher_prompt_mask=teacher_mask)
-    mask = batch.mask.cpu()
-    for name, theirs in (("entropy", batch.entropy), ("student_logp", batch.student_logp),
-                         ("teacher_logp", batch.teacher_logp)):
-        diff = (getattr(ours, name) - theirs.cpu()).abs()[mask]
-        assert float(diff.max()) < 1e-4, name
+    assert_dasd_scores(model, tokenizer, batch, countdown_rows)
     # The privileged context changes the scores: the teacher pass really saw r.
     assert float((batch.teacher_logp - batch.student_logp).abs()[batch.mask].max()) > 1e-3
 
@@ -219,8 +223,6 @@ def test_trl_old_logprob_pass_is_reused_not_repeated(model_dir, countdown_rows, 
     from datasets import Dataset
     from trl import GRPOTrainer
 
-    from dasd.rollout.hf import encode_prompts
-
     calls = []
     original = GRPOTrainer._get_per_token_logps_and_entropies
 
@@ -239,16 +241,7 @@ def test_trl_old_logprob_pass_is_reused_not_repeated(model_dir, countdown_rows, 
     assert calls.count(False) == 2, "one no-grad student pass (TRL's) and one teacher pass"
     batch = trainer.dasd_last
     initial, _ = load_model(model_dir)
-    prompts = tokenizer.batch_decode(batch.prompt_ids, skip_special_tokens=True)
-    teacher = {row["prompt"]: row["teacher_prompt"] for row in countdown_rows}
-    teacher_ids, teacher_mask = encode_prompts(tokenizer, [teacher[p] for p in prompts])
-    ours = score_responses(initial, batch.completion_ids.cpu(), batch.mask.cpu(),
-                           batch.prompt_ids.cpu(), batch.prompt_mask.bool().cpu(),
-                           teacher_prompt_ids=teacher_ids, teacher_prompt_mask=teacher_mask)
-    mask = batch.mask.cpu()
-    for name in ("entropy", "student_logp", "teacher_logp"):
-        diff = (getattr(ours, name) - getattr(batch, name).cpu()).abs()[mask]
-        assert float(diff.max()) < 1e-4, name
+    assert_dasd_scores(initial, tokenizer, batch, countdown_rows)
 
 
 def test_bf16_model_gets_a_float32_lm_head(model_dir, countdown_rows, tmp_path):
