@@ -250,40 +250,39 @@ def train_cmd(
     from dasd import trainer
     from probes.parent_run import parse_overrides
 
-    with _one_line_errors():
-        if resume is not None:
-            if given := _given_options(ctx, allowed={"resume", "steps"}):
-                raise ValueError(f"--resume continues {resume} with its logged settings and takes "
-                                 f"only --steps; drop {', '.join(given)}")
-            run = trainer.Trainer.resume(resume, steps=steps)
-        else:
-            values = dict(method=method, model=model, task=task, beta=beta, rho=rho, lr=lr,
-                          eval_every=eval_every, seed=seed, report_to=report_to)
-            if steps is not None:
-                values["steps"] = steps
-            values.update(parse_overrides(overrides))
-            cfg = trainer.TrainConfig.from_dict(values)
-            run = trainer.Trainer.start(cfg, _run_dir(runs_dir, name,
-                                                      timestamped_name(f"train-{method}", model)))
-        cfg = run.cfg
-        columns = (*Progress.get_default_columns(), TimeElapsedColumn(),
-                   TextColumn("{task.fields[info]}"))
-        with Progress(*columns, console=console) as bar:
-            task_id = bar.add_task(f"{cfg.method} on {cfg.task}", total=cfg.steps,
-                                   completed=run.start_step, info="")
-            latest: dict[str, float] = {}
+    if resume is not None:
+        if given := _given_options(ctx, allowed={"resume", "steps"}):
+            raise ValueError(f"--resume continues {resume} with its logged settings and takes "
+                             f"only --steps; drop {', '.join(given)}")
+        run = trainer.Trainer.resume(resume, steps=steps)
+    else:
+        values = dict(method=method, model=model, task=task, beta=beta, rho=rho, lr=lr,
+                      eval_every=eval_every, seed=seed, report_to=report_to)
+        if steps is not None:
+            values["steps"] = steps
+        values.update(parse_overrides(overrides))
+        cfg = trainer.TrainConfig.from_dict(values)
+        run = trainer.Trainer.start(cfg, _run_dir(runs_dir, name,
+                                                  timestamped_name(f"train-{method}", model)))
+    cfg = run.cfg
+    columns = (*Progress.get_default_columns(), TimeElapsedColumn(),
+               TextColumn("{task.fields[info]}"))
+    with Progress(*columns, console=console) as bar:
+        task_id = bar.add_task(f"{cfg.method} on {cfg.task}", total=cfg.steps,
+                               completed=run.start_step, info="")
+        latest: dict[str, float] = {}
 
-            def show(step: int, metrics: dict[str, float]) -> None:
-                latest.update(metrics)
-                acc = next((v for k, v in latest.items() if k.startswith("eval/avg_at_")), None)
-                info = f"reward {latest.get('train/reward', float('nan')):.3f}"
-                if acc is not None:
-                    info += f"  eval Avg@{cfg.eval_k} {acc:.3f}"
-                bar.update(task_id, completed=step, info=info)
+        def show(step: int, metrics: dict[str, float]) -> None:
+            latest.update(metrics)
+            acc = next((v for k, v in latest.items() if k.startswith("eval/avg_at_")), None)
+            info = f"reward {latest.get('train/reward', float('nan')):.3f}"
+            if acc is not None:
+                info += f"  eval Avg@{cfg.eval_k} {acc:.3f}"
+            bar.update(task_id, completed=step, info=info)
 
-            with _resumable(f"continue it with: dasd-probe train --resume "
-                            f"{escape(str(run.run_dir))}"):
-                run_dir = run.run(show)
+        with _resumable(f"continue it with: dasd-probe train --resume "
+                        f"{escape(str(run.run_dir))}"):
+            run_dir = run.run(show)
     console.print(f"run directory: {run_dir}")
 
 
@@ -459,16 +458,17 @@ def _print_mechanism(runs: dict[str, Path]) -> None:
     if summary.empty:
         return
     fmt = {"wrong_steps": ".0f", "tail_student_low": ".3g", "tail_teacher_low": ".3g"}
-    terminal.wide_table("Mechanism statistics (low = below the trajectory's median entropy; reference "
-                "share is a lower bound)", list(summary.columns),
-                [[row.run, *(cell(float(v), fmt.get(c, ".3f"))
-                             for c, v in zip(summary.columns[1:], row[1:]))]
-                 for row in summary.itertuples(index=False)])
-    terminal.wide_table("|delta| by student-entropy decile beside the round-off floors (floor: the same "
-                "tokens scored in another batch; shift: positions shifted), nats",
-                list(deciles.columns),
-                [[row.run, str(row.decile), *(cell(float(v), ".3g") for v in row[2:])]
-                 for row in deciles.itertuples(index=False)], left=2)
+    terminal.wide_table(
+        "Mechanism statistics (low = below the trajectory's median entropy; reference share is "
+        "a lower bound)", list(summary.columns),
+        [[row.run, *(cell(float(v), fmt.get(c, ".3f"))
+                     for c, v in zip(summary.columns[1:], row[1:]))]
+         for row in summary.itertuples(index=False)])
+    terminal.wide_table(
+        "|delta| by student-entropy decile beside the round-off floors (floor: the same tokens "
+        "scored in another batch; shift: positions shifted), nats", list(deciles.columns),
+        [[row.run, str(row.decile), *(cell(float(v), ".3g") for v in row[2:])]
+         for row in deciles.itertuples(index=False)], left=2)
 
 
 @analyze_app.command("tables")
@@ -514,8 +514,7 @@ def figures_cmd(
 
     from figures import write_figures
 
-    with _one_line_errors():
-        outcomes = write_figures(runs, out)
+    outcomes = write_figures(runs, out)
     for outcome in outcomes:
         name = escape(outcome.spec.name)
         if outcome.files:
@@ -543,8 +542,7 @@ def report_cmd(
     token colored by omega (attraction / repulsion) or entropy."""
     from figures.report import write_report
 
-    with _one_line_errors():
-        path = write_report(runs, out, audit_rollouts=audit_rollouts)
+    path = write_report(runs, out, audit_rollouts=audit_rollouts)
     console.print(f"report: {path}", soft_wrap=True, highlight=False, markup=False)
 
 
@@ -586,15 +584,14 @@ def judge_eval_cmd(
         model=model, device=device, batch_size=batch_size, max_new_tokens=max_new_tokens,
         trust_remote_code=trust_remote_code,
     )
-    with _one_line_errors():
-        rows = {
-            subset: load_processbench(subset, directory=processbench or None, limit=limit or None)
-            for subset in (subsets or PROCESSBENCH_SUBSETS)
-        }
-        step_judge = build_judge(judge, options, [r for subset_rows in rows.values() for r in subset_rows])
-        total = sum(len(subset_rows) for subset_rows in rows.values())
-        with terminal.bar(f"judging {total} solutions", total) as advance:
-            evaluation = evaluate_judge(step_judge, rows, chunk_size=8 * batch_size, progress=advance)
+    rows = {
+        subset: load_processbench(subset, directory=processbench or None, limit=limit or None)
+        for subset in (subsets or PROCESSBENCH_SUBSETS)
+    }
+    step_judge = build_judge(judge, options, [r for subset_rows in rows.values() for r in subset_rows])
+    total = sum(len(subset_rows) for subset_rows in rows.values())
+    with terminal.bar(f"judging {total} solutions", total) as advance:
+        evaluation = evaluate_judge(step_judge, rows, chunk_size=8 * batch_size, progress=advance)
     scores = [[score.subset, str(score.n), str(score.n_error), str(score.n_correct),
                f"{score.error_acc:.4f}", f"{score.correct_acc:.4f}", f"{score.f1:.4f}"]
               for score in evaluation.scores]
@@ -642,8 +639,7 @@ def import_cmd(
     }
     if reward_columns:
         options["reward_columns"] = reward_columns
-    with _one_line_errors():
-        dest = _run_dir(runs_dir, name, f"{fmt}-{source.resolve().name}")
-        imported = import_log(fmt, source, dest, **options)
+    dest = _run_dir(runs_dir, name, f"{fmt}-{source.resolve().name}")
+    imported = import_log(fmt, source, dest, **options)
     console.print(f"imported {imported.rows} rollouts at {len(imported.steps)} steps into "
                   f"{escape(str(imported.path))}", soft_wrap=True, highlight=False)

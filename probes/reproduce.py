@@ -38,7 +38,7 @@ ours, and the paper trains no tiny model.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +69,7 @@ __all__ = [
     "probe_stages",
     "run_reproduce",
     "run_stages",
+    "show_outcome",
     "stage_display",
     "stage_done",
 ]
@@ -540,12 +541,18 @@ def _run(options: ReproduceOptions, run_dir: Path, terminal: Terminal) -> Reprod
                              display=display)
 
 
+def show_outcome(terminal: Terminal, lines: Iterable[str], outputs: Mapping[str, Path]
+                 ) -> None:
+    """A parent run's outcome: each of ``lines`` as a list item, then each file written."""
+    for line in lines:
+        terminal.line(f"- {line}")
+    for key, path in outputs.items():
+        terminal.line(f"{key}: {path}")
+
+
 def _show(options: ReproduceOptions, result: ReproduceResult, run_dir: Path,
           terminal: Terminal) -> None:
-    for finding in findings([run_dir]):
-        terminal.line(f"- {finding.line()}")
-    for key, path in result.outputs.items():
-        terminal.line(f"{key}: {path}")
+    show_outcome(terminal, (finding.line() for finding in findings([run_dir])), result.outputs)
 
 
 register_probe("reproduce", options=ReproduceOptions, run=_run, show=_show, resumable=True,

@@ -45,6 +45,7 @@ from probes.reproduce import (
     Stage,
     probe_stages,
     run_stages,
+    show_outcome,
     stage_display,
 )
 
@@ -244,10 +245,7 @@ def _run(cfg: ValidateConfig, run_dir: Path, terminal: Terminal) -> ValidateResu
 
 def _show(cfg: ValidateConfig, result: ValidateResult, run_dir: Path,
           terminal: Terminal) -> None:
-    for line in summary_lines(result.rows):
-        terminal.line(f"- {line}")
-    for key, path in result.outputs.items():
-        terminal.line(f"{key}: {path}")
+    show_outcome(terminal, summary_lines(result.rows), result.outputs)
 
 
 register_probe("validate", options=ValidateConfig, run=_run, show=_show, resumable=True,
