@@ -42,6 +42,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from dasd.method_styles import METHOD_STYLES
+
 __all__ = [
     "ABLATION_ROWS",
     "BENCHMARK_COLUMNS",
@@ -100,10 +102,8 @@ BENCHMARK_COLUMNS = ("MATH500", "Minerva", "HMMT25", "Olympiad", "AIME24", "AIME
 #: The model blocks of Tables 2, 6 and 7.
 PAPER_MODELS = ("Qwen3-1.7B", "Qwen3-4B", "Qwen3-8B")
 #: Method registry name -> row of Tables 2, 6 and 7 (the base model's row is the model name).
-METHOD_ROWS: dict[str, str] = {
-    "grpo": "+GRPO", "hepo": "+HEPO", "opsd": "+OPSD", "sdpo": "+SDPO", "rlsd": "+RLSD",
-    "srpo": "+SRPO", "dasd": "+DASD (ours)",
-}
+METHOD_ROWS: dict[str, str] = {name: style.paper_row for name, style in METHOD_STYLES.items()
+                               if style.paper_row is not None}
 
 _METHOD_ORDER = tuple(METHOD_ROWS.values())
 _AVG16 = {  # Tables 2 and 6 (Avg@16, %), model block -> base row then _METHOD_ORDER

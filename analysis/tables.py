@@ -98,6 +98,7 @@ from analysis.paper import (
     method_row,
     paper_value,
 )
+from dasd.method_styles import METHOD_STYLES
 
 __all__ = [
     "BENCHMARKS",
@@ -129,17 +130,7 @@ BENCHMARKS: dict[str, str] = {
     "countdown": "Countdown",
 }
 #: Method names (the method registry) -> row label, in the paper's order.
-METHOD_LABELS: dict[str, str] = {
-    "grpo": "GRPO",
-    "hepo": "HEPO",
-    "opsd": "OPSD",
-    "sdpo": "SDPO",
-    "rlsd": "RLSD",
-    "srpo": "SRPO",
-    "dasd": "DASD",
-    "conformity": "Conformity",
-    "novelty": "Novelty",
-}
+METHOD_LABELS: dict[str, str] = {name: style.label for name, style in METHOD_STYLES.items()}
 BASE = "base"
 _SPREAD_NOTE = ("±: half-width of the 95% Student-t interval across a cell's runs (seeds); the "
                 "CSV holds the means.")

@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dasd.method_styles import METHOD_STYLES
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -39,42 +41,13 @@ __all__ = [
     "png_bytes",
 ]
 
-#: Fixed method colors. GRPO / OPSD / DASD follow the paper (orange, mauve, green).
-METHOD_COLORS: dict[str, str] = {
-    "grpo": "#E69F00",
-    "opsd": "#B07AA1",
-    "dasd": "#2CA02C",
-    "conformity": "#0072B2",
-    "novelty": "#D62728",
-    "hepo": "#56B4E9",
-    "rlsd": "#8C564B",
-    "sdpo": "#BCBD22",
-    "srpo": "#17BECF",
-}
-METHOD_LABELS: dict[str, str] = {
-    "grpo": "GRPO",
-    "opsd": "OPSD",
-    "dasd": "DASD",
-    "conformity": "Conformity",
-    "novelty": "Novelty",
-    "hepo": "HEPO",
-    "rlsd": "RLSD",
-    "sdpo": "SDPO",
-    "srpo": "SRPO",
-}
-METHOD_MARKERS: dict[str, str] = {
-    "grpo": "o",
-    "opsd": "s",
-    "dasd": "D",
-    "conformity": "^",
-    "novelty": "v",
-    "hepo": "P",
-    "rlsd": "X",
-    "sdpo": "<",
-    "srpo": ">",
-}
 #: Legend and drawing order of curves.
-METHOD_ORDER: tuple[str, ...] = tuple(METHOD_COLORS)
+METHOD_ORDER: tuple[str, ...] = ("grpo", "opsd", "dasd", "conformity", "novelty", "hepo", "rlsd",
+                                 "sdpo", "srpo")
+#: Each method's colour, label and marker (``dasd.method_styles``), in legend order.
+METHOD_COLORS: dict[str, str] = {m: METHOD_STYLES[m].color for m in METHOD_ORDER}
+METHOD_LABELS: dict[str, str] = {m: METHOD_STYLES[m].label for m in METHOD_ORDER}
+METHOD_MARKERS: dict[str, str] = {m: METHOD_STYLES[m].marker for m in METHOD_ORDER}
 #: Runs without a method (an untrained base model) and methods outside the table.
 BASE_COLOR = "#7F7F7F"
 DPI = 150

@@ -574,3 +574,20 @@ def test_method_variants_are_separate_curves():
     labels = [g.label for g in groups]
     assert any("flip=low" in label for label in labels)
     assert any("routing=position" in label for label in labels)
+
+
+def test_every_registered_method_has_one_style_used_everywhere():
+    from analysis.paper import METHOD_ROWS
+    from analysis.tables import METHOD_LABELS as TABLE_LABELS
+    from dasd.advantages import METHODS
+    from dasd.method_styles import METHOD_STYLES
+    from figures.style import METHOD_LABELS, METHOD_MARKERS, METHOD_ORDER
+
+    assert set(METHOD_STYLES) == set(METHODS.names())
+    assert sorted(METHOD_ORDER) == sorted(METHOD_STYLES)
+    assert METHOD_LABELS == {m: METHOD_STYLES[m].label for m in METHOD_ORDER} == {
+        m: TABLE_LABELS[m] for m in METHOD_ORDER}
+    assert list(TABLE_LABELS) == list(METHOD_STYLES), "tables keep the paper's row order"
+    assert METHOD_MARKERS["dasd"] == "D" and METHOD_COLORS["dasd"] == "#2CA02C"
+    assert METHOD_ROWS == {"grpo": "+GRPO", "hepo": "+HEPO", "opsd": "+OPSD", "sdpo": "+SDPO",
+                           "rlsd": "+RLSD", "srpo": "+SRPO", "dasd": "+DASD (ours)"}
