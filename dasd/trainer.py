@@ -84,7 +84,12 @@ from dasd.memory import GIB, REVERSE_KL_LOGIT_COPIES, logits_bytes_per_row, rows
 from dasd.models import load_model, resolve_device
 from dasd.perf import build_reporter, check_report_to, peak_flops, synced_time, update_metrics
 from dasd.records import rollout_frame, verifier_rewards
-from dasd.rollout import Rollouts, build_rollout_engine, check_rollout_engine
+from dasd.rollout import (
+    ROLLOUT_ENGINES,
+    Rollouts,
+    build_rollout_engine,
+    check_rollout_engine,
+)
 from dasd.rollout.hf import encode_prompts, kv_budget_batch_size
 from dasd.routing import ROUTING_SIGNALS, RoutingBatch, build_routing_signal
 from dasd.runlog import (
@@ -225,6 +230,14 @@ class TrainConfig:
     device: str = "auto"
     """``auto`` (cuda when available), ``cpu`` or ``cuda``."""
 
+    @property
+    def corrects_sampler_gap(self) -> bool:
+        """Whether the rollouts' sampler-vs-scorer gap is corrected by truncated importance
+        sampling: an engine whose sampler is not the scorer (``vllm``) and
+        ``vllm_is_cap > 0``."""
+        return ROLLOUT_ENGINES.get(self.rollout_engine).corrects_sampler_gap \
+            and self.vllm_is_cap > 0
+
     def __post_init__(self) -> None:
         check_fields(self)
         method = get_method(self.method)
@@ -267,7 +280,7 @@ class TrainConfig:
                 and self.vllm_max_prompt_tokens >= 1):
             raise ValueError("need vllm_is_cap >= 0 (finite) and vllm_max_prompt_tokens >= 1, got "
                              f"{self.vllm_is_cap}, {self.vllm_max_prompt_tokens}")
-        if self.top_p < 1 and not (self.rollout_engine == "vllm" and self.vllm_is_cap > 0):
+        if self.top_p < 1 and not self.corrects_sampler_gap:
             raise ValueError(
                 f"top_p={self.top_p} < 1 makes the PPO ratio off-policy (the scorer's pi_old has "
                 "no top-p); use top_p=1, or rollout_engine=vllm with vllm_is_cap > 0 to correct it"
@@ -715,7 +728,7 @@ class Trainer:
                              scores.teacher_logp, mask, beta=cfg.beta, rho=cfg.rho, eps=cfg.eps,
                              **options)
         advantages = shaped.advantages
-        if cfg.rollout_engine == "vllm" and cfg.vllm_is_cap > 0:
+        if cfg.corrects_sampler_gap:
             advantages = advantages * truncated_is_weights(
                 scores.student_logp, rollouts.logprobs, mask, cap=cfg.vllm_is_cap)
         return shaped, advantages

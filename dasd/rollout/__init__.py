@@ -1,5 +1,7 @@
 """Generation engines (DESIGN.md section 2): ``hf`` samples with a ``transformers`` KV cache;
-``vllm`` (optional extra) samples with vLLM on a GPU and returns the same ``Rollouts``."""
+``vllm`` (optional extra) samples with vLLM on a GPU and returns the same ``Rollouts``. Each
+engine registers itself in :data:`ROLLOUT_ENGINES` (``dasd.rollout.engines``) in its own
+module; the trainer and the evaluation build one by name and read its traits, never its name."""
 
 from __future__ import annotations
 
@@ -7,10 +9,13 @@ from collections.abc import Callable
 
 from torch import nn
 
+import dasd.rollout.vllm  # noqa: F401  (registers the vllm engine)
+from dasd.rollout.engines import ROLLOUT_ENGINES, RolloutEngine
 from dasd.rollout.hf import Rollouts, generate, sample_from_logits
 
 __all__ = [
     "ROLLOUT_ENGINES",
+    "RolloutEngine",
     "Rollouts",
     "build_rollout_engine",
     "check_rollout_engine",
@@ -18,19 +23,11 @@ __all__ = [
     "sample_from_logits",
 ]
 
-#: Names a config's ``rollout_engine`` takes.
-ROLLOUT_ENGINES = ("hf", "vllm")
-
 
 def check_rollout_engine(name: str, *, device: str = "auto") -> None:
     """Raise a one-line ``ValueError`` if engine ``name`` is unknown or cannot run here
     (``vllm``: needs CUDA and the ``dasd[vllm]`` extra; checked without importing vLLM)."""
-    if name not in ROLLOUT_ENGINES:
-        raise ValueError(f"unknown rollout_engine {name!r}; valid: {', '.join(ROLLOUT_ENGINES)}")
-    if name == "vllm":
-        from dasd.rollout.vllm import check_vllm_available
-
-        check_vllm_available(device)
+    ROLLOUT_ENGINES.get(name).check(device)
 
 
 def build_rollout_engine(
@@ -44,10 +41,7 @@ def build_rollout_engine(
     ``max_model_len``) and returns the sampled tokens' processed log-probs when
     ``sampler_logprobs``."""
     check_rollout_engine(name, device=next(model.parameters()).device.type)
-    if name == "hf":
-        return generate
-    from dasd.rollout.vllm import VLLMEngine
-
-    return VLLMEngine(model.name_or_path, gpu_memory_utilization=gpu_memory_utilization,
-                      seed=seed, max_model_len=max_prompt_tokens + max_new_tokens,
-                      sampler_logprobs=sampler_logprobs)
+    return ROLLOUT_ENGINES.get(name).build(
+        model, max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens,
+        gpu_memory_utilization=gpu_memory_utilization, seed=seed,
+        sampler_logprobs=sampler_logprobs)

@@ -23,6 +23,7 @@ import inspect
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +37,7 @@ from dasd.rollout.batching import (
     over_micro_batches,
     trim_left_padding,
 )
+from dasd.rollout.engines import ROLLOUT_ENGINES, RolloutEngine
 
 __all__ = [
     "DecodeContext",
@@ -432,3 +434,12 @@ def _decode(
             tokens = tokens[keep]
         ctx.append(torch.where(out.alive, tokens, pad_id))
     return out.result(finite=("logp",))
+
+
+def _build(model: nn.Module, **_: Any) -> Callable[..., Rollouts]:
+    """The ``hf`` engine is :func:`generate` itself, whatever the model."""
+    return generate
+
+
+ROLLOUT_ENGINES.register("hf")(RolloutEngine(check=lambda device: None, build=_build,
+                                             corrects_sampler_gap=False))

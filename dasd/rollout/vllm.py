@@ -64,6 +64,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from dasd.rollout.engines import ROLLOUT_ENGINES, RolloutEngine
 from dasd.rollout.hf import Rollouts, assemble_rollouts, encode_prompts, stop_token_ids
 
 __all__ = [
@@ -319,3 +320,16 @@ class VLLMEngine:
         return rollouts_from_outputs(outputs, prompts, prompt_ids, prompt_mask,
                                      tokenizer=tokenizer, eos=eos,
                                      sampler_logprobs=self.sampler_logprobs)
+
+
+def _build(model: nn.Module, *, max_new_tokens: int, max_prompt_tokens: int,
+           gpu_memory_utilization: float, seed: int, sampler_logprobs: bool) -> VLLMEngine:
+    """A :class:`VLLMEngine` for ``model``'s checkpoint reserving ``max_prompt_tokens +
+    max_new_tokens`` tokens per sequence."""
+    return VLLMEngine(model.name_or_path, gpu_memory_utilization=gpu_memory_utilization,
+                      seed=seed, max_model_len=max_prompt_tokens + max_new_tokens,
+                      sampler_logprobs=sampler_logprobs)
+
+
+ROLLOUT_ENGINES.register("vllm")(RolloutEngine(
+    check=lambda device: check_vllm_available(device), build=_build, corrects_sampler_gap=True))
