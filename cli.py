@@ -1,5 +1,7 @@
 """Command-line entry points: ``dasd-probe`` (compute, writes run dirs) and ``dasd-analyze``
-(reads run dirs). Thin: parse options, call library functions, print results."""
+(reads run dirs). ``dasd-probe`` has one command per registered probe (``probes.registry``),
+generated here from the probe's options dataclass; the ``dasd-analyze`` commands are written
+out. Every command runs inside one error wrapper (bad input: one line, exit 2)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import inspect
 import os
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -18,12 +20,11 @@ import click
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import Progress, TextColumn, TimeElapsedColumn
 from typer.core import TyperGroup
 
 from dasd.config_checks import field_docs
 from figures.terminal import Terminal, cell
-from probes.registry import Probe, discover_probes, get_probe, timestamped_name
+from probes.registry import Probe, discover_probes, get_probe
 
 #: What to do about an OSError, by errno (the message names the path and the system's reason).
 _OS_ADVICE = {
@@ -146,61 +147,6 @@ def _resumable(hint: str) -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
-def _print_metrics(title: str, metrics: dict[str, float]) -> None:
-    terminal.table(title, ["metric", "value"],
-                   [[key, f"{value:.4g}"] for key, value in metrics.items()])
-
-
-@probe_app.command("eval")
-def eval_cmd(
-    model: str = typer.Option("tiny", help="'tiny' (built-in), a local checkpoint dir, or a hub name."),
-    task: str = typer.Option("countdown", help="Registered task name."),
-    benchmark: str = typer.Option(
-        "", help="Benchmark of a task that has several (math: aime24, aime25, hmmt25, math500, "
-        "minerva, olympiadbench, amc23, a .jsonl/.json/.parquet file, or hub:NAME).",
-    ),
-    n_prompts: int = typer.Option(64, help="Held-out problems to evaluate."),
-    k: int = typer.Option(16, help="Samples per problem (Avg@k, Pass@k)."),
-    temperature: float = typer.Option(1.0, help="Sampling temperature (paper: 1.0)."),
-    top_p: float = typer.Option(0.9, help="Nucleus top-p (paper: 0.9)."),
-    max_new_tokens: int = typer.Option(160, help="Generation limit per response."),
-    batch_size: int = typer.Option(128, help="Prompts per generation micro-batch."),
-    teacher: bool = typer.Option(True, help="Also score the privileged teacher's log-probs."),
-    score_batch_size: int = typer.Option(32, help="Responses per scoring forward pass (lower "
-                                         "it for long responses: 4 at 8,192 tokens)."),
-    rollout_engine: str = typer.Option("hf", help="Sampler: hf, or vllm (needs a CUDA GPU and "
-                                       "the vllm extra of dasd)."),
-    device: str = typer.Option("auto", help="auto (CUDA when available), cpu or cuda."),
-    dtype: str = typer.Option("auto", help="Weights' dtype: auto (bf16 on CUDA, float32 on "
-                              "CPU), float32, bfloat16 or checkpoint; evaluate a base model and "
-                              "its trained checkpoints at the same one."),
-    seed: int = typer.Option(0, help="Seed for problem sampling and generation."),
-    thinking: str = typer.Option("", help="on|off: the chat template's enable_thinking (math "
-                                 "task, e.g. Qwen3; on: the answer is read after </think>); "
-                                 "empty: the template's default."),
-    runs_dir: Path = typer.Option(Path("runs"), help="Parent directory of run directories."),
-    name: str = typer.Option("", help="Run directory name (default: eval-<model>-<time>)."),
-) -> None:
-    """Avg@k / Pass@k of a model on a task's held-out problems; logs rollouts with per-token
-    entropy and student/teacher log-probs."""
-    from probes.evaluate import EvalConfig, run_eval
-
-    cfg = EvalConfig(
-        model=model, task=task, benchmark=benchmark, n_prompts=n_prompts, k=k,
-        temperature=temperature,
-        top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size,
-        teacher=teacher, score_batch_size=score_batch_size, rollout_engine=rollout_engine,
-        device=device, dtype=dtype, seed=seed, thinking=_on_off("thinking", thinking),
-    )
-    run_dir = _run_dir(runs_dir, name, timestamped_name("eval", model))
-    with terminal.bar(f"sampling {n_prompts} x {k}", n_prompts * k) as step:
-        _, summary = run_eval(cfg, run_dir, progress=step)
-    _print_metrics(f"{model} on {task} ({n_prompts} prompts x {k})",
-                   {key: v for key, v in summary.items() if not key.startswith("mechanism/")})
-    _print_mechanism({run_dir.name: run_dir})
-    console.print(f"run directory: {run_dir}")
-
-
 def _on_off(option: str, value: str) -> bool | None:
     """``on`` -> True, ``off`` -> False, empty -> None; anything else is a one-line error."""
     choices = {"on": True, "off": False, "": None}
@@ -209,7 +155,7 @@ def _on_off(option: str, value: str) -> bool | None:
     return choices[value]
 
 
-def _given_options(ctx: typer.Context, *, allowed: set[str]) -> list[str]:
+def _given_options(ctx: typer.Context, *, allowed: Iterable[str]) -> list[str]:
     """The options of this command given on the command line (or by environment), but for
     the parameters named in ``allowed``."""
     given = []
@@ -219,71 +165,6 @@ def _given_options(ctx: typer.Context, *, allowed: set[str]) -> list[str]:
                 and source.name not in ("DEFAULT", "DEFAULT_MAP"):
             given.append(param.opts[0])
     return given
-
-
-@probe_app.command("train")
-def train_cmd(
-    ctx: typer.Context,
-    method: str = typer.Option("dasd", help="Method: grpo, dasd, conformity, novelty, hepo, "
-                               "opsd, rlsd, sdpo, srpo."),
-    model: str = typer.Option("tiny", help="'tiny' (built-in), a local checkpoint dir, or a hub name."),
-    task: str = typer.Option("countdown", help="Registered task name."),
-    steps: int = typer.Option(None, help="Policy updates (default 60); with --resume, extends "
-                              "the run to this many."),
-    beta: float = typer.Option(0.1, help="Weight of the teacher term (eq. 5/8)."),
-    rho: float = typer.Option(0.2, help="Router quantile (paper: 0.2)."),
-    lr: float = typer.Option(1e-4, help="Peak learning rate (cosine decay)."),
-    eval_every: int = typer.Option(10, help="Held-out evaluation every N updates (0: first/last only)."),
-    seed: int = typer.Option(0, help="Seed of data order, sampling and evaluation."),
-    report_to: str = typer.Option("none", help="Also stream metrics to tensorboard or wandb "
-                                  "(optional extras); metrics.jsonl is written either way."),
-    overrides: list[str] = typer.Option(
-        [], "--set", help="Any other TrainConfig field as KEY=VALUE (JSON values), e.g. "
-        "--set group_size=4 --set 'method_options={\"direction\": \"hard\"}'."),
-    runs_dir: Path = typer.Option(Path("runs"), help="Parent directory of run directories."),
-    name: str = typer.Option("", help="Run directory name (default: train-<method>-<time>)."),
-    resume: Path = typer.Option(None, help="Continue this run directory from its newest "
-                                "checkpoint (its logged config is used; --steps extends it)."),
-) -> None:
-    """Train with the one core trainer (GRPO backbone; the method shapes per-token advantages)
-    and log metrics, rollouts, held-out evaluations and checkpoints to a run directory."""
-    from dasd import trainer
-    from probes.parent_run import parse_overrides
-
-    if resume is not None:
-        if given := _given_options(ctx, allowed={"resume", "steps"}):
-            raise ValueError(f"--resume continues {resume} with its logged settings and takes "
-                             f"only --steps; drop {', '.join(given)}")
-        run = trainer.Trainer.resume(resume, steps=steps)
-    else:
-        values = dict(method=method, model=model, task=task, beta=beta, rho=rho, lr=lr,
-                      eval_every=eval_every, seed=seed, report_to=report_to)
-        if steps is not None:
-            values["steps"] = steps
-        values.update(parse_overrides(overrides))
-        cfg = trainer.TrainConfig.from_dict(values)
-        run = trainer.Trainer.start(cfg, _run_dir(runs_dir, name,
-                                                  timestamped_name(f"train-{method}", model)))
-    cfg = run.cfg
-    columns = (*Progress.get_default_columns(), TimeElapsedColumn(),
-               TextColumn("{task.fields[info]}"))
-    with Progress(*columns, console=console) as bar:
-        task_id = bar.add_task(f"{cfg.method} on {cfg.task}", total=cfg.steps,
-                               completed=run.start_step, info="")
-        latest: dict[str, float] = {}
-
-        def show(step: int, metrics: dict[str, float]) -> None:
-            latest.update(metrics)
-            acc = next((v for k, v in latest.items() if k.startswith("eval/avg_at_")), None)
-            info = f"reward {latest.get('train/reward', float('nan')):.3f}"
-            if acc is not None:
-                info += f"  eval Avg@{cfg.eval_k} {acc:.3f}"
-            bar.update(task_id, completed=step, info=info)
-
-        with _resumable(f"continue it with: dasd-probe train --resume "
-                        f"{escape(str(run.run_dir))}"):
-            run_dir = run.run(show)
-    console.print(f"run directory: {run_dir}")
 
 
 def _option(f: dataclasses.Field, hint: Any, probe: Probe) -> tuple[Any, Any] | None:
@@ -303,6 +184,9 @@ def _option(f: dataclasses.Field, hint: Any, probe: Probe) -> tuple[Any, Any] | 
         return bool, typer.Option(default, flag, help=help_text)
     if typing.get_origin(hint) in (types.UnionType, typing.Union) and type(None) in args:
         inner = next(a for a in args if a is not type(None))
+        if inner is bool:
+            shown = {True: "on", False: "off", None: ""}[default]
+            return str, typer.Option(shown, *flags, help=f"{help_text} on|off; empty: None.")
         return typing.Optional[inner], typer.Option(default, *flags, help=help_text)
     if typing.get_origin(hint) is tuple and args == (str, ...):
         if f.metadata.get("repeatable"):
@@ -312,8 +196,11 @@ def _option(f: dataclasses.Field, hint: Any, probe: Probe) -> tuple[Any, Any] | 
     return None
 
 
-def _as_field(value: Any, hint: Any) -> Any:
-    """A command-line value as the options field of annotation ``hint`` takes it."""
+def _as_field(name: str, value: Any, hint: Any) -> Any:
+    """The command-line value of option ``name`` as the options field of annotation ``hint``
+    takes it."""
+    if hint == bool | None:
+        return _on_off(name.replace("_", "-"), value)
     if typing.get_origin(hint) is tuple:
         parts = value.split(",") if isinstance(value, str) else value
         return tuple(part.strip() for part in parts if part.strip())
@@ -341,18 +228,26 @@ def probe_command(probe: Probe) -> click.Command:
         params.append(inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=option,
                                         annotation=annotation))
 
-    def command(**values: Any) -> None:
+    def command(ctx: typer.Context, **values: Any) -> None:
         runs_dir, name = values.pop("runs_dir"), values.pop("name")
-        options = probe.options(**{key: _as_field(value, hints[key])
+        options = probe.options(**{key: _as_field(key, value, hints[key])
                                    for key, value in values.items()})
+        resume = getattr(options, "resume", None)
+        takes = ("resume", *getattr(options, "resume_takes", ()))
+        if resume is not None and (given := _given_options(ctx, allowed=takes)):
+            raise ValueError(f"--resume continues {resume} with its logged settings and takes "
+                             f"only {', '.join('--' + t.replace('_', '-') for t in takes[1:])}; "
+                             f"drop {', '.join(given)}")
         run_dir = _run_dir(runs_dir, name, probe.default_name(options))
-        hint = f"resume with the same options and --name {escape(run_dir.name)}"
-        with _resumable(hint) if probe.resumable else nullcontext():
+        hint = probe.interrupt_hint
+        with nullcontext() if hint is None else _resumable(escape(hint(options, run_dir))):
             result = probe.run(options, run_dir, terminal)
         probe.show(options, result, run_dir, terminal)
 
-    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-    command.__annotations__ = annotations
+    context = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                annotation=typer.Context)
+    command.__signature__ = inspect.Signature([context, *params])  # type: ignore[attr-defined]
+    command.__annotations__ = {"ctx": typer.Context, **annotations}
     command.__doc__ = probe.help
     app = typer.Typer(add_completion=False)
     app.command(probe.name)(command)
@@ -424,6 +319,7 @@ def health_cmd(
     reported one line each; exit 2 only when nothing could be analysed."""
     from analysis.health import analyze_runs
     from dasd.health import DEFAULT_MARKERS, HEALTH_COLUMNS
+    from probes.evaluate import show_mechanism
 
     if step is not None and last:
         raise ValueError("give --step S or --last, not both")
@@ -445,30 +341,8 @@ def health_cmd(
             out.parent.mkdir(parents=True, exist_ok=True)
             rows.to_csv(out, index=False)
             console.print(f"wrote {escape(str(out))}", highlight=False, soft_wrap=True)
-    _print_mechanism({info.label: info.path for info in report.runs})
+    show_mechanism(terminal, {info.label: info.path for info in report.runs})
     _report_issues(issues=report.issues, analysed=report.analysed)
-
-
-def _print_mechanism(runs: dict[str, Path]) -> None:
-    """The mechanism statistics the runs' evals logged (``analysis.mechanism``); nothing for
-    runs without them."""
-    from analysis.mechanism import mechanism_tables
-
-    summary, deciles = mechanism_tables(runs)
-    if summary.empty:
-        return
-    fmt = {"wrong_steps": ".0f", "tail_student_low": ".3g", "tail_teacher_low": ".3g"}
-    terminal.wide_table(
-        "Mechanism statistics (low = below the trajectory's median entropy; reference share is "
-        "a lower bound)", list(summary.columns),
-        [[row.run, *(cell(float(v), fmt.get(c, ".3f"))
-                     for c, v in zip(summary.columns[1:], row[1:]))]
-         for row in summary.itertuples(index=False)])
-    terminal.wide_table(
-        "|delta| by student-entropy decile beside the round-off floors (floor: the same tokens "
-        "scored in another batch; shift: positions shifted), nats", list(deciles.columns),
-        [[row.run, str(row.decile), *(cell(float(v), ".3g") for v in row[2:])]
-         for row in deciles.itertuples(index=False)], left=2)
 
 
 @analyze_app.command("tables")

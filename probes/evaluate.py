@@ -32,6 +32,8 @@ from dasd.rollout import build_rollout_engine, check_rollout_engine
 from dasd.rollout.hf import kv_budget_batch_size
 from dasd.runlog import create_run
 from dasd.tasks import build_task
+from figures.terminal import Terminal, cell
+from probes.registry import register_probe
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,11 @@ class EvalConfig:
     k: int = 16
     """Samples per problem (Avg@k, Pass@k)."""
     temperature: float = 1.0
+    """Sampling temperature (paper: 1.0)."""
     top_p: float = 0.9
+    """Nucleus top-p (paper: 0.9)."""
     max_new_tokens: int = 160
+    """Generation limit per response."""
     batch_size: int = 128
     """Prompts per generation micro-batch, at most: fewer when their KV cache (longest prompt
     + ``max_new_tokens`` tokens each) would exceed ``kv_cache_budget_gb`` (``dasd.memory``)."""
@@ -78,6 +83,7 @@ class EvalConfig:
     would then be evaluated at different precisions). Log-probs and entropies come from float32
     logits either way (``dasd.scoring``)."""
     seed: int = 0
+    """Seed of problem sampling and generation."""
     thinking: bool | None = None
     """The chat template's ``enable_thinking`` (``math`` task, e.g. Qwen3); None: the
     template's default. With True the answer is read after ``</think>`` only."""
@@ -161,3 +167,46 @@ def run_eval(
                                      temperature=cfg.temperature)
         run.log_metrics(0, "eval", summary)
     return frame, summary
+
+
+def _run(cfg: EvalConfig, run_dir: Path, terminal: Terminal) -> dict[str, float]:
+    """Avg@k / Pass@k of a model on a task's held-out problems; logs rollouts with per-token
+    entropy and student/teacher log-probs."""
+    with terminal.bar(f"sampling {cfg.n_prompts} x {cfg.k}", cfg.n_prompts * cfg.k) as step:
+        _, summary = run_eval(cfg, run_dir, progress=step)
+    return summary
+
+
+def show_mechanism(terminal: Terminal, runs: dict[str, Path]) -> None:
+    """The mechanism statistics the runs' evals logged (``analysis.mechanism``) as two tables;
+    nothing for runs without them."""
+    from analysis.mechanism import mechanism_tables
+
+    summary, deciles = mechanism_tables(runs)
+    if summary.empty:
+        return
+    fmt = {"wrong_steps": ".0f", "tail_student_low": ".3g", "tail_teacher_low": ".3g"}
+    terminal.wide_table(
+        "Mechanism statistics (low = below the trajectory's median entropy; reference share is "
+        "a lower bound)", list(summary.columns),
+        [[row.run, *(cell(float(v), fmt.get(c, ".3f"))
+                     for c, v in zip(summary.columns[1:], row[1:]))]
+         for row in summary.itertuples(index=False)])
+    terminal.wide_table(
+        "|delta| by student-entropy decile beside the round-off floors (floor: the same tokens "
+        "scored in another batch; shift: positions shifted), nats", list(deciles.columns),
+        [[row.run, str(row.decile), *(cell(float(v), ".3g") for v in row[2:])]
+         for row in deciles.itertuples(index=False)], left=2)
+
+
+def _show(cfg: EvalConfig, summary: dict[str, float], run_dir: Path, terminal: Terminal
+          ) -> None:
+    terminal.table(f"{cfg.model} on {cfg.task} ({cfg.n_prompts} prompts x {cfg.k})",
+                   ["metric", "value"],
+                   [[key, f"{value:.4g}"] for key, value in summary.items()
+                    if not key.startswith("mechanism/")])
+    show_mechanism(terminal, {run_dir.name: run_dir})
+    terminal.line(f"run directory: {run_dir}")
+
+
+register_probe("eval", options=EvalConfig, run=_run, show=_show)

@@ -16,14 +16,17 @@ prints it. :func:`discover_probes` finds every ``register_probe`` call in the mo
 (torch and transformers take seconds to import); :func:`get_probe` imports the one asked for.
 
 Field conventions read by the command-line generator (``cli.py``): ``str``, ``int``,
-``float``, ``bool`` and ``Path`` fields (or ``X | None``) are options of the same name;
+``float``, ``bool`` and ``Path`` fields (or ``X | None``) are options of the same name
+(``bool | None``: given as ``on``, ``off`` or empty);
 
 - ``tuple[str, ...]`` fields are given comma-separated (``--parts forks,revisions``), or
   repeated when the field's metadata says ``{"repeatable": True}``;
 - a field's metadata ``{"flag": "--set"}`` names its option where the field name cannot;
 - fields whose annotation is not a plain value (a mapping) are not options;
 - an ``options`` class may define ``option_default(name) -> str | None``, a text appended to
-  a field's help (e.g. the budget defaults of the training probes).
+  a field's help (e.g. the budget defaults of the training probes);
+- a ``resume: Path | None`` field continues that run, and the command then refuses every
+  option but those named in the class's ``resume_takes``.
 """
 
 from __future__ import annotations
@@ -64,6 +67,9 @@ class Probe:
     """That name as the help states it, e.g. ``entropy-tv-<model>-<time>``."""
     resumable: bool
     """Whether re-running with the same options and ``--name`` resumes an interrupted run."""
+    interrupt_hint: Callable[[Any, Path], str] | None
+    """``interrupt_hint(options, run_dir)``: how to continue after Ctrl-C (None: nothing to
+    say)."""
 
 
 def timestamped_name(kind: str, model: str) -> str:
@@ -80,11 +86,12 @@ PROBES: dict[str, Probe] = {}
 def register_probe(name: str, *, options: type, run: Callable[[Any, Path, Terminal], Any],
                    show: Callable[[Any, Any, Path, Terminal], None],
                    default_name: Callable[[Any], str] | None = None,
-                   default_name_text: str | None = None, resumable: bool = False) -> Probe:
+                   default_name_text: str | None = None, resumable: bool = False,
+                   interrupt_hint: Callable[[Any, Path], str] | None = None) -> Probe:
     """Register the probe ``name`` (module docstring); returns its :class:`Probe`.
     ``default_name`` defaults to ``timestamped_name(name, options.model)``
-    (``<name>-<model>-<time>``, its ``default_name_text``); the help is ``run``'s
-    docstring."""
+    (``<name>-<model>-<time>``, its ``default_name_text``); the help is ``run``'s docstring;
+    a ``resumable`` probe's ``interrupt_hint`` defaults to rerunning with the same name."""
     if name in PROBES:
         raise ValueError(f"probe {name!r} is registered twice")
     if not is_dataclass(options):
@@ -95,7 +102,8 @@ def register_probe(name: str, *, options: type, run: Callable[[Any, Path, Termin
                   help=" ".join(run.__doc__.split()),
                   default_name=default_name or (lambda opts: timestamped_name(name, opts.model)),
                   default_name_text=default_name_text or f"{name}-<model>-<time>",
-                  resumable=resumable)
+                  resumable=resumable,
+                  interrupt_hint=interrupt_hint or (_same_name if resumable else None))
     PROBES[name] = probe
     return probe
 
@@ -137,6 +145,10 @@ def discover_probes() -> dict[str, ProbeSource]:
             found[name] = ProbeSource(name=name, module=f"probes.{info.name}",
                                       help=" ".join(doc.split()))
     return found
+
+
+def _same_name(options: Any, run_dir: Path) -> str:
+    return f"resume with the same options and --name {run_dir.name}"
 
 
 def get_probe(name: str) -> Probe:

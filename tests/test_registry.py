@@ -25,9 +25,9 @@ from probes.registry import PROBES, discover_probes, get_probe, register_probe, 
 runner = CliRunner()
 DOC = Path(__file__).resolve().parents[1] / "docs" / "adding-a-probe.md"
 BUILT_IN = {"ablate": "probes.ablate", "arm-flip": "probes.arm_flip", "causal": "probes.causal",
-            "entropy-tv": "probes.entropy_tv", "prefix-intervene": "probes.prefix_intervene",
-            "reproduce": "probes.reproduce", "sign-flip": "probes.sign_flip",
-            "validate": "probes.validate"}
+            "entropy-tv": "probes.entropy_tv", "eval": "probes.evaluate",
+            "prefix-intervene": "probes.prefix_intervene", "reproduce": "probes.reproduce",
+            "sign-flip": "probes.sign_flip", "train": "probes.train", "validate": "probes.validate"}
 
 
 @pytest.fixture
@@ -102,6 +102,8 @@ class _Options:
     """An optional number."""
     loud: bool = False
     """A flag."""
+    switch: bool | None = None
+    """On, off or unset."""
     parts: tuple[str, ...] = ("a", "b")
     """Comma-separated parts."""
     models: tuple[str, ...] = field(default=("x",), metadata={"repeatable": True})
@@ -135,25 +137,31 @@ def test_each_field_kind_becomes_its_option(registry_copy, tmp_path):
                            default_name=lambda o: timestamped_name("echo", o.name_part))
     command = probe_command(probe)
     helps = {param.name: param.help for param in command.params}
-    assert set(helps) == {"name_part", "count", "rate", "loud", "parts", "models", "pairs",
-                          "required", "runs_dir", "name"}, "mappings are not options"
+    assert set(helps) == {"name_part", "count", "rate", "loud", "switch", "parts", "models",
+                          "pairs", "required", "runs_dir", "name"}, "mappings are not options"
+    assert helps["switch"] == "On, off or unset. on|off; empty: None."
     assert helps["count"] == "An integer. (default 7)"
     assert helps["parts"] == "Comma-separated parts. Comma-separated."
     result = ClickRunner().invoke(command, [
-        "--required", "r", "--count", "5", "--rate", "0.5", "--loud", "--parts", " c, ,d ",
+        "--required", "r", "--count", "5", "--rate", "0.5", "--loud", "--switch", "off",
+        "--parts", " c, ,d ",
         "--models", "y", "--models", "z", "--set", "k=1", "--set", "j=2",
         "--runs-dir", str(tmp_path), "--name", "here"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert json.loads(lines[0]) == {
-        "name_part": "m", "count": 5, "rate": 0.5, "loud": True, "parts": ["c", "d"],
+        "name_part": "m", "count": 5, "rate": 0.5, "loud": True, "switch": False,
+        "parts": ["c", "d"],
         "models": ["y", "z"], "pairs": ["k=1", "j=2"], "required": "r", "table": {}}
     assert lines[1] == f"dir {tmp_path.name}/here"
     defaults = ClickRunner().invoke(command, ["--required", "r", "--runs-dir", str(tmp_path)])
     assert defaults.exit_code == 0, defaults.output
     first = json.loads(defaults.output.splitlines()[0])
-    assert (first["rate"], first["loud"], first["parts"], first["models"]) == \
-        (None, False, ["a", "b"], ["x"])
+    assert (first["rate"], first["loud"], first["switch"], first["parts"], first["models"]) == \
+        (None, False, None, ["a", "b"], ["x"])
+    bad = ClickRunner().invoke(command, ["--required", "r", "--switch", "maybe"])
+    assert isinstance(bad.exception, ValueError)
+    assert str(bad.exception) == "--switch takes on or off, got 'maybe'"
     assert re.fullmatch(r"dir [^/]+/echo-m-\d{8}-\d{6}", defaults.output.splitlines()[1])
 
 
