@@ -18,8 +18,12 @@ Rollout metrics (``rollout_sums``): ``avg`` (share of correct responses, Avg@k),
 (prompts with at least one correct response, Pass@k at k = the samples per prompt),
 ``step_acc`` (correct steps / judged steps, pooled per prompt) and ``ey_density`` (mean
 epistemic-marker density per response, ``dasd.health.response_health``). The unit of
-resampling is the prompt (within a seed: (seed, prompt) when runs of several seeds are
-pooled, e.g. RQ3's rows).
+resampling is the prompt. When a claim pools trained runs of two or more seeds (``--seeds``:
+sign-flip, arm-flip, the trained methods, RQ3's rows), its interval is the 95% Student-t
+interval of the per-seed differences instead (``seed_interval``): on the negative control the
+prompt bootstrap of one training run called differences between arms that only training noise
+made (docs/results.md, "Calibration"), and only repeats of the training see that noise. One
+seed keeps the prompt bootstrap, which does not count training-run variance.
 
 Departures: the paper reports single runs without intervals and most findings as figure
 trends; the claims here are the signs those trends state, measured at the last evaluation.
@@ -40,6 +44,7 @@ import pandas as pd
 from analysis.agreement import sign_agreement
 from analysis.calibration import Row, estimate_text
 from analysis.health import run_info
+from analysis.intervals import Interval, t_interval
 from dasd.health import response_health
 from analysis.paper import (
     TABLE1_BUCKETS,
@@ -66,6 +71,7 @@ __all__ = [
     "Finding",
     "findings",
     "rollout_sums",
+    "seed_interval",
     "verdict",
     "write_findings",
 ]
@@ -160,16 +166,48 @@ def rollout_sums(rows: pd.DataFrame, metric: str, order: Sequence[str]
 def _compare(base: pd.DataFrame, new: pd.DataFrame, metric: str, text: str, sign: int, *,
              source: str, paper: float = math.nan) -> Claim:
     """The claim ``text``: new − base in ``metric`` on their common prompts, in percentage
-    points for the rates (Avg@k, Pass@k, StepAcc) and in markers per 1,000 words for E(y)."""
+    points for the rates (Avg@k, Pass@k, StepAcc) and in markers per 1,000 words for E(y).
+    Units ``<seed or run>/<prompt>`` of two or more training seeds: the mean and Student-t
+    interval of the per-seed differences (module docstring); else the paired prompt
+    bootstrap."""
     scale = 1.0 if metric == "ey_density" else 100.0
     key = "unit" if "unit" in base and "unit" in new else "prompt_id"
     order = sorted(set(base[key]) & set(new[key]))
     if not order:
         return Claim(text, sign, paper, source=f"{source}: no common prompts")
+    seeds = _by_seed(order) if key == "unit" else {}
+    if len(seeds) >= 2:
+        interval = seed_interval(base, new, metric, seeds)
+        return Claim(text, sign, paper, scale * interval.mean, scale * interval.low,
+                     scale * interval.high, f"{source} (across {interval.n} seeds)")
     out = paired_difference(rollout_sums(base, metric, order), rollout_sums(new, metric, order),
                             n_boot=N_BOOT)
     return Claim(text, sign, paper, scale * out["diff"], scale * out["ci_low"],
                  scale * out["ci_high"], source)
+
+
+def _by_seed(units: Sequence[str]) -> dict[str, list[str]]:
+    """Units ``<seed or run>/<prompt>`` grouped by their seed part, in sorted order."""
+    groups: dict[str, list[str]] = {}
+    for unit in units:
+        groups.setdefault(unit.split("/", 1)[0], []).append(unit)
+    return dict(sorted(groups.items()))
+
+
+def seed_interval(base: pd.DataFrame, new: pd.DataFrame, metric: str,
+                  seeds: Mapping[str, Sequence[str]]) -> Interval:
+    """new − base in ``metric`` (a fraction; E(y) per 1,000 words) within each training seed,
+    on that seed's common units ``seeds[seed]``, then the mean over seeds with its 95%
+    Student-t interval (``analysis.intervals.t_interval``): the interval counts how much
+    training runs differ, which a bootstrap over the prompts of one run does not."""
+    diffs = []
+    for units in seeds.values():
+        (b_sum, b_cnt), (n_sum, n_cnt) = (
+            rollout_sums(frame[frame["unit"].isin(units)], metric, units)
+            for frame in (base, new))
+        diffs.append(n_sum.sum() / n_cnt.sum() - b_sum.sum() / b_cnt.sum()
+                     if b_cnt.sum() > 0 and n_cnt.sum() > 0 else math.nan)
+    return t_interval(diffs)
 
 
 def _final_eval(run: Path) -> pd.DataFrame | None:

@@ -85,3 +85,47 @@ def test_findings_from_hand_written_probe_outputs(tmp_path):
     assert "- Table 2: not measurable here (0/2 claims agree; 2 not measured)" in text
     assert "| rho_s(A_t, H_t) > 0 | +0.52 | +0.4 [+0.3, +0.5] | agrees |" in text
     json.dumps([c.agreement for f in found.values() for c in f.claims])
+
+
+def _rows(units, correct):
+    return pd.DataFrame({"unit": units, "prompt_id": [u.split("/", 1)[1] for u in units],
+                         "correct": correct})
+
+
+def test_claims_over_several_training_seeds_use_the_across_seed_interval():
+    from analysis.findings import _compare, seed_interval
+    from scipy import stats
+
+    units = ["s0/a", "s0/a", "s0/b", "s0/b", "s1/a", "s1/a", "s1/b", "s1/b",
+             "s2/a", "s2/a", "s2/b", "s2/b"]
+    base = _rows(units, [1, 0, 0, 0, 1, 1, 0, 0, 1, 0, 1, 0])   # per seed: 1/4, 2/4, 2/4
+    new = _rows(units, [1, 1, 1, 0, 1, 1, 1, 0, 1, 1, 1, 1])    # per seed: 3/4, 3/4, 4/4
+    diffs = np.array([0.5, 0.25, 0.5])
+    half = stats.t.ppf(0.975, 2) * diffs.std(ddof=1) / math.sqrt(3)
+    seeds = {s: [f"{s}/a", f"{s}/b"] for s in ("s0", "s1", "s2")}
+    interval = seed_interval(base, new, "avg", seeds)
+    assert (interval.mean, interval.n) == (pytest.approx(diffs.mean()), 3)
+    assert (interval.low, interval.high) == (pytest.approx(diffs.mean() - half),
+                                             pytest.approx(diffs.mean() + half))
+    claim_ = _compare(base, new, "avg", "x", 1, source="here")
+    assert claim_.ours == pytest.approx(100 * diffs.mean())
+    assert claim_.low == pytest.approx(100 * (diffs.mean() - half))
+    assert claim_.source == "here (across 3 seeds)"
+    assert diffs.mean() - half == pytest.approx(0.0581, abs=1e-4)
+    assert claim_.agreement == "agrees", "t(2) interval [5.8, 77.5] points excludes 0"
+
+
+def test_one_seed_keeps_the_paired_prompt_bootstrap():
+    from analysis.findings import N_BOOT, _compare
+    from analysis.stats import paired_difference
+
+    units = [f"s0/p{i}" for i in range(6) for _ in range(2)]
+    base = _rows(units, [1, 0] * 6)
+    new = _rows(units, [1, 1, 1, 0, 1, 1, 0, 0, 1, 1, 1, 1])
+    order = sorted(set(units))
+    expected = paired_difference(rollout_sums(base, "avg", order), rollout_sums(new, "avg", order),
+                                 n_boot=N_BOOT)
+    claim_ = _compare(base, new, "avg", "x", 1, source="here")
+    assert (claim_.ours, claim_.low, claim_.high) == (
+        100 * expected["diff"], 100 * expected["ci_low"], 100 * expected["ci_high"])
+    assert claim_.source == "here"
