@@ -3,7 +3,7 @@
 The metrics themselves are pure text/token functions in :mod:`dasd.health` (their definitions and
 the decisions the paper leaves open are listed there). This module reads run directories: it
 finds runs (:func:`discover_runs`), rebuilds step correctness from a task's step judge where a
-run logged none (:func:`resolve_step_correct`, :data:`PROBLEM_REBUILDERS`), describes runs
+run logged none (:func:`resolve_step_correct`, ``Task.problem_from_row``), describes runs
 (:func:`run_info`, :func:`run_variant`) and tabulates health and Pass@k per (run, step)
 (:func:`run_health`, :func:`analyze_runs`, :func:`passk_report`).
 """
@@ -23,10 +23,8 @@ import pandas as pd
 
 from dasd.health import DEFAULT_MARKERS, HEALTH_COLUMNS, health_metrics, pass_k_values
 from dasd.passk import avg_at_k, pass_at_k, per_prompt_counts
-from dasd.registry import Registry
 
 __all__ = [
-    "PROBLEM_REBUILDERS",
     "VARIANT_DEFAULTS",
     "HealthReport",
     "Issue",
@@ -47,24 +45,6 @@ _READ_COLUMNS = ("step", "split", "prompt_id", "sample_idx", "prompt", "response
 
 # --------------------------------------------------------------------------- step judges
 
-#: Per task name: ``rebuild(task, row) -> Problem | None``, the problem a logged rollout row
-#: answers, so the task's ``judge_steps`` can score rows logged without ``step_correct``.
-PROBLEM_REBUILDERS: Registry[Callable[[Any, Any], Any]] = Registry("problem rebuilder")
-
-_COUNTDOWN_ID = re.compile(r"^cd-(\d+(?:-\d+)+)$")
-
-
-@PROBLEM_REBUILDERS.register("countdown")
-def _rebuild_countdown(task: Any, row: Any) -> Any:
-    match = _COUNTDOWN_ID.match(str(row.prompt_id))
-    if match is None:
-        return None
-    *numbers, target = (int(x) for x in match.group(1).split("-"))
-    try:
-        return task.make_problem(numbers, target)
-    except ValueError:
-        return None
-
 
 def _missing_flags(values: pd.Series) -> np.ndarray:
     return np.fromiter(
@@ -76,7 +56,7 @@ def _missing_flags(values: pd.Series) -> np.ndarray:
 def resolve_step_correct(rollouts: pd.DataFrame, task: str | None
                          ) -> tuple[pd.DataFrame, str | None]:
     """``rollouts`` with ``step_correct`` filled where it is missing, from ``task``'s step judge
-    (when the task can rebuild the problem from the row, :data:`PROBLEM_REBUILDERS`), and a
+    (when the task can rebuild the problem from the row, ``Task.problem_from_row``), and a
     note (None when nothing is missing) saying what could not be judged and why."""
     if "step_correct" in rollouts.columns:
         missing = _missing_flags(rollouts["step_correct"])
@@ -88,17 +68,18 @@ def resolve_step_correct(rollouts: pd.DataFrame, task: str | None
             else f"{int(missing.sum())} of {len(rollouts)} rollouts lack step_correct")
     outcome = ("step metrics are empty (NaN)" if missing.all() else
                f"step metrics cover the {int((~missing).sum())} judged rows only")
-    if task is None or task not in PROBLEM_REBUILDERS:
+    from dasd.tasks import TASKS, get_task
+    from dasd.tasks.base import rebuilds_problems
+
+    if task is None or task not in TASKS or not rebuilds_problems(TASKS.get(task)):
         reason = ("the run names no task" if task is None else
                   f"task {task!r} has no step judge that can rebuild its problems from logged rows")
         return rollouts, f"{what} and {reason}; {outcome}"
-    from dasd.tasks import get_task
 
     try:
         task_obj = get_task(task)
     except ValueError as err:
         return rollouts, f"{what} and the step judge is unavailable ({_one_line(err)}); {outcome}"
-    rebuild = PROBLEM_REBUILDERS.get(task)
     out = rollouts.copy()
     values = list(out["step_correct"]) if "step_correct" in out.columns else [None] * len(out)
     problems: dict[str, Any] = {}
@@ -108,7 +89,7 @@ def resolve_step_correct(rollouts: pd.DataFrame, task: str | None
             continue
         pid = str(row.prompt_id)
         if pid not in problems:
-            problems[pid] = rebuild(task_obj, row)
+            problems[pid] = task_obj.problem_from_row(row)
         problem = problems[pid]
         if problem is None:
             unjudged += 1

@@ -46,7 +46,7 @@ Decisions the paper leaves open (appendix F gives only the one-line definitions 
 6. Step correctness comes from the ``step_correct`` column. Where it is missing,
    :func:`analysis.health.resolve_step_correct` asks the run's task for its step judge, when the task can
    rebuild the problem from the logged row (Countdown: from ids such as ``cd-3-7-8-29``;
-   see ``analysis.health.PROBLEM_REBUILDERS``); otherwise the step metrics are NaN and a note says why.
+   see ``Task.problem_from_row``); otherwise the step metrics are NaN and a note says why.
 
 Speed: the per-response functions (:func:`words`, :func:`trigrams`, :func:`ey_density`,
 :func:`revises`, :func:`distinct_3`) are the plain reference definitions; the batch path

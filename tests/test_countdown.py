@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dasd.models import CHARSET
-from dasd.tasks import TASKS, CountdownTask, Task, get_task
+from dasd.tasks import TASKS, CountdownTask, MathTask, Task, get_task
+from dasd.tasks.base import rebuilds_problems
 from dasd.tasks.countdown import (
     MARKERS,
     Step,
@@ -63,6 +64,17 @@ def test_registry_builds_countdown_and_rejects_unknown_names():
     assert "countdown" in TASKS
     with pytest.raises(ValueError, match="valid: countdown"):
         get_task("chess")
+
+
+def test_problem_from_row_rebuilds_countdown_ids_only(task, p29):
+    class Row:
+        def __init__(self, prompt_id):
+            self.prompt_id = prompt_id
+
+    assert task.problem_from_row(Row("cd-3-7-8-29")) == p29
+    assert task.problem_from_row(Row("cd-1-1-1-4")) is None  # unreachable target
+    assert task.problem_from_row(Row("aime24-3")) is None
+    assert rebuilds_problems(CountdownTask) and not rebuilds_problems(MathTask)
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,8 @@
 """Tasks by name (DESIGN.md sections 2, 5 and 6): ``TASKS`` maps a name to a task class.
 
+Each task module registers its own class in ``TASKS`` (defined in ``dasd.tasks.base``);
+importing this package imports them all.
+
 ``get_task("countdown", n_numbers=4)`` builds the built-in world's task,
 ``get_task("math", benchmark="aime24", tokenizer=tok)`` the real-math one; every task
 implements the ``Task`` protocol of ``dasd.tasks.base``. ``build_task`` builds a task for a
@@ -13,17 +16,11 @@ import typing
 from typing import Any
 
 from dasd.config_checks import check_value
-from dasd.registry import Registry
-from dasd.tasks.base import Problem, Task
+from dasd.tasks.base import TASKS, Problem, Task
 from dasd.tasks.countdown import CountdownTask
 from dasd.tasks.math import MathTask
 
 __all__ = ["TASKS", "CountdownTask", "MathTask", "Problem", "Task", "build_task", "get_task"]
-
-#: Task classes by name; each is called with keyword settings to build the task.
-TASKS: Registry[type] = Registry("task")
-TASKS.register("countdown")(CountdownTask)
-TASKS.register("math")(MathTask)
 
 
 def get_task(name: str, **kwargs: Any) -> Task:

@@ -52,9 +52,9 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from fractions import Fraction
 from itertools import combinations_with_replacement
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from dasd.tasks.base import Problem
+from dasd.tasks.base import TASKS, Problem, Task
 
 __all__ = [
     "MARKERS",
@@ -373,6 +373,10 @@ def _common_prefix(a: str, b: str) -> int:
     return n
 
 
+#: A problem id of :meth:`CountdownTask.make_problem`: the sorted numbers, then the target.
+_PROBLEM_ID = re.compile(r"^cd-(\d+(?:-\d+)+)$")
+
+
 def _multiset_key(numbers: Sequence[int]) -> str:
     return "-".join(str(x) for x in sorted(numbers))
 
@@ -387,7 +391,8 @@ def _problem_numbers(problem: Problem) -> tuple[list[int], int]:
         ) from None
 
 
-class CountdownTask:
+@TASKS.register("countdown")
+class CountdownTask(Task):
     """The Countdown task (DESIGN.md section 5): generator, solver-backed reference, verifier,
     exact step judge and solver traces for the tiny model's supervised pre-training.
 
@@ -463,6 +468,19 @@ class CountdownTask:
             reference=" ".join(map(str, steps)),
             meta={"numbers": nums, "target": int(target)},
         )
+
+    def problem_from_row(self, row: Any) -> Problem | None:
+        """The problem a logged rollout row answers, rebuilt from its ``prompt_id``
+        (``cd-<sorted numbers>-<target>``, :meth:`make_problem`); None for an id of another
+        form or a problem this task cannot pose (an unreachable target)."""
+        match = _PROBLEM_ID.match(str(row.prompt_id))
+        if match is None:
+            return None
+        *numbers, target = (int(x) for x in match.group(1).split("-"))
+        try:
+            return self.make_problem(numbers, target)
+        except ValueError:
+            return None
 
     def pool(self, split: str) -> tuple[tuple[tuple[int, ...], int], ...]:
         """Every (sorted numbers, target) pair of ``split`` in a fixed order; built on first use."""

@@ -62,7 +62,7 @@ from pathlib import Path
 from typing import Any
 
 from dasd.registry import Registry
-from dasd.tasks.base import Problem
+from dasd.tasks.base import TASKS, Problem, Task
 from dasd.verify import MathVerifier, last_boxed
 
 __all__ = [
@@ -479,7 +479,8 @@ def _check_template(label: str, template: str, fields: set[str]) -> str:
     return template
 
 
-class MathTask:
+@TASKS.register("math")
+class MathTask(Task):
     """Real math benchmarks as a ``Task`` (module docstring; DESIGN.md section 6).
 
     Args:
@@ -499,6 +500,11 @@ class MathTask:
         verify_timeout_s: math-verify's time limit per answer (``dasd.verify``).
         step_judge: ``judge(problem_text, steps) -> list[bool]``, e.g. the ``judge`` method of
             a judge from ``analysis.judges``; None: ``judge_steps`` returns no verdicts.
+
+    It keeps the default :meth:`Task.problem_from_row` (no problem rebuilt from a logged
+    rollout row): a row's ``prompt_id`` names a benchmark item, not its text, so rows logged
+    without ``step_correct`` stay unjudged (the module function :func:`problem_from_row`
+    reads benchmark files, not rollouts).
     """
 
     name = "math"
