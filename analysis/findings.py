@@ -43,7 +43,6 @@ import pandas as pd
 
 from analysis.agreement import sign_agreement
 from analysis.calibration import Row, estimate_text
-from analysis.health import run_info
 from analysis.intervals import Interval, t_interval
 from dasd.health import response_health
 from analysis.paper import (
@@ -57,6 +56,7 @@ from analysis.paper import (
 )
 from analysis.stats import paired_difference, per_prompt_sums
 from dasd.runlog import (
+    Run,
     find_runs,
     json_shape,
     read_json,
@@ -345,7 +345,7 @@ def _eval_runs(runs: list[tuple[Path, dict]]) -> dict[str, pd.DataFrame]:
     out."""
     frames: dict[str, list[pd.DataFrame]] = {}
     for run, manifest in _of_kind(runs, "eval"):
-        info = run_info(run, manifest)
+        info = Run(run, manifest)
         if info.variant:
             continue
         rows = _final_eval(run)

@@ -2,10 +2,11 @@
 
 The metrics themselves are pure text/token functions in :mod:`dasd.health` (their definitions and
 the decisions the paper leaves open are listed there). This module reads run directories: it
-finds runs (:func:`discover_runs`), rebuilds step correctness from a task's step judge where a
-run logged none (:func:`resolve_step_correct`, ``Task.problem_from_row``), describes runs
-(:func:`run_info`, :func:`run_variant`) and tabulates health and Pass@k per (run, step)
-(:func:`run_health`, :func:`analyze_runs`, :func:`passk_report`).
+finds runs (:func:`discover_runs`) as the run view :class:`dasd.runlog.Run` (exported here as
+:data:`RunInfo`, with :func:`run_variant`), rebuilds step correctness from a task's step judge
+where a run logged none (:func:`resolve_step_correct`, ``Task.problem_from_row``) and
+tabulates health and Pass@k per (run, step) (:func:`run_health`, :func:`analyze_runs`,
+:func:`passk_report`).
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,15 @@ import pandas as pd
 
 from dasd.health import DEFAULT_MARKERS, HEALTH_COLUMNS, health_metrics, pass_k_values
 from dasd.passk import avg_at_k, pass_at_k, per_prompt_counts
+from dasd.runlog import (
+    VARIANT_DEFAULTS,
+    Run,
+    RunLogError,
+    find_runs,
+    read_manifest,
+    read_rollouts,
+    run_variant,
+)
 
 __all__ = [
     "VARIANT_DEFAULTS",
@@ -34,7 +44,6 @@ __all__ = [
     "passk_report",
     "resolve_step_correct",
     "run_health",
-    "run_info",
     "run_variant",
 ]
 
@@ -115,86 +124,8 @@ class Issue:
     message: str
 
 
-#: Run settings that make a method variant when they leave the paper's default (section 5:
-#: entropy routing, router quantile rho = 0.20); ``method_options`` always do.
-VARIANT_DEFAULTS: dict[str, Any] = {"routing": "entropy", "rho": 0.2}
-
-
-def run_variant(config: Mapping[str, Any]) -> str:
-    """What sets a run apart from its method's defaults, from its manifest config:
-    ``key=value`` for each ``method_options`` entry (sorted), then ``routing=...`` and
-    ``rho=...`` where they differ from :data:`VARIANT_DEFAULTS`; "" for none. Runs of one
-    method with different variants are different rows and curves (Table 3, the ablations'
-    flipped arms and panels); runs differing only in seed share a variant and pool."""
-    options = config.get("method_options")
-    parts = [f"{k}={v}" for k, v in sorted((options if isinstance(options, dict) else {}
-                                             ).items())]
-    for key, default in VARIANT_DEFAULTS.items():
-        value = config.get(key)
-        numeric = isinstance(value, (int, float)) and isinstance(default, float)
-        if value is None or value == default or (numeric and math.isclose(value, default)):
-            continue
-        parts.append(f"{key}={value}")
-    return ", ".join(parts)
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    """What the tables need to know about a run, from its manifest."""
-
-    path: Path
-    label: str
-    kind: str
-    status: str
-    model: str | None
-    method: str | None
-    task: str | None
-    config: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
-    variant: str = ""
-    """:func:`run_variant` of the run's config (of the train run's, for an eval of one of
-    its checkpoints)."""
-
-
-def _trained_from(model: str) -> tuple[str | None, str | None, str] | None:
-    """(model, method, variant) of the train run whose directory holds the checkpoint
-    ``model`` (e.g. ``runs/train-dasd/checkpoints/step-200``); None if it is not such a
-    path."""
-    from dasd.runlog import RunLogError, read_manifest
-
-    path = Path(model)
-    if "checkpoints" not in path.parts or not path.exists():
-        return None
-    for parent in path.parents:
-        if (parent / "manifest.json").is_file():
-            try:
-                manifest = read_manifest(parent)
-            except (RunLogError, OSError):
-                return None
-            if manifest.get("method") is None:
-                return None
-            config = manifest.get("config")
-            return (manifest.get("model"), str(manifest["method"]),
-                    run_variant(config if isinstance(config, dict) else {}))
-    return None
-
-
-def run_info(path: Path, manifest: dict[str, Any], label: str | None = None) -> RunInfo:
-    """A :class:`RunInfo` from a manifest; the task is the config's ``benchmark`` when present,
-    else the manifest's ``task``. A run without a method whose model is a checkpoint inside a
-    train run directory takes that run's model, method and variant."""
-    config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
-    task = config.get("benchmark") or manifest.get("task")
-    model = manifest.get("model")
-    method = manifest.get("method")
-    variant = run_variant(config)
-    if method is None and isinstance(model, str) and (lineage := _trained_from(model)):
-        model, method, variant = lineage
-    return RunInfo(
-        path=Path(path), label=label or Path(path).name, kind=str(manifest.get("kind")),
-        status=str(manifest.get("status")), model=None if model is None else str(model),
-        method=None if method is None else str(method),
-        task=None if task is None else str(task), config=config, variant=variant,
-    )
+#: The run view (:class:`dasd.runlog.Run`) under the name the tables import.
+RunInfo = Run
 
 
 @dataclass
@@ -202,7 +133,7 @@ class HealthReport:
     """Health rows (one per analysed (run, step)), the runs they come from, and the issues."""
 
     rows: pd.DataFrame
-    runs: list[RunInfo]
+    runs: list[Run]
     issues: list[Issue]
 
     @property
@@ -213,8 +144,6 @@ class HealthReport:
 def _rollout_steps(run: Path, split: str) -> list[int]:
     """Steps with a rollout file of ``split`` (from the file names; a folder of files named
     otherwise is read for its step column)."""
-    from dasd.runlog import read_rollouts
-
     folder = run / "rollouts"
     if not folder.is_dir():
         return []
@@ -243,7 +172,7 @@ def _labels(paths: Sequence[Path]) -> list[str]:
 
 
 def run_health(
-    run: RunInfo,
+    run: Run,
     *,
     step: int | None = None,
     last: bool = False,
@@ -253,8 +182,6 @@ def run_health(
     """Health rows of one run, one per selected step of ``split`` (all steps; ``step`` only;
     or the last with ``last``), and the issues met. Never raises for bad input: a file that
     cannot be read becomes an ``error`` issue and its step is skipped."""
-    from dasd.runlog import RunLogError, read_rollouts
-
     issues: list[Issue] = []
     try:
         steps = _rollout_steps(run.path, split)
@@ -299,15 +226,13 @@ def _one_line(err: BaseException) -> str:
 def discover_runs(
     paths: Iterable[str | os.PathLike[str]],
     *,
-    kinds: Callable[[RunInfo], bool] | None = None,
-) -> tuple[list[RunInfo], list[Issue]]:
+    kinds: Callable[[Run], bool] | None = None,
+) -> tuple[list[Run], list[Issue]]:
     """The runs under ``paths`` (run directories or their parents), each once, labelled by
     name (by path where names collide), and the issues met: a path holding no run and an
     unreadable manifest are ``error`` issues naming it (the other runs are still returned);
     a run still ``running``, or ``failed``, is returned with a ``warning``. ``kinds``
-    optionally selects runs by their :class:`RunInfo`."""
-    from dasd.runlog import RunLogError, find_runs, read_manifest
-
+    optionally selects runs by their :class:`Run`."""
     issues: list[Issue] = []
     found: list[Path] = []
     seen: set[Path] = set()
@@ -329,7 +254,7 @@ def discover_runs(
             issues.append(Issue("error", _one_line(err)))
     infos = []
     for (run, manifest), label in zip(manifests, _labels([run for run, _ in manifests])):
-        info = run_info(run, manifest, label)
+        info = Run(run, manifest, label)
         if kinds is not None and not kinds(info):
             continue
         if info.status == "running":
@@ -350,7 +275,7 @@ def analyze_runs(
     last: bool = False,
     split: str = "eval",
     markers: Sequence[str] = DEFAULT_MARKERS,
-    kinds: Callable[[RunInfo], bool] | None = None,
+    kinds: Callable[[Run], bool] | None = None,
 ) -> HealthReport:
     """Health rows (:func:`run_health`) of the runs under ``paths`` (:func:`discover_runs`).
     Bad input never stops the others: a path without runs, an unreadable manifest, a bad
@@ -358,7 +283,7 @@ def analyze_runs(
     ``failed``) is analysed with a ``warning``. Rows carry the run's model, method, task and
     kind beside :data:`HEALTH_COLUMNS`; ``runs`` lists the runs that gave at least one row."""
     found, issues = discover_runs(paths, kinds=kinds)
-    infos: list[RunInfo] = []
+    infos: list[Run] = []
     rows: list[dict[str, Any]] = []
     for info in found:
         run_rows, run_issues = run_health(info, step=step, last=last, split=split,
@@ -389,8 +314,6 @@ def passk_report(
     of any prompt), ``avg_at_n``, then ``pass@k`` for k in ``ks`` (default 1, 2, 4, ... up to
     n, :func:`pass_k_values`); NaN where k > n. Bad input is reported as for
     :func:`analyze_runs`."""
-    from dasd.runlog import RunLogError, read_rollouts
-
     infos, issues = discover_runs(paths)
     rows: list[dict[str, Any]] = []
     for info in infos:

@@ -1,8 +1,10 @@
-"""Run directories as the figures see them: manifest fields plus lazily read metrics.
+"""Run directories as the figures see them: the run view of :mod:`dasd.runlog` as drawn.
 
-Figures read run directories only (DESIGN.md section 4), through :mod:`dasd.runlog`. A run's
-*method* is ``manifest["method"]``, else ``config["method"]`` when that is a string (an eval of
-a trained checkpoint may record it there), else ``None`` (drawn as "Base").
+Figures read run directories only (DESIGN.md section 4), through :mod:`dasd.runlog`; a run is
+its :class:`dasd.runlog.Run` with three fields as recorded rather than traced to a train run,
+and named when missing. A run's *method* is ``manifest["method"]``, else ``config["method"]``
+when that is a string (an eval of a trained checkpoint may record it there), else ``None``
+(drawn as "Base"); its model and task read "unknown model" / "unknown task" when absent.
 """
 
 from __future__ import annotations
@@ -10,15 +12,11 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import pandas as pd
-
-from analysis.health import run_variant
-from dasd.runlog import find_runs, read_manifest, read_metrics, read_rollouts
+from dasd.runlog import Run as RunView
+from dasd.runlog import find_runs, read_manifest, run_variant
 
 from .style import METHOD_ORDER, method_label
 
@@ -28,25 +26,9 @@ _SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMBT])(?![A-Za-z])", re.IGNORECASE)
 _SCALE = {"K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}
 
 
-@dataclass
-class Run:
-    """One run directory and its manifest."""
-
-    path: Path
-    manifest: dict[str, Any] = field(repr=False)
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    @property
-    def kind(self) -> str:
-        return str(self.manifest.get("kind"))
-
-    @property
-    def config(self) -> dict[str, Any]:
-        config = self.manifest.get("config")
-        return config if isinstance(config, dict) else {}
+class Run(RunView):
+    """One run directory and its manifest, as drawn (module docstring): the run view with
+    ``method``, ``model`` and ``task`` as recorded in the manifest."""
 
     @property
     def method(self) -> str | None:
@@ -67,65 +49,8 @@ class Run:
 
     @property
     def task(self) -> str:
-        """The benchmark: ``config["benchmark"]`` when present (as ``analysis.health``), else
-        the manifest's task."""
-        task = self.config.get("benchmark") or self.manifest.get("task")
-        return str(task) if task else "unknown task"
-
-    @cached_property
-    def metrics(self) -> pd.DataFrame:
-        """``metrics.jsonl`` as :func:`dasd.runlog.read_metrics` gives it, plus
-        ``eval/avg_at_{k}`` / ``eval/pass_at_{k}`` columns for lines that log the sample count
-        apart (``eval/avg_at_k`` with ``eval/k``, as ``analysis.health`` names them), so figures
-        read one naming; a value logged under the numbered name wins."""
-        frame = read_metrics(self.path)
-        if "eval/k" not in frame.columns:
-            return frame
-        for kind in ("avg", "pass"):
-            generic = f"eval/{kind}_at_k"
-            if generic not in frame.columns:
-                continue
-            for k in sorted(frame["eval/k"].dropna().unique()):
-                if k < 1 or k != int(k):
-                    continue
-                named = f"eval/{kind}_at_{int(k)}"
-                alias = frame[generic].where(frame["eval/k"] == k)
-                frame[named] = frame[named].fillna(alias) if named in frame.columns else alias
-        return frame
-
-    def series(self, split: str, key: str) -> pd.Series:
-        """Metric ``key`` of ``split`` over steps (float, indexed by step, NaNs dropped; the
-        last line wins when a step was logged twice, e.g. after a resume)."""
-        frame = self.metrics
-        if key not in frame.columns:
-            return pd.Series(dtype=float)
-        rows = frame[(frame["split"] == split)][["step", key]].dropna()
-        return rows.groupby("step")[key].last().astype(float)
-
-    def has_rollouts(self) -> bool:
-        folder = self.path / "rollouts"
-        return folder.is_dir() and any(p.suffix == ".parquet" and not p.name.startswith(".")
-                                       for p in folder.iterdir())
-
-    def rollout_steps(self) -> pd.DataFrame:
-        """The (step, split) pairs of the logged rollouts, sorted; empty without rollouts."""
-        if not self.has_rollouts():
-            return pd.DataFrame({"step": pd.Series([], dtype="int64"),
-                                 "split": pd.Series([], dtype=str)})
-        rows = read_rollouts(self.path, columns=["step"])
-        return rows.drop_duplicates().sort_values(["step", "split"]).reset_index(drop=True)
-
-    def last_rollouts(self, columns: Sequence[str], *, splits: Sequence[str] = ("eval", "train")
-                      ) -> pd.DataFrame | None:
-        """``columns`` of the rollouts at the last logged step of the first split in ``splits``
-        that has rollouts; ``None`` when none of them has any."""
-        steps = self.rollout_steps()
-        for split in splits:
-            logged = steps.loc[steps["split"] == split, "step"]
-            if len(logged):
-                return read_rollouts(self.path, step=int(logged.max()), split=split,
-                                     columns=list(columns))
-        return None
+        """The benchmark: ``config["benchmark"]`` when present, else the manifest's task."""
+        return super().task or "unknown task"
 
 
 @dataclass(frozen=True)
@@ -155,7 +80,7 @@ def _method_rank(method: str | None) -> tuple[int, str]:
 
 def group_runs(runs: Sequence[Run], *, by_model: bool | None = None,
                by_task: bool | None = None) -> list[Group]:
-    """Runs grouped into curves by method and variant (:func:`analysis.health.run_variant`:
+    """Runs grouped into curves by method and variant (:func:`dasd.runlog.run_variant`:
     ``method_options``, a non-default ``routing`` or ``rho``, so that ablation rows and flipped
     arms are not pooled into the method's curve), in the paper's method order. The model (task)
     name is added to the key and label when ``by_model`` (``by_task``) is True, or, when left

@@ -576,6 +576,24 @@ def test_method_variants_are_separate_curves():
     assert any("routing=position" in label for label in labels)
 
 
+def test_figures_draw_a_run_as_recorded_where_the_run_view_traces_it(tmp_path):
+    from dasd.runlog import Run as RunView
+    from dasd.runlog import create_run, read_manifest
+    from figures.runs import Run
+
+    train = create_run(tmp_path / "train", kind="train", config={}, seed=0, model="tiny",
+                       method="grpo")
+    ckpt = train.path / "checkpoints" / "step-2"
+    ckpt.mkdir(parents=True)
+    train.finish()
+    ev = create_run(tmp_path / "ev", kind="eval", config={}, seed=0, model=str(ckpt))
+    ev.finish()
+    manifest = read_manifest(ev.path)
+    drawn, viewed = Run(ev.path, manifest), RunView(ev.path, manifest)
+    assert (drawn.method, drawn.model, drawn.task) == (None, str(ckpt), "unknown task")
+    assert (viewed.method, viewed.model, viewed.task) == ("grpo", "tiny", None)
+
+
 def test_every_registered_method_has_one_style_used_everywhere():
     from analysis.paper import METHOD_ROWS
     from analysis.tables import METHOD_LABELS as TABLE_LABELS

@@ -679,6 +679,22 @@ def test_validate_run(tmp_path):
     assert "\n" not in str(info.value)
 
 
+def test_run_view_traces_an_eval_of_a_checkpoint_to_its_train_run(tmp_path):
+    train = new_run(tmp_path, "train-dasd", config={"method_options": {"gate": "none"}})
+    ckpt = train.path / "checkpoints" / "step-2"
+    ckpt.mkdir(parents=True)
+    train.finish()
+    ev = create_run(tmp_path / "ev", kind="eval", config={"benchmark": "aime24"}, seed=0,
+                    model=str(ckpt), task="math")
+    ev.finish()
+    run = runlog.Run(ev.path, read_manifest(ev.path))
+    assert (run.label, run.kind, run.status, run.task) == ("ev", "eval", "complete", "aime24")
+    assert (run.model, run.method, run.variant) == ("tiny", "dasd", "gate=none")
+    plain = runlog.Run(train.path, read_manifest(train.path), "x/train-dasd")
+    assert (plain.label, plain.name, plain.method, plain.variant) == (
+        "x/train-dasd", "train-dasd", "dasd", "gate=none")
+
+
 def test_run_killed_without_finish_reads_as_running(tmp_path):
     w = new_run(tmp_path)
     w.log_metrics(0, "train", {"train/loss": 1.0})

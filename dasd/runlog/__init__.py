@@ -22,6 +22,8 @@ The package, by module (every public name is re-exported here):
 - :mod:`dasd.runlog.reader`: :func:`read_manifest`, :func:`read_metrics`,
   :func:`read_rollouts`, :func:`read_table`, :func:`read_json`, :func:`find_runs`,
   :func:`validate_run`.
+- :mod:`dasd.runlog.view`: :class:`Run`, the one view of a run directory that analysis and
+  figures read (what it ran, traced through a trained checkpoint; its metrics and rollouts).
 
 Guarantees and decisions:
 
@@ -80,6 +82,7 @@ from dasd.runlog.schema import (
     rollout_filename,
     run_path,
 )
+from dasd.runlog.view import VARIANT_DEFAULTS, Run, run_variant
 from dasd.runlog.writer import (
     RunWriter,
     _git_state,
@@ -98,6 +101,8 @@ __all__ = [
     "STATUSES",
     "TOKEN_COLUMNS",
     "ROLLOUT_KEY",
+    "VARIANT_DEFAULTS",
+    "Run",
     "RunLogError",
     "RunLogWarning",
     "RunWriter",
@@ -115,6 +120,7 @@ __all__ = [
     "read_table",
     "rollout_filename",
     "run_path",
+    "run_variant",
     "validate_run",
     "write_text",
 ]
