@@ -113,6 +113,8 @@ analyze_app = typer.Typer(
 )
 console = Console()
 terminal = Terminal(console)
+#: The positional argument of every ``dasd-analyze`` command that reads runs.
+RUN_DIRS = typer.Argument(..., help="Run directories, or parents of run directories.")
 
 
 @probe_app.callback()
@@ -273,7 +275,7 @@ def _report_issues(issues: list, *, analysed: bool, what: str = "runs") -> None:
 
 @analyze_app.command("passk")
 def passk_cmd(
-    runs: list[Path] = typer.Argument(..., help="Run directories, or parents of run directories."),
+    runs: list[Path] = RUN_DIRS,
     ks: str = typer.Option(
         "", "--k", help="Comma-separated k values (default: 1, 2, 4, ... up to n, the samples "
         "per prompt)."
@@ -305,7 +307,7 @@ def passk_cmd(
 
 @analyze_app.command("health")
 def health_cmd(
-    runs: list[Path] = typer.Argument(..., help="Run directories, or parents of run directories."),
+    runs: list[Path] = RUN_DIRS,
     step: int = typer.Option(None, "--step", min=0, help="Only this logged step."),
     last: bool = typer.Option(False, "--last", help="Only each run's last logged step."),
     split: str = typer.Option("eval", help="Rollout split to read."),
@@ -347,7 +349,7 @@ def health_cmd(
 
 @analyze_app.command("tables")
 def tables_cmd(
-    runs: list[Path] = typer.Argument(..., help="Run directories, or parents of run directories."),
+    runs: list[Path] = RUN_DIRS,
     out: Path = typer.Option(
         Path("paper-tables"), "--out", help="Folder for the Markdown, LaTeX and CSV files."
     ),
@@ -378,7 +380,7 @@ def tables_cmd(
 
 @analyze_app.command("figures")
 def figures_cmd(
-    runs: list[Path] = typer.Argument(..., help="Run directories, or parents of run directories."),
+    runs: list[Path] = RUN_DIRS,
     out: Path = typer.Option(
         Path("paper-figures"), "--out", help="Folder for the PNG and PDF files."
     ),
@@ -406,7 +408,7 @@ def figures_cmd(
 
 @analyze_app.command("report")
 def report_cmd(
-    runs: list[Path] = typer.Argument(..., help="Run directories, or parents of run directories."),
+    runs: list[Path] = RUN_DIRS,
     out: Path = typer.Option(Path("report.html"), "--out", help="The HTML file to write."),
     audit_rollouts: int = typer.Option(
         4, min=0, help="Rollouts per run shown token by token (half correct, half not)."

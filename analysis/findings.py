@@ -45,15 +45,8 @@ from analysis.agreement import sign_agreement
 from analysis.calibration import Row, estimate_text
 from analysis.intervals import Interval, t_interval
 from dasd.health import response_health
-from analysis.paper import (
-    TABLE1_BUCKETS,
-    TABLE1_METRICS,
-    TABLE1_MODES,
-    TABLE3_METHODS,
-    TABLE3_ROWS,
-    method_row,
-    paper_value,
-)
+from analysis.paper import (TABLE1_BUCKETS, TABLE1_METRICS, TABLE1_MODES, TABLE3_METHODS,
+                            TABLE3_ROWS, method_row, paper_value)
 from analysis.stats import paired_difference, per_prompt_sums
 from dasd.runlog import (
     Run,

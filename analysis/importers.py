@@ -196,18 +196,11 @@ def _trl_files(source: Path) -> list[tuple[int, Path]]:
     return files
 
 
-def import_trl(
-    source: str | os.PathLike[str],
-    dest: str | os.PathLike[str],
-    *,
-    split: str = "train",
-    reward_columns: Sequence[str] | None = None,
-    correct_threshold: float = 0.5,
-    tokenizer: str | os.PathLike[str] | None = None,
-    method: str | None = None,
-    model: str | None = None,
-    task: str | None = None,
-) -> Imported:
+def import_trl(source: str | os.PathLike[str], dest: str | os.PathLike[str], *,
+               split: str = "train", reward_columns: Sequence[str] | None = None,
+               correct_threshold: float = 0.5, tokenizer: str | os.PathLike[str] | None = None,
+               method: str | None = None, model: str | None = None,
+               task: str | None = None) -> Imported:
     """Convert TRL's completions tables under ``source`` (its ``output_dir`` or the
     ``completions`` folder) into a new run directory ``dest`` (module docstring for the mapping).
 
@@ -271,17 +264,10 @@ def _read_jsonl(file: Path) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
-def import_verl(
-    source: str | os.PathLike[str],
-    dest: str | os.PathLike[str],
-    *,
-    split: str = "train",
-    correct_threshold: float = 0.5,
-    tokenizer: str | os.PathLike[str] | None = None,
-    method: str | None = None,
-    model: str | None = None,
-    task: str | None = None,
-) -> Imported:
+def import_verl(source: str | os.PathLike[str], dest: str | os.PathLike[str], *,
+                split: str = "train", correct_threshold: float = 0.5,
+                tokenizer: str | os.PathLike[str] | None = None, method: str | None = None,
+                model: str | None = None, task: str | None = None) -> Imported:
     """Convert verl's rollout dumps ``source/N.jsonl`` (``trainer.rollout_data_dir``, or
     ``validation_data_dir`` with ``split="eval"``) into a new run directory ``dest`` (module
     docstring for the mapping); the options as :func:`import_trl`."""

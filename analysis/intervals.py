@@ -32,9 +32,13 @@ class Interval:
     """A mean over ``n`` repeats and its confidence interval [``low``, ``high``]."""
 
     mean: float
+    """Mean of the repeats (NaN left out)."""
     low: float
+    """Lower end of the interval (NaN with fewer than two repeats)."""
     high: float
+    """Upper end of the interval (NaN with fewer than two repeats)."""
     n: int
+    """Number of repeats that are not NaN."""
 
     @property
     def half_width(self) -> float:

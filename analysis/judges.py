@@ -234,15 +234,9 @@ class PRMJudge:
         )
 
     @classmethod
-    def from_pretrained(
-        cls,
-        path: str | os.PathLike[str],
-        *,
-        device: str | torch.device = "cpu",
-        dtype: torch.dtype | None = None,
-        trust_remote_code: bool = False,
-        **kwargs: Any,
-    ) -> PRMJudge:
+    def from_pretrained(cls, path: str | os.PathLike[str], *, device: str | torch.device = "cpu",
+                        dtype: torch.dtype | None = None, trust_remote_code: bool = False,
+                        **kwargs: Any) -> PRMJudge:
         """Load a PRM checkpoint (module docstring, rule 3); ``kwargs`` go to the constructor."""
         config = AutoConfig.from_pretrained(path)
         architectures = getattr(config, "architectures", None) or []
@@ -372,14 +366,8 @@ class CriticJudge:
         return f"CriticJudge({type(self.model).__name__}, max_new_tokens={self.max_new_tokens})"
 
     @classmethod
-    def from_pretrained(
-        cls,
-        path: str | os.PathLike[str],
-        *,
-        device: str | torch.device = "cpu",
-        dtype: torch.dtype | None = None,
-        **kwargs: Any,
-    ) -> CriticJudge:
+    def from_pretrained(cls, path: str | os.PathLike[str], *, device: str | torch.device = "cpu",
+                        dtype: torch.dtype | None = None, **kwargs: Any) -> CriticJudge:
         """Load a causal LM with ``dasd.models.load_model``; ``kwargs`` go to the constructor."""
         model, tokenizer = load_model(path, device=device, dtype=dtype)
         return cls(model, tokenizer, **kwargs)

@@ -145,16 +145,8 @@ class BootstrapCI:
                 "n_boot": self.n_boot, "n_undefined": self.n_undefined}
 
 
-def spearman_ci(
-    x: ArrayLike,
-    y: ArrayLike,
-    clusters: ArrayLike,
-    *,
-    n_boot: int = 1000,
-    level: float = 0.95,
-    seed: int = 0,
-    chunk: int = 64,
-) -> BootstrapCI:
+def spearman_ci(x: ArrayLike, y: ArrayLike, clusters: ArrayLike, *, n_boot: int = 1000,
+                level: float = 0.95, seed: int = 0, chunk: int = 64) -> BootstrapCI:
     """Spearman's ρ_s(x, y) with a cluster bootstrap percentile interval.
 
     Each resample draws as many clusters as there are, uniformly with replacement (one draw of
@@ -173,16 +165,9 @@ def spearman_ci(
                         chunk=chunk)["x"]
 
 
-def spearman_cis(
-    columns: Mapping[str, ArrayLike],
-    y: ArrayLike,
-    clusters: ArrayLike,
-    *,
-    n_boot: int = 1000,
-    level: float = 0.95,
-    seed: int = 0,
-    chunk: int = 64,
-) -> dict[str, BootstrapCI]:
+def spearman_cis(columns: Mapping[str, ArrayLike], y: ArrayLike, clusters: ArrayLike, *,
+                 n_boot: int = 1000, level: float = 0.95, seed: int = 0,
+                 chunk: int = 64) -> dict[str, BootstrapCI]:
     """``spearman_ci(column, y, clusters)`` for each of ``columns``, on common resamples (the
     same ``seed`` gives the same resampled clusters for every column, as separate calls would)
     with the ranks of ``y`` computed once per resample."""

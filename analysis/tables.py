@@ -85,19 +85,9 @@ from analysis.agreement import (
 )
 from analysis.health import HealthReport, RunInfo
 from analysis.intervals import t_interval
-from analysis.paper import (
-    ABLATION_ROWS,
-    BENCHMARK_COLUMNS,
-    PAPER_MODELS,
-    TABLE1_BUCKETS,
-    TABLE1_CONTROL_BOUND,
-    TABLE1_METRICS,
-    TABLE1_MODES,
-    TABLE3_METHODS,
-    TABLE3_ROWS,
-    method_row,
-    paper_value,
-)
+from analysis.paper import (ABLATION_ROWS, BENCHMARK_COLUMNS, PAPER_MODELS, TABLE1_BUCKETS,
+                            TABLE1_CONTROL_BOUND, TABLE1_METRICS, TABLE1_MODES, TABLE3_METHODS,
+                            TABLE3_ROWS, method_row, paper_value)
 from dasd.method_styles import METHOD_STYLES
 
 __all__ = [

@@ -37,7 +37,7 @@ Departures and limits:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -156,6 +156,23 @@ def _check_common(logits: Tensor, chunk_size: int, name: str = "logits") -> None
 ChunkLogits = Callable[[Tensor, int, int], Tensor]
 
 
+def _softmax_chunks(chunk: ChunkLogits, n: int, v: int, cd: torch.dtype, dev: torch.device,
+                    chunk_size: int, temperature: float
+                    ) -> Iterator[tuple[int, int, Tensor, Tensor, Tensor]]:
+    """For each chunk ``s:e`` of the ``n`` positions: ``(s, e, logp, p, lse)`` with
+    ``logp, p (e - s, V)`` the log-softmax and softmax of ``chunk``'s logits at ``temperature``
+    in two reused compute-dtype buffers (the caller may overwrite them) and ``lse (e - s,)``
+    the log-normalizers: the one chunk loop of the forward and backward passes."""
+    c = max(min(chunk_size, n), 1)
+    buf_logp = torch.empty((c, v), dtype=cd, device=dev)
+    buf_p = torch.empty((c, v), dtype=cd, device=dev)
+    for s in range(0, n, c):
+        e = min(s + c, n)
+        logp, p = buf_logp[: e - s], buf_p[: e - s]
+        lse = _log_softmax_into(chunk(logp, s, e), logp, p, temperature)
+        yield s, e, logp, p, lse
+
+
 def _entropy_logprob_chunks(
     chunk: ChunkLogits, ids: Tensor, v: int, cd: torch.dtype, chunk_size: int,
     temperature: float, tail: Tensor | None = None,
@@ -171,13 +188,9 @@ def _entropy_logprob_chunks(
     ent = torch.empty(n, dtype=cd, device=dev)
     lp = torch.empty(n, dtype=cd, device=dev)
     lse = torch.empty(n, dtype=cd, device=dev)
-    c = max(min(chunk_size, n), 1)
-    buf_logp = torch.empty((c, v), dtype=cd, device=dev)
-    buf_p = torch.empty((c, v), dtype=cd, device=dev)
-    for s in range(0, n, c):
-        e = min(s + c, n)
-        logp, p = buf_logp[: e - s], buf_p[: e - s]
-        lse[s:e] = _log_softmax_into(chunk(logp, s, e), logp, p, temperature)
+    for s, e, logp, p, chunk_lse in _softmax_chunks(chunk, n, v, cd, dev, chunk_size,
+                                                    temperature):
+        lse[s:e] = chunk_lse
         lp[s:e] = logp.gather(1, ids[s:e, None]).squeeze(1)
         if tail is not None:
             top, arg = p.max(dim=-1, keepdim=True)
@@ -208,14 +221,8 @@ def _entropy_logprob_bwd_chunks(
     n, cd, dev = ids.numel(), ent.dtype, ent.device
     g_ent = None if g_ent is None else g_ent.reshape(-1).to(cd)
     g_lp = None if g_lp is None else g_lp.reshape(-1).to(cd)
-    c = max(min(chunk_size, n), 1)
-    buf_g = torch.empty((c, v), dtype=cd, device=dev)
-    buf_p = torch.empty((c, v), dtype=cd, device=dev)
-    for s in range(0, n, c):
-        e = min(s + c, n)
-        g, p = buf_g[: e - s], buf_p[: e - s]
-        # g <- log p, p <- p
-        _log_softmax_into(chunk(g, s, e), g, p, temperature)
+    # g <- log p, p <- p; then g <- dL/dlogits in place
+    for s, e, g, p, _ in _softmax_chunks(chunk, n, v, cd, dev, chunk_size, temperature):
         _entropy_logprob_grad_into(g, p, ent[s:e], ids[s:e], _rows_of(g_ent, s, e),
                                    _rows_of(g_lp, s, e), temperature)
         consume(g, s, e)
@@ -389,15 +396,9 @@ class _HeadEntropyLogprob(torch.autograd.Function):
         return grad_h, grad_w, grad_b, None, None, None
 
 
-def head_entropy_and_logprob(
-    hidden: Tensor,
-    weight: Tensor,
-    token_ids: Tensor,
-    *,
-    bias: Tensor | None = None,
-    chunk_size: int = 1024,
-    temperature: float = 1.0,
-) -> tuple[Tensor, Tensor]:
+def head_entropy_and_logprob(hidden: Tensor, weight: Tensor, token_ids: Tensor, *,
+                             bias: Tensor | None = None, chunk_size: int = 1024,
+                             temperature: float = 1.0) -> tuple[Tensor, Tensor]:
     """``token_entropy_and_logprob`` of the logits ``hidden @ weight.T + bias`` without ever
     holding them: the output layer (lm_head) is applied ``chunk_size`` positions at a time.
 
@@ -473,15 +474,9 @@ def token_entropy_logprob_and_tail(
     return ent.float().view(lead), lp.float().view(lead), tail.float().view(lead)
 
 
-def head_entropy_logprob_and_tail(
-    hidden: Tensor,
-    weight: Tensor,
-    token_ids: Tensor,
-    *,
-    bias: Tensor | None = None,
-    chunk_size: int = 1024,
-    temperature: float = 1.0,
-) -> tuple[Tensor, Tensor, Tensor]:
+def head_entropy_logprob_and_tail(hidden: Tensor, weight: Tensor, token_ids: Tensor, *,
+                                  bias: Tensor | None = None, chunk_size: int = 1024,
+                                  temperature: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
     """``token_entropy_logprob_and_tail`` of the logits ``hidden @ weight.T + bias``, formed in
     float32 one chunk at a time as in ``head_entropy_and_logprob``; not differentiable.
 
@@ -503,6 +498,28 @@ def head_entropy_logprob_and_tail(
 # full-vocabulary reverse KL(p || sg q)
 
 
+def _kl_chunks(student: Tensor, teacher: Tensor, n: int, v: int, cd: torch.dtype,
+               chunk_size: int, temperature: float
+               ) -> Iterator[tuple[int, int, Tensor, Tensor, Tensor, Tensor, Tensor]]:
+    """For each chunk ``s:e`` of the ``n`` positions: ``(s, e, logp, p, logq, lse_p, lse_q)``,
+    the student's log-softmax and softmax and the teacher's log-softmax ``(e - s, V)`` at
+    ``temperature`` in three reused compute-dtype buffers (the caller may overwrite them), and
+    both log-normalizers ``(e - s,)``: the one chunk loop of reverse KL's forward and
+    backward. q's softmax goes into p's buffer first (discarded), then p overwrites it."""
+    dev = student.device
+    s_rows, t_rows = _row_source(student), _row_source(teacher)
+    c = max(min(chunk_size, n), 1)
+    buf_logp = torch.empty((c, v), dtype=cd, device=dev)
+    buf_p = torch.empty((c, v), dtype=cd, device=dev)
+    buf_logq = torch.empty((c, v), dtype=cd, device=dev)
+    for s in range(0, n, c):
+        e = min(s + c, n)
+        logp, p, logq = buf_logp[: e - s], buf_p[: e - s], buf_logq[: e - s]
+        lse_q = _log_softmax_into(t_rows(s, e), logq, p, temperature)
+        lse_p = _log_softmax_into(s_rows(s, e), logp, p, temperature)
+        yield s, e, logp, p, logq, lse_p, lse_q
+
+
 def _reverse_kl_fwd(student: Tensor, teacher: Tensor, chunk_size: int, temperature: float) -> Tensor:
     """Per-position KL(p || q) of softmax(logits / T), flattened ``(N,)``, in the compute dtype."""
     v = student.shape[-1]
@@ -512,17 +529,9 @@ def _reverse_kl_fwd(student: Tensor, teacher: Tensor, chunk_size: int, temperatu
     kl = torch.empty(n, dtype=cd, device=dev)
     lse_p = torch.empty(n, dtype=cd, device=dev)
     lse_q = torch.empty(n, dtype=cd, device=dev)
-    s_rows, t_rows = _row_source(student), _row_source(teacher)
-    c = max(min(chunk_size, n), 1)
-    buf_logp = torch.empty((c, v), dtype=cd, device=dev)
-    buf_p = torch.empty((c, v), dtype=cd, device=dev)
-    buf_logq = torch.empty((c, v), dtype=cd, device=dev)
-    for s in range(0, n, c):
-        e = min(s + c, n)
-        logp, p, logq = buf_logp[: e - s], buf_p[: e - s], buf_logq[: e - s]
-        # q's softmax goes into p's buffer first (discarded), then p overwrites it
-        lse_q[s:e] = _log_softmax_into(t_rows(s, e), logq, p, temperature)
-        lse_p[s:e] = _log_softmax_into(s_rows(s, e), logp, p, temperature)
+    for s, e, logp, p, logq, chunk_lse_p, chunk_lse_q in _kl_chunks(
+            student, teacher, n, v, cd, chunk_size, temperature):
+        lse_p[s:e], lse_q[s:e] = chunk_lse_p, chunk_lse_q
         kl[s:e] = p.mul_(logp.sub_(logq)).sum(dim=-1)
     _check_finite("student/teacher logits", kl, lse_p, lse_q)
     return kl
@@ -549,17 +558,8 @@ class _ReverseKL(torch.autograd.Function):
         dev = student.device
         grad = torch.empty(student.shape, dtype=student.dtype, device=dev)
         grad_flat = grad.view(-1, v)
-        s_rows, t_rows = _row_source(student), _row_source(teacher)
         g_kl = g_kl.reshape(-1).to(cd)
-        c = max(min(ctx.chunk_size, n), 1)
-        buf_g = torch.empty((c, v), dtype=cd, device=dev)
-        buf_p = torch.empty((c, v), dtype=cd, device=dev)
-        buf_logq = torch.empty((c, v), dtype=cd, device=dev)
-        for s in range(0, n, c):
-            e = min(s + c, n)
-            g, p, logq = buf_g[: e - s], buf_p[: e - s], buf_logq[: e - s]
-            _log_softmax_into(t_rows(s, e), logq, p, t)
-            _log_softmax_into(s_rows(s, e), g, p, t)
+        for s, e, g, p, logq, _, _ in _kl_chunks(student, teacher, n, v, cd, ctx.chunk_size, t):
             # dKL/dz_j = p_j (log p_j - log q_j - KL);  z = x / T
             g.sub_(logq).sub_(kl[s:e, None]).mul_(p).mul_(g_kl[s:e, None])
             if t != 1.0:

@@ -27,27 +27,15 @@ from dasd.scoring import score_responses, score_rollouts
 from dasd.tasks.base import Problem, Task
 
 
-def sample_rollout_rows(
-    model: nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    task: Task,
-    problems: Sequence[Problem],
-    *,
-    k: int,
-    step: int,
-    split: str,
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_p: float = 0.9,
-    batch_size: int = 128,
-    teacher: bool = True,
-    generator: torch.Generator | None = None,
-    progress: Callable[[int], None] | None = None,
-    engine: Callable[..., Rollouts] = generate,
-    score_batch_size: int = 32,
-    tail: bool = False,
-    truncated_reward: float | None = 0.0,
-) -> pd.DataFrame:
+def sample_rollout_rows(model: nn.Module, tokenizer: PreTrainedTokenizerBase, task: Task,
+                        problems: Sequence[Problem], *, k: int, step: int, split: str,
+                        max_new_tokens: int, temperature: float = 1.0, top_p: float = 0.9,
+                        batch_size: int = 128, teacher: bool = True,
+                        generator: torch.Generator | None = None,
+                        progress: Callable[[int], None] | None = None,
+                        engine: Callable[..., Rollouts] = generate, score_batch_size: int = 32,
+                        tail: bool = False, truncated_reward: float | None = 0.0
+                        ) -> pd.DataFrame:
     """``k`` samples for each problem (grouped: rows ``[i k, (i + 1) k)`` answer problem i) as
     rollout rows of the run-directory schema, with ``entropy``, ``student_logp`` and, when
     ``teacher``, ``teacher_logp`` per token. Defaults are the paper's evaluation protocol
@@ -59,17 +47,9 @@ def sample_rollout_rows(
     ``student_tail`` and ``teacher_tail`` (1 - max_v p); ``truncated_reward`` is the reward of a
     response without EOS (``dasd.records.verifier_rewards``; None: the verifier decides)."""
     prompts = [task.student_prompt(p) for p in problems for _ in range(k)]
-    rollouts = engine(
-        model,
-        tokenizer,
-        prompts,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        batch_size=batch_size,
-        generator=generator,
-        progress=progress,
-    )
+    rollouts = engine(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                      temperature=temperature, top_p=top_p, batch_size=batch_size,
+                      generator=generator, progress=progress)
     teacher_prompts = [task.teacher_prompt(p) for p in problems for _ in range(k)] if teacher else None
     scores = score_rollouts(model, tokenizer, rollouts, teacher_prompts,
                             batch_size=score_batch_size, tail=tail,

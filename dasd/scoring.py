@@ -224,20 +224,11 @@ def score_rollouts(
                 "rollouts; pass one teacher prompt per rollout"
             )
         teacher_ids, teacher_mask = encode_prompts(tokenizer, teacher_prompts)
-    return score_responses(
-        model,
-        rollouts.response_ids,
-        rollouts.response_mask,
-        rollouts.prompt_ids,
-        rollouts.prompt_mask,
-        teacher_prompt_ids=teacher_ids,
-        teacher_prompt_mask=teacher_mask,
-        batch_size=batch_size,
-        chunk_size=chunk_size,
-        temperature=temperature,
-        timings=timings,
-        tail=tail,
-    )
+    return score_responses(model, rollouts.response_ids, rollouts.response_mask,
+                           rollouts.prompt_ids, rollouts.prompt_mask,
+                           teacher_prompt_ids=teacher_ids, teacher_prompt_mask=teacher_mask,
+                           batch_size=batch_size, chunk_size=chunk_size,
+                           temperature=temperature, timings=timings, tail=tail)
 
 
 def _check_pair(name: str, ids: torch.Tensor, mask: torch.Tensor, *, n: int | None = None) -> None:
@@ -267,14 +258,8 @@ def _joined(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: t
             "position_ids": positions_from_mask(attn) + position_offset, "use_cache": False}
 
 
-def response_hidden(
-    model: nn.Module,
-    prompt_ids: torch.Tensor,
-    prompt_mask: torch.Tensor,
-    response_ids: torch.Tensor,
-    *,
-    position_offset: int = 0,
-) -> torch.Tensor:
+def response_hidden(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                    response_ids: torch.Tensor, *, position_offset: int = 0) -> torch.Tensor:
     """The output layer's input ``(b, t, d)`` (final-normed hidden states) at the positions
     predicting each token of ``response_ids (b, t)`` after the left-padded prompts
     ``prompt_ids, prompt_mask (b, P)``; differentiable, on the model's device. Needs a model
@@ -286,14 +271,8 @@ def response_hidden(
     return out.last_hidden_state[:, -t - 1 : -1]
 
 
-def response_logits(
-    model: nn.Module,
-    prompt_ids: torch.Tensor,
-    prompt_mask: torch.Tensor,
-    response_ids: torch.Tensor,
-    *,
-    position_offset: int = 0,
-) -> torch.Tensor:
+def response_logits(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                    response_ids: torch.Tensor, *, position_offset: int = 0) -> torch.Tensor:
     """Logits ``(b, t, V)`` predicting each token of ``response_ids (b, t)`` after the
     left-padded prompts ``prompt_ids, prompt_mask (b, P)``; differentiable (the trainer's
     reverse-KL forward uses it with gradient), on the model's device; float32

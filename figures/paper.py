@@ -44,20 +44,9 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = [
-    "fig2_sign_flip",
-    "fig3_entropy_pressure",
-    "fig4_pass_at_k",
-    "fig5_training_dynamics",
-    "fig6a_entropy_distribution",
-    "fig6bc_arm_flip",
-    "fig7_causal",
-    "fig8_scale",
-    "fig10b_validation",
-    "TOKENS_COLUMNS",
-    "binned_means",
-    "pass_at_k_curve",
-]
+__all__ = ["fig2_sign_flip", "fig3_entropy_pressure", "fig4_pass_at_k", "fig5_training_dynamics",
+           "fig6a_entropy_distribution", "fig6bc_arm_flip", "fig7_causal", "fig8_scale",
+           "fig10b_validation", "TOKENS_COLUMNS", "binned_means", "pass_at_k_curve"]
 
 SIGN_FLIP_METHODS = ("grpo", "conformity", "novelty")
 VALIDATION_METHODS = ("dasd", "grpo")

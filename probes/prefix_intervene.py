@@ -68,16 +68,8 @@ from dasd.tasks import build_task
 from figures.terminal import SECTION, Terminal, cell
 from probes.registry import register_probe
 
-__all__ = [
-    "BUCKET_ORDER",
-    "METRICS",
-    "MODES",
-    "PAPER_TABLE1",
-    "PrefixInterveneConfig",
-    "eligible_positions",
-    "response_scores",
-    "run_prefix_intervene",
-]
+__all__ = ["BUCKET_ORDER", "METRICS", "MODES", "PAPER_TABLE1", "PrefixInterveneConfig",
+           "eligible_positions", "response_scores", "run_prefix_intervene"]
 
 #: Table 1's rows (buckets), columns (modes) and metrics, in the paper's order.
 BUCKET_ORDER = ("low", "high", "random")

@@ -6,6 +6,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 #: TrainConfig fields of a probe of two-update runs on the random test model (``model`` added
 #: by ``small_train``).
 SMALL_TRAIN: dict[str, Any] = {
@@ -56,3 +58,12 @@ def run_recorded(run: Callable[..., Any], cfg: Any, run_dir: Path) -> tuple[Any,
     calls: list[tuple[str, int, bool]] = []
     result = run(cfg, run_dir, progress=lambda name, step, m: calls.append((name, step, bool(m))))
     return cfg, result, calls
+
+
+def recorded_probe(run: Callable[..., Any], config: Callable[..., Any], name: str) -> Any:
+    """A module-scoped fixture: ``run_recorded(run, config(model_dir), <tmp>/name)``, the
+    uninterrupted probe a test module's other tests read."""
+    @pytest.fixture(scope="module")
+    def probe(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any, list]:
+        return run_recorded(run, config(model_dir), tmp_path_factory.mktemp("runs") / name)
+    return probe

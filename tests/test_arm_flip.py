@@ -26,7 +26,9 @@ from probes.arm_flip import (
     headline_columns,
     run_arm_flip,
 )
-from tests.fixtures_probes import SMALL_CLI, Killed, files_of, kill_when, run_recorded, small_train
+from tests.fixtures_probes import (SMALL_CLI, Killed, files_of, kill_when, recorded_probe,
+                                   small_train)
+from tests.hostile import assert_one_line_error
 
 runner = CliRunner()
 
@@ -35,11 +37,8 @@ def small_config(model_dir, **overrides):
     return arm_flip_config(quick=True, flip_at=1, **small_train(model_dir, **overrides))
 
 
-@pytest.fixture(scope="module")
-def full(model_dir, tmp_path_factory):
-    """An uninterrupted probe: base to update 1, three arms to update 2."""
-    return run_recorded(run_arm_flip, small_config(model_dir),
-                        tmp_path_factory.mktemp("runs") / "af")
+#: An uninterrupted probe: base to update 1, three arms to update 2.
+full = recorded_probe(run_arm_flip, small_config, "af")
 
 
 def test_arms_continue_dasd_from_the_flip_checkpoint(full):
@@ -209,9 +208,8 @@ def test_cli_runs_the_probe(model_dir, tmp_path):
 def test_cli_bad_flip_point_gives_a_one_line_error(tmp_path):
     result = runner.invoke(probe_app, ["arm-flip", "--steps", "4", "--flip-at", "4",
                                        "--runs-dir", str(tmp_path), "--name", "af"])
-    assert result.exit_code == 2
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert lines == ["error: flip_at must be an update in 1..3 (below steps = 4), got 4"]
+    assert assert_one_line_error(result) == (
+        "error: flip_at must be an update in 1..3 (below steps = 4), got 4")
     assert not (tmp_path / "af").exists()
 
 

@@ -38,6 +38,7 @@ from probes.causal import (
     run_causal,
     starts_with_marker,
 )
+from tests.hostile import assert_one_line_error
 
 runner = CliRunner()
 
@@ -400,7 +401,6 @@ def test_cli_runs_the_probe(model_dir, tmp_path):
 def test_cli_bad_part_gives_a_one_line_error(tmp_path):
     result = runner.invoke(probe_app, ["causal", "--parts", "forks,bogus", "--runs-dir",
                                        str(tmp_path), "--name", "c"])
-    assert result.exit_code == 2
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert lines == ["error: unknown part 'bogus'; valid: forks, revisions"]
+    assert assert_one_line_error(result) == (
+        "error: unknown part 'bogus'; valid: forks, revisions")
     assert not (tmp_path / "c").exists()

@@ -22,22 +22,10 @@ import torch
 
 from dasd.advantages import GAP_SCALES, GATES, METHODS, dasd_advantages, group_advantages
 from dasd.entropy import head_entropy_and_logprob, token_entropy_and_logprob, token_reverse_kl
-from dasd.losses import (
-    AGGREGATIONS,
-    aggregate,
-    aggregate_denominator,
-    ppo_clip_loss,
-    reverse_kl_loss,
-)
-from dasd.routing import (
-    RoutingBatch,
-    attention_entropy,
-    build_routing_signal,
-    corpus_counts,
-    output_grad_norm,
-    relative_position,
-    token_rarity,
-)
+from dasd.losses import (AGGREGATIONS, aggregate, aggregate_denominator, ppo_clip_loss,
+                         reverse_kl_loss)
+from dasd.routing import (RoutingBatch, attention_entropy, build_routing_signal, corpus_counts,
+                          output_grad_norm, relative_position, token_rarity)
 
 
 @contextmanager

@@ -10,17 +10,9 @@ import torch
 
 from dasd.advantages import METHOD_GAP_SCALE, dasd_advantages
 from dasd.models import load_model
-from dasd.routing import (
-    FREQUENCY_CORPUS_SIZE,
-    ROUTING_SIGNALS,
-    RoutingBatch,
-    attention_entropy,
-    build_routing_signal,
-    corpus_counts,
-    output_grad_norm,
-    relative_position,
-    token_rarity,
-)
+from dasd.routing import (FREQUENCY_CORPUS_SIZE, ROUTING_SIGNALS, RoutingBatch, attention_entropy,
+                          build_routing_signal, corpus_counts, output_grad_norm, relative_position,
+                          token_rarity)
 from dasd.runlog import read_rollouts
 from dasd.tasks.base import Problem
 from dasd.trainer import TrainConfig, Trainer

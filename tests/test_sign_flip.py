@@ -20,7 +20,9 @@ from probes.sign_flip import (
     run_sign_flip,
     sign_flip_config,
 )
-from tests.fixtures_probes import SMALL_CLI, Killed, files_of, kill_when, run_recorded, small_train
+from tests.fixtures_probes import (SMALL_CLI, Killed, files_of, kill_when, recorded_probe,
+                                   small_train)
+from tests.hostile import assert_one_line_error
 
 runner = CliRunner()
 EVAL_STEPS = [0, 1, 2]
@@ -30,11 +32,8 @@ def small_config(model_dir, **overrides):
     return sign_flip_config(quick=True, **small_train(model_dir, **overrides))
 
 
-@pytest.fixture(scope="module")
-def full(model_dir, tmp_path_factory):
-    """An uninterrupted probe of all three arms."""
-    return run_recorded(run_sign_flip, small_config(model_dir),
-                        tmp_path_factory.mktemp("runs") / "sf")
+#: An uninterrupted probe of all three arms.
+full = recorded_probe(run_sign_flip, small_config, "sf")
 
 
 def test_arms_are_train_runs_that_differ_only_in_method(full):
@@ -181,9 +180,8 @@ def test_cli_runs_and_resumes_the_probe(model_dir, tmp_path):
 def test_cli_bad_arms_give_a_one_line_error(tmp_path):
     result = runner.invoke(probe_app, ["sign-flip", "--arms", "grpo,bogus",
                                        "--runs-dir", str(tmp_path), "--name", "sf"])
-    assert result.exit_code == 2
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert lines == ["error: unknown arm 'bogus'; valid: grpo, conformity, novelty"]
+    assert assert_one_line_error(result) == (
+        "error: unknown arm 'bogus'; valid: grpo, conformity, novelty")
     assert not (tmp_path / "sf").exists()
 
 

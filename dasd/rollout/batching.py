@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "check_decoding",
+    "check_sampling",
     "concat_right_padded",
     "length_sorted_chunks",
     "over_micro_batches",
@@ -26,12 +27,23 @@ __all__ = [
 T = TypeVar("T")
 
 
-def check_decoding(max_new_tokens: int, batch_size: int) -> None:
-    """Raise a one-line ``ValueError`` unless ``max_new_tokens`` and ``batch_size`` are >= 1."""
+def check_sampling(temperature: float, top_p: float) -> None:
+    """Raise a one-line ``ValueError`` unless ``temperature >= 0`` and ``0 < top_p <= 1``."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+
+
+def check_decoding(max_new_tokens: int, batch_size: int, temperature: float = 1.0,
+                   top_p: float = 1.0) -> None:
+    """Raise a one-line ``ValueError`` unless ``max_new_tokens`` and ``batch_size`` are >= 1
+    and the sampling settings pass ``check_sampling``: every engine's argument check."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_sampling(temperature, top_p)
 
 
 def over_micro_batches(n: int, batch_size: int, run: Callable[[slice, int], T],

@@ -31,12 +31,8 @@ from transformers import PreTrainedTokenizerBase
 
 from dasd.head import head_logits, output_layer
 from dasd.memory import GIB, generation_rows
-from dasd.rollout.batching import (
-    check_decoding,
-    concat_right_padded,
-    over_micro_batches,
-    trim_left_padding,
-)
+from dasd.rollout.batching import (check_decoding, check_sampling, concat_right_padded,
+                                   over_micro_batches, trim_left_padding)
 from dasd.rollout.engines import ROLLOUT_ENGINES, RolloutEngine
 
 __all__ = [
@@ -200,7 +196,7 @@ def sample_from_logits(
         ``token_ids (B,)`` int64 and ``logprobs (B,)`` float32: log softmax(logits / temperature)
         at the sampled token, without top-p truncation (temperature 1 when greedy).
     """
-    _check_sampling(temperature, top_p)
+    check_sampling(temperature, top_p)
     logits = logits.float()
     if temperature == 0:
         tokens = logits.argmax(-1)
@@ -220,25 +216,10 @@ def sample_from_logits(
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
 
 
-def _check_sampling(temperature: float, top_p: float) -> None:
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-
-
-def generate(
-    model: nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: list[str],
-    *,
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    batch_size: int = 64,
-    generator: torch.Generator | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> Rollouts:
+def generate(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[str], *,
+             max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
+             batch_size: int = 64, generator: torch.Generator | None = None,
+             progress: Callable[[int], None] | None = None) -> Rollouts:
     """Sample one response per prompt with a KV cache, in micro-batches of ``batch_size``.
 
     Each row stops after emitting an EOS token (see ``stop_token_ids``; the EOS counts as a
@@ -259,8 +240,7 @@ def generate(
     Returns:
         ``Rollouts`` on CPU; responses padded to the longest one over all micro-batches.
     """
-    check_decoding(max_new_tokens, batch_size)
-    _check_sampling(temperature, top_p)
+    check_decoding(max_new_tokens, batch_size, temperature, top_p)
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts)
     pad_id = tokenizer.pad_token_id
     eos = stop_token_ids(model, tokenizer)
@@ -301,16 +281,9 @@ def assemble_rollouts(
     responses = tokenizer.batch_decode(
         [row[k].tolist() for row, k in zip(response_ids, keep)], skip_special_tokens=False
     )
-    return Rollouts(
-        prompts=list(prompts),
-        prompt_ids=prompt_ids,
-        prompt_mask=prompt_mask,
-        response_ids=response_ids,
-        response_mask=response_mask,
-        logprobs=logprobs,
-        finished=finished,
-        responses=responses,
-    )
+    return Rollouts(prompts=list(prompts), prompt_ids=prompt_ids, prompt_mask=prompt_mask,
+                    response_ids=response_ids, response_mask=response_mask, logprobs=logprobs,
+                    finished=finished, responses=responses)
 
 
 class DecodeContext:

@@ -78,7 +78,6 @@ from dasd.rollout.hf import (
     DecodeContext,
     DecodedRows,
     Rollouts,
-    _check_sampling,
     assemble_rollouts,
     encode_prompts,
     eval_mode,
@@ -355,7 +354,7 @@ def lockstep_generate(
     Returns:
         ``LockstepRollouts`` on CPU.
     """
-    check_decoding(max_new_tokens, batch_size)
+    check_decoding(max_new_tokens, batch_size, temperature, top_p)
     if len(teacher_prompts) != len(prompts):
         raise ValueError(
             f"teacher_prompts has {len(teacher_prompts)} prompts for {len(prompts)} student "
@@ -363,7 +362,6 @@ def lockstep_generate(
         )
     if pairing_seed is not None and (generator is not None or coin_generator is not None):
         raise ValueError("pass pairing_seed or generator/coin_generator, not both")
-    _check_sampling(temperature, top_p)
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts)
     teacher_ids, teacher_mask = encode_prompts(tokenizer, teacher_prompts)
     pad_id = tokenizer.pad_token_id

@@ -64,6 +64,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from dasd.rollout.batching import check_decoding
 from dasd.rollout.engines import ROLLOUT_ENGINES, RolloutEngine
 from dasd.rollout.hf import Rollouts, assemble_rollouts, encode_prompts, stop_token_ids
 
@@ -269,26 +270,14 @@ class VLLMEngine:
         return self._sampling_params(n=n, temperature=temperature, top_p=top_p,
                                      max_tokens=max_tokens, stop_token_ids=eos, **options)
 
-    def __call__(
-        self,
-        model: nn.Module,
-        tokenizer: PreTrainedTokenizerBase,
-        prompts: list[str],
-        *,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        batch_size: int = 64,
-        generator: torch.Generator | None = None,
-        progress: Callable[[int], None] | None = None,
-    ) -> Rollouts:
+    def __call__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
+                 *, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
+                 batch_size: int = 64, generator: torch.Generator | None = None,
+                 progress: Callable[[int], None] | None = None) -> Rollouts:
         """Sample one response per prompt with vLLM from ``model``'s current weights; the
         arguments and the result are those of ``dasd.rollout.hf.generate`` (``batch_size`` and
         ``generator`` are not used, departures 2 and 3)."""
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if temperature < 0 or not 0 < top_p <= 1:
-            raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+        check_decoding(max_new_tokens, batch_size, temperature, top_p)
         prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts)
         longest = int(prompt_mask.sum(1).max())
         if longest + max_new_tokens > self.max_model_len:
