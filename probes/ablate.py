@@ -64,7 +64,7 @@ from dasd.registry import Registry
 from dasd.runlog import read_metrics
 from dasd.trainer import TrainConfig
 from figures.terminal import Terminal
-from probes.parent_run import Progress, TrainingProbeOptions, open_parent, run_child
+from probes.parent_run import PROBE_BATCH, Progress, TrainingProbeOptions, open_parent, run_child
 from probes.registry import register_probe, timestamped_name
 
 __all__ = [
@@ -89,20 +89,16 @@ __all__ = [
 KIND = "probe:ablate"
 METHOD = "dasd"
 
-#: TrainConfig sizes of the default probe: one panel (4-5 variants x DEFAULT_SEEDS seeds)
-#: on a 2-core CPU with the built-in tiny model.
-DEFAULT_BUDGET: dict[str, int] = {
-    "steps": 20, "prompts_per_step": 16, "group_size": 8, "mini_batch_size": 64,
-    "micro_batch_size": 16, "eval_every": 0, "eval_prompts": 32, "eval_k": 8,
-    "checkpoint_every": 5,
-}
+#: TrainConfig sizes and seeds of the default probe (one panel, 4-5 variants x DEFAULT_SEEDS
+#: seeds, on a 2-core CPU with the built-in tiny model) and of ``--quick`` (a smoke version of
+#: one panel in a few minutes).
+DEFAULT_BUDGET: dict[str, int] = {**PROBE_BATCH, "steps": 20, "prompts_per_step": 16,
+                                  "micro_batch_size": 16, "eval_every": 0, "eval_prompts": 32,
+                                  "eval_k": 8, "checkpoint_every": 5}
 DEFAULT_SEEDS = 3
-#: TrainConfig sizes of ``--quick``: a smoke version of one panel in a few minutes.
-QUICK_BUDGET: dict[str, int] = {
-    "steps": 2, "prompts_per_step": 4, "group_size": 4, "mini_batch_size": 16,
-    "micro_batch_size": 16, "eval_every": 0, "eval_prompts": 8, "eval_k": 4,
-    "checkpoint_every": 1,
-}
+QUICK_BUDGET: dict[str, int] = {"steps": 2, "prompts_per_step": 4, "group_size": 4,
+                                "mini_batch_size": 16, "micro_batch_size": 16, "eval_every": 0,
+                                "eval_prompts": 8, "eval_k": 4, "checkpoint_every": 1}
 QUICK_SEEDS = 2
 
 

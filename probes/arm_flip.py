@@ -43,18 +43,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pandas as pd
 import torch
 
-from dasd.config_checks import as_tuple, check_fields, check_known
 from dasd.trainer import CHECKPOINTS, OPTIMIZER_STATE, TrainConfig, Trainer
 from figures.terminal import Terminal
-from probes.parent_run import Progress, TrainingProbeOptions, check_arms, open_parent
-from probes.parent_run import run_child, show_arms
+from probes.parent_run import (PROBE_BATCH, SUMMARY, Progress, TrainingProbeOptions,
+                               open_parent, resolve_arms, run_child, show_arms)
 from probes.registry import register_probe
 from probes.sign_flip import summarize as summarize_arms
 
@@ -88,22 +87,16 @@ PAPER_FINDING = ("paper (Fig. 6b/6c): flipping the low-H_t arm hurts StepAcc whi
                  "fluctuates; flipping the high-H_t arm suppresses E(y) while StepAcc only "
                  "fluctuates")
 KIND = "probe:arm-flip"
-#: Stem of the parent's summary files (``summary.parquet``, ``summary.json``).
-SUMMARY = "summary"
 
-#: TrainConfig sizes of the default probe: 20 base updates plus 3 arms x 20 (the flip defaults
-#: to half of ``steps``), two thirds of sign-flip's default budget.
-DEFAULT_BUDGET: dict[str, Any] = {
-    "steps": 40, "prompts_per_step": 16, "group_size": 8, "mini_batch_size": 64,
-    "eval_every": 5, "eval_prompts": 32, "eval_k": 16, "checkpoint_every": 5,
-    "min_lr_ratio": 1.0,
-}
-#: TrainConfig sizes of ``--quick``: a smoke run.
-QUICK_BUDGET: dict[str, Any] = {
-    "steps": 4, "prompts_per_step": 8, "group_size": 8, "mini_batch_size": 64,
-    "eval_every": 1, "eval_prompts": 16, "eval_k": 8, "checkpoint_every": 2,
-    "min_lr_ratio": 1.0,
-}
+#: TrainConfig sizes of the default probe (20 base updates plus 3 arms x 20, the flip
+#: defaulting to half of ``steps``: two thirds of sign-flip's default budget) and of
+#: ``--quick`` (a smoke run).
+DEFAULT_BUDGET: dict[str, Any] = {**PROBE_BATCH, "steps": 40, "prompts_per_step": 16,
+                                  "eval_every": 5, "eval_prompts": 32, "eval_k": 16,
+                                  "checkpoint_every": 5, "min_lr_ratio": 1.0}
+QUICK_BUDGET: dict[str, Any] = {**PROBE_BATCH, "steps": 4, "prompts_per_step": 8,
+                                "eval_every": 1, "eval_prompts": 16, "eval_k": 8,
+                                "checkpoint_every": 2, "min_lr_ratio": 1.0}
 
 
 @dataclass(frozen=True)
@@ -120,24 +113,16 @@ class ArmFlipConfig:
     The method is ``dasd``; ``method_options`` other than ``flip`` are shared too."""
 
     def __post_init__(self) -> None:
-        arms = as_tuple(self.arms)
-        object.__setattr__(self, "arms", arms)
-        check_fields(self)
-        check_arms(arms, ARMS)
-        if "method" in self.train:
-            raise ValueError("the arm-flip probe trains method dasd; do not set train.method")
-        if "flip" in (self.train.get("method_options") or {}):
+        resolved = resolve_arms(self, ARMS, "dasd",
+                                "the arm-flip probe trains method dasd; do not set train.method")
+        if "flip" in resolved["method_options"]:
             raise ValueError("the arms set method_options.flip; choose them with arms")
-        check_known(TrainConfig, self.train, exclude={"method"})
-        resolved = asdict(TrainConfig(method="dasd", **self.train))
-        del resolved["method"]
         if isinstance(self.flip_at, bool) or not isinstance(self.flip_at, int) \
                 or not 1 <= self.flip_at < resolved["steps"]:
             raise ValueError(f"flip_at must be an update in 1..{resolved['steps'] - 1} "
                              f"(below steps = {resolved['steps']}), got {self.flip_at!r}")
-        object.__setattr__(self, "arms", arms)
         object.__setattr__(self, "train", resolved)
-        for arm in arms:
+        for arm in self.arms:
             self.arm_config(arm, Path("checkpoint"))
 
     @property

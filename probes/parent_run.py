@@ -20,16 +20,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from dasd.config_checks import as_tuple, check_fields, check_known
 from dasd.runlog import RunWriter, create_run, open_run, read_manifest
 from dasd.trainer import TrainConfig, Trainer
 from figures.terminal import SECTION, Terminal, cell
 
-__all__ = ["Progress", "TrainingProbeOptions", "check_arms", "differences", "open_parent",
-           "parse_overrides", "plain_config", "run_child", "show_arms"]
+__all__ = ["PROBE_BATCH", "SUMMARY", "Progress", "TrainingProbeOptions", "check_arms",
+           "differences", "open_parent", "parse_overrides", "plain_config", "resolve_arms", "run_child",
+           "show_arms"]
 
 Report = Callable[[int, Mapping[str, float]], None]
 #: A multi-run probe's progress callback: ``(sub-run name, step, logged metrics)``.
 Progress = Callable[[str, int, Mapping[str, float]], None]
+#: Stem of a training probe's parent summary files (``summary.parquet``, ``summary.json``).
+SUMMARY = "summary"
+#: The batch shape the training probes' budgets share: G = 8 rollouts per prompt (the paper's)
+#: and 64 responses per optimizer step.
+PROBE_BATCH: dict[str, int] = {"group_size": 8, "mini_batch_size": 64}
 
 
 def plain_config(config: TrainConfig) -> dict[str, Any]:
@@ -98,6 +105,26 @@ def run_child(config: TrainConfig, run_dir: Path, report: Report | None, *, labe
             report(trainer.start_step, {})
         trainer.run(report)
     return action
+
+
+def resolve_arms(config: Any, valid: Sequence[str], method: str | None, method_error: str
+                 ) -> dict[str, Any]:
+    """The check every multi-arm training probe's config runs on construction: ``config.arms``
+    becomes a tuple (set on the frozen ``config``), every field's type is checked, the arms are
+    valid (``check_arms``), ``config.train`` does not set ``method`` (else ``method_error``) and
+    names only ``TrainConfig`` fields. Returns ``config.train`` resolved: every ``TrainConfig``
+    field but ``method``, at its value with ``method`` (None: the first arm), checked by
+    constructing it."""
+    arms = as_tuple(config.arms)
+    object.__setattr__(config, "arms", arms)
+    check_fields(config)
+    check_arms(arms, valid)
+    if "method" in config.train:
+        raise ValueError(method_error)
+    check_known(TrainConfig, config.train, exclude={"method"})
+    resolved = asdict(TrainConfig(method=method or arms[0], **config.train))
+    del resolved["method"]
+    return resolved
 
 
 def check_arms(arms: Sequence[str], valid: Sequence[str]) -> None:

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
@@ -44,11 +44,10 @@ from typing import Any, ClassVar
 import pandas as pd
 
 from dasd.runlog import read_metrics
-from dasd.config_checks import as_tuple, check_fields, check_known
 from dasd.trainer import TrainConfig
 from figures.terminal import Terminal
-from probes.parent_run import Progress, TrainingProbeOptions, check_arms, open_parent
-from probes.parent_run import run_child, show_arms
+from probes.parent_run import (PROBE_BATCH, SUMMARY, Progress, TrainingProbeOptions,
+                               open_parent, resolve_arms, run_child, show_arms)
 from probes.registry import register_probe
 
 __all__ = [
@@ -76,22 +75,15 @@ ARM_LABELS = {"grpo": "Base (GRPO)", "conformity": "Conformity (ω ≡ +1)",
 PAPER_FINDING = ("paper (Fig. 2): Conformity cuts length and E(y) without gaining accuracy; "
                  "Novelty briefly beats Base, then E(y) and length grow while StepAcc falls")
 KIND = "probe:sign-flip"
-#: Stem of the parent's summary files (``summary.parquet``, ``summary.json``).
-SUMMARY = "summary"
 
-#: TrainConfig sizes of the default probe: the three arms within 20 minutes on a 2-core CPU
-#: with the built-in tiny model.
-DEFAULT_BUDGET: dict[str, int] = {
-    "steps": 40, "prompts_per_step": 16, "group_size": 8, "mini_batch_size": 64,
-    "micro_batch_size": 64, "eval_every": 5, "eval_prompts": 32, "eval_k": 16,
-    "checkpoint_every": 5,
-}
-#: TrainConfig sizes of ``--quick``: the three arms within 2 minutes.
-QUICK_BUDGET: dict[str, int] = {
-    "steps": 4, "prompts_per_step": 8, "group_size": 8, "mini_batch_size": 64,
-    "micro_batch_size": 64, "eval_every": 2, "eval_prompts": 16, "eval_k": 8,
-    "checkpoint_every": 2,
-}
+#: TrainConfig sizes of the default probe (the three arms within 20 minutes on a 2-core CPU
+#: with the built-in tiny model) and of ``--quick`` (within 2 minutes).
+DEFAULT_BUDGET: dict[str, int] = {**PROBE_BATCH, "steps": 40, "prompts_per_step": 16,
+                                  "micro_batch_size": 64, "eval_every": 5, "eval_prompts": 32,
+                                  "eval_k": 16, "checkpoint_every": 5}
+QUICK_BUDGET: dict[str, int] = {**PROBE_BATCH, "steps": 4, "prompts_per_step": 8,
+                                "micro_batch_size": 64, "eval_every": 2, "eval_prompts": 16,
+                                "eval_k": 8, "checkpoint_every": 2}
 
 
 @dataclass(frozen=True)
@@ -106,18 +98,10 @@ class SignFlipConfig:
     fields not given take the trainer's defaults."""
 
     def __post_init__(self) -> None:
-        arms = as_tuple(self.arms)
-        object.__setattr__(self, "arms", arms)
-        check_fields(self)
-        check_arms(arms, ARMS)
-        if "method" in self.train:
-            raise ValueError("the arms set the method; choose them with arms, not train.method")
-        check_known(TrainConfig, self.train, exclude={"method"})
-        resolved = asdict(TrainConfig(method=arms[0], **self.train))
-        del resolved["method"]
-        for arm in arms[1:]:
+        resolved = resolve_arms(self, ARMS, None,
+                                "the arms set the method; choose them with arms, not train.method")
+        for arm in self.arms[1:]:
             TrainConfig(method=arm, **self.train)
-        object.__setattr__(self, "arms", arms)
         object.__setattr__(self, "train", resolved)
 
     def arm_config(self, arm: str) -> TrainConfig:

@@ -67,3 +67,20 @@ def recorded_probe(run: Callable[..., Any], config: Callable[..., Any], name: st
     def probe(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any, list]:
         return run_recorded(run, config(model_dir), tmp_path_factory.mktemp("runs") / name)
     return probe
+
+
+def option_helps(probe: str) -> dict[str, str]:
+    """Each option of ``dasd-probe <probe>`` by parameter name: its help text."""
+    from cli import probe_command
+    from probes.registry import get_probe
+
+    return {param.name: param.help for param in probe_command(get_probe(probe)).params}
+
+
+def assert_help_states_budgets(probe: str, options: Mapping[str, str],
+                               default: Mapping[str, Any], quick: Mapping[str, Any]) -> None:
+    """The help of each of ``options`` (option name -> TrainConfig key) of ``probe`` names its
+    default and ``--quick`` budget values."""
+    helps = option_helps(probe)
+    for option, key in options.items():
+        assert f"default {default[key]}; --quick: {quick[key]})" in helps[option], option

@@ -13,9 +13,8 @@ from typer.testing import CliRunner
 from analysis.health import analyze_runs
 from analysis.intervals import t_interval
 from analysis.tables import build_tables
-from cli import probe_app, probe_command
+from cli import probe_app
 from dasd.runlog import create_run, read_manifest, read_metrics, read_rollouts
-from probes.registry import get_probe
 from probes.ablate import (
     DEFAULT_BUDGET,
     DEFAULT_SEEDS,
@@ -25,7 +24,8 @@ from probes.ablate import (
     ablate_config,
     run_ablate,
 )
-from tests.fixtures_probes import SMALL_CLI, Killed, files_of, kill_when
+from tests.fixtures_probes import (SMALL_CLI, Killed, assert_help_states_budgets, files_of,
+                                   kill_when, option_helps)
 from tests.test_tables import make_eval, table_named
 from tests.hostile import assert_one_line_error
 
@@ -276,10 +276,7 @@ def test_cli_bad_panel_gives_a_one_line_error(tmp_path):
 
 
 def test_cli_help_states_the_budgets():
-    command = probe_command(get_probe("ablate"))
-    helps = {param.name: param.help for param in command.params}
-    options = {"steps": "steps", "k": "eval_k", "eval_prompts": "eval_prompts",
-               "prompts_per_step": "prompts_per_step"}
-    for option, key in options.items():
-        assert f"default {DEFAULT_BUDGET[key]}; --quick: {QUICK_BUDGET[key]})" in helps[option]
-    assert f"default {DEFAULT_SEEDS}; --quick: 2)" in helps["seeds"]
+    assert_help_states_budgets(
+        "ablate", {"steps": "steps", "k": "eval_k", "eval_prompts": "eval_prompts",
+                   "prompts_per_step": "prompts_per_step"}, DEFAULT_BUDGET, QUICK_BUDGET)
+    assert f"default {DEFAULT_SEEDS}; --quick: 2)" in option_helps("ablate")["seeds"]

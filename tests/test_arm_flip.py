@@ -12,10 +12,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli import probe_app, probe_command
+from cli import probe_app
 from dasd.runlog import read_manifest, read_metrics, read_rollouts
 from figures import load_runs, make_figure
-from probes.registry import get_probe
 from probes.arm_flip import (
     ARMS,
     DEFAULT_BUDGET,
@@ -26,8 +25,8 @@ from probes.arm_flip import (
     headline_columns,
     run_arm_flip,
 )
-from tests.fixtures_probes import (SMALL_CLI, Killed, files_of, kill_when, recorded_probe,
-                                   small_train)
+from tests.fixtures_probes import (SMALL_CLI, Killed, assert_help_states_budgets, files_of,
+                                   kill_when, recorded_probe, small_train)
 from tests.hostile import assert_one_line_error
 
 runner = CliRunner()
@@ -214,7 +213,5 @@ def test_cli_bad_flip_point_gives_a_one_line_error(tmp_path):
 
 
 def test_cli_help_states_the_budgets():
-    command = probe_command(get_probe("arm-flip"))
-    helps = {param.name: param.help for param in command.params}
-    for option, key in {"steps": "steps", "eval_every": "eval_every", "k": "eval_k"}.items():
-        assert f"default {DEFAULT_BUDGET[key]}; --quick: {QUICK_BUDGET[key]})" in helps[option]
+    assert_help_states_budgets("arm-flip", {"steps": "steps", "eval_every": "eval_every",
+                                            "k": "eval_k"}, DEFAULT_BUDGET, QUICK_BUDGET)

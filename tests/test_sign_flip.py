@@ -8,9 +8,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from cli import probe_app, probe_command
+from cli import probe_app
 from dasd.runlog import read_manifest, read_metrics, read_rollouts
-from probes.registry import get_probe
 from probes.sign_flip import (
     ARMS,
     DEFAULT_BUDGET,
@@ -20,8 +19,8 @@ from probes.sign_flip import (
     run_sign_flip,
     sign_flip_config,
 )
-from tests.fixtures_probes import (SMALL_CLI, Killed, files_of, kill_when, recorded_probe,
-                                   small_train)
+from tests.fixtures_probes import (SMALL_CLI, Killed, assert_help_states_budgets, files_of,
+                                   kill_when, recorded_probe, small_train)
 from tests.hostile import assert_one_line_error
 
 runner = CliRunner()
@@ -186,9 +185,7 @@ def test_cli_bad_arms_give_a_one_line_error(tmp_path):
 
 
 def test_cli_help_states_the_budgets():
-    command = probe_command(get_probe("sign-flip"))
-    helps = {param.name: param.help for param in command.params}
-    options = {"steps": "steps", "eval_every": "eval_every", "k": "eval_k",
-               "eval_prompts": "eval_prompts", "prompts_per_step": "prompts_per_step"}
-    for option, key in options.items():
-        assert f"default {DEFAULT_BUDGET[key]}; --quick: {QUICK_BUDGET[key]})" in helps[option]
+    assert_help_states_budgets(
+        "sign-flip", {"steps": "steps", "eval_every": "eval_every", "k": "eval_k",
+                      "eval_prompts": "eval_prompts", "prompts_per_step": "prompts_per_step"},
+        DEFAULT_BUDGET, QUICK_BUDGET)
