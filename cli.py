@@ -177,24 +177,27 @@ def _option(f: dataclasses.Field, hint: Any, probe: Probe) -> tuple[Any, Any] | 
     doc = field_docs(probe.options).get(f.name, "").replace("``", "")
     stated = getattr(probe.options, "option_default", lambda name: None)(f.name)
     help_text = f"{doc} ({stated})" if stated else doc
-    flags = [f.metadata.get("flag", "--" + f.name.replace("_", "-"))]
+    flags = [f.metadata.get("flag", "--" + f.name.replace("_", "-")),
+             *f.metadata.get("aliases", ())]
+    panel = {"rich_help_panel": f.metadata.get("panel")}
     args = typing.get_args(hint)
     if hint in (str, int, float, Path):
-        return hint, typer.Option(default, *flags, help=help_text)
+        return hint, typer.Option(default, *flags, help=help_text, **panel)
     if hint is bool:
         flag = flags[0] if default is False else f"{flags[0]}/--no-{flags[0][2:]}"
-        return bool, typer.Option(default, flag, help=help_text)
+        return bool, typer.Option(default, flag, help=help_text, **panel)
     if typing.get_origin(hint) in (types.UnionType, typing.Union) and type(None) in args:
         inner = next(a for a in args if a is not type(None))
         if inner is bool:
             shown = {True: "on", False: "off", None: ""}[default]
-            return str, typer.Option(shown, *flags, help=f"{help_text} on|off; empty: None.")
-        return typing.Optional[inner], typer.Option(default, *flags, help=help_text)
+            return str, typer.Option(shown, *flags, help=f"{help_text} on|off; empty: None.",
+                                     **panel)
+        return typing.Optional[inner], typer.Option(default, *flags, help=help_text, **panel)
     if typing.get_origin(hint) is tuple and args == (str, ...):
         if f.metadata.get("repeatable"):
-            return list[str], typer.Option(list(default), *flags, help=help_text)
+            return list[str], typer.Option(list(default), *flags, help=help_text, **panel)
         return str, typer.Option(",".join(default), *flags, help=f"{help_text} "
-                                 "Comma-separated.")
+                                 "Comma-separated.", **panel)
     return None
 
 
@@ -350,9 +353,8 @@ def health_cmd(
 @analyze_app.command("tables")
 def tables_cmd(
     runs: list[Path] = RUN_DIRS,
-    out: Path = typer.Option(
-        Path("paper-tables"), "--out", help="Folder for the Markdown, LaTeX and CSV files."
-    ),
+    out: Path = typer.Option(Path("paper-tables"), help="Folder for the Markdown, LaTeX and CSV "
+                             "files."),
 ) -> None:
     """The paper's tables that the runs support (Table 1 from `dasd-probe prefix-intervene`
     runs, Tables 2/6 and 7 from eval runs, Table 3 from reasoning health, Tables 5 and 11-14
@@ -381,9 +383,7 @@ def tables_cmd(
 @analyze_app.command("figures")
 def figures_cmd(
     runs: list[Path] = RUN_DIRS,
-    out: Path = typer.Option(
-        Path("paper-figures"), "--out", help="Folder for the PNG and PDF files."
-    ),
+    out: Path = typer.Option(Path("paper-figures"), help="Folder for the PNG and PDF files."),
 ) -> None:
     """Every paper figure the runs support, as PNG and PDF (byte-identical on a rerun); names the
     figures without data and the runs they need. Exit 1 when no figure has data."""

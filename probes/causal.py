@@ -87,6 +87,7 @@ from dasd.runlog import create_run, read_json, read_manifest
 from dasd.tasks import build_task
 from dasd.tasks.base import Problem, Task
 from figures.terminal import Terminal, cell
+from probes.config_bases import BootstrapConfig, SamplingConfig
 from probes.registry import register_probe, timestamped_name
 
 __all__ = [
@@ -279,7 +280,7 @@ def next_token_logits(model: nn.Module, tokenizer: PreTrainedTokenizerBase,
 
 
 @dataclass(frozen=True)
-class CausalConfig:
+class CausalConfig(BootstrapConfig, SamplingConfig):
     """Settings of one causal probe; written into the run's manifest."""
 
     checkpoints: tuple[str, ...] = field(default=("tiny",), metadata={"repeatable": True})
@@ -299,20 +300,8 @@ class CausalConfig:
     """Rollouts per problem (each gives one prefix per cut rule and at most one revision)."""
     continuations: int = 4
     """Continuations per prefix and condition."""
-    temperature: float = 1.0
-    """Sampling temperature (paper: 1.0)."""
-    top_p: float = 0.9
-    """Nucleus top-p (paper: 0.9)."""
-    max_new_tokens: int = 160
-    """Length limit of every response, rollouts and prefix + continuation alike."""
-    batch_size: int = 128
-    """Prompts per generation micro-batch."""
     markers: tuple[str, ...] = DEFAULT_MARKERS
     """Epistemic markers (revision prefixes, suppression, revision rate)."""
-    n_boot: int = 1000
-    """Bootstrap resamples of the prompts."""
-    ci: float = 0.95
-    """Confidence level of the intervals."""
     seed: int = 0
     """Seed of the problems, sampling (shared by all conditions) and bootstrap."""
     device: str = "auto"
@@ -330,15 +319,11 @@ class CausalConfig:
                 raise ValueError(f"unknown part {part!r}; valid: {', '.join(PARTS)}")
         for cut in self.cuts:
             CUTS.get(cut)
-        for name in ("n_prompts", "k", "continuations", "max_new_tokens", "batch_size",
-                     "n_boot"):
+        for name in ("n_prompts", "k", "continuations"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got "
-                             f"{self.temperature}, {self.top_p}")
-        if not 0 < self.ci < 1:
-            raise ValueError(f"ci must be in (0, 1), got {self.ci}")
+        self.check_sampling()
+        self.check_bootstrap()
 
 
 @dataclass(frozen=True)
@@ -431,7 +416,7 @@ class ProbeContext:
         rows = sample_rollout_rows(
             self.model, self.tokenizer, self.task, list(self.problems.values()), k=cfg.k,
             step=0, split="eval", max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.batch_size,
+            temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.generation_batch_size,
             teacher=False, generator=torch.Generator().manual_seed(_seed(cfg.seed, 0)))
         rows["revises"] = response_health(rows["response"],
                                           markers=cfg.markers)["revises"].to_numpy()
@@ -447,8 +432,8 @@ def _continue(ctx: ProbeContext, cuts: pd.DataFrame, condition: str, seed: int) 
     problems = [ctx.problems[pid] for pid in cuts["prompt_id"]]
     student = [ctx.task.student_prompt(p) + x for p, x in zip(problems, cuts["prefix"])]
     teacher = [ctx.task.teacher_prompt(p) + x for p, x in zip(problems, cuts["prefix"])]
-    s_logits = next_token_logits(ctx.model, tok, student, batch_size=cfg.batch_size)
-    t_logits = next_token_logits(ctx.model, tok, teacher, batch_size=cfg.batch_size)
+    s_logits = next_token_logits(ctx.model, tok, student, batch_size=cfg.generation_batch_size)
+    t_logits = next_token_logits(ctx.model, tok, teacher, batch_size=cfg.generation_batch_size)
     first = FIRST_TOKENS.get(rule.first)(FirstTokenInputs(
         s_logits.repeat_interleave(m, 0), t_logits.repeat_interleave(m, 0),
         banned=ctx.banned, temperature=cfg.temperature, top_p=cfg.top_p,
@@ -466,7 +451,7 @@ def _continue(ctx: ProbeContext, cuts: pd.DataFrame, condition: str, seed: int) 
     if go:
         out = generate(ctx.model, tok, [contexts[i] + first_text[i] for i in go],
                        max_new_tokens=int(budget[go].max()), temperature=cfg.temperature,
-                       top_p=cfg.top_p, batch_size=cfg.batch_size,
+                       top_p=cfg.top_p, batch_size=cfg.generation_batch_size,
                        generator=torch.Generator().manual_seed(_seed(seed, 1)))
         stops = torch.tensor(ctx.stops)
         for row, i in enumerate(go):
@@ -565,7 +550,7 @@ def _report(rows: pd.DataFrame, part: Part, order: list[str], cfg: CausalConfig
                                            conditions[c][metric].to_numpy(np.float64), order)
                         for c in (new, ref)}
                 change = paired_difference(sums[ref], sums[new], n_boot=cfg.n_boot,
-                                           level=cfg.ci, seed=cfg.seed)
+                                           level=cfg.level, seed=cfg.seed)
                 contrasts.append({**key, "condition": new, "reference": ref, "metric": metric,
                                   "rate": change["value"], "reference_rate": change["base"],
                                   "diff": change["diff"], "ci_low": change["ci_low"],
@@ -633,7 +618,7 @@ def run_causal(cfg: CausalConfig, run_dir: Path, *,
         run.write_json("summary", {
             "figure": "Fig. 7: causal interventions on forks and revisions",
             "n_prompts": cfg.n_prompts, "k": cfg.k, "continuations": cfg.continuations,
-            "ci": {"level": cfg.ci, "n_boot": cfg.n_boot, "resampled": "prompts (paired)"},
+            "ci": {"level": cfg.level, "n_boot": cfg.n_boot, "resampled": "prompts (paired)"},
             "paper_finding": PAPER_FINDING,
             "checkpoints": entries,
         })

@@ -76,6 +76,7 @@ from dasd.runlog import create_run
 from dasd.scoring import TokenScores, response_logits
 from dasd.tasks import build_task
 from figures.terminal import Terminal, cell
+from probes.config_bases import BootstrapConfig
 from probes.registry import register_probe
 
 __all__ = [
@@ -113,7 +114,7 @@ _BINNED = ("A", "abs_A", "neg_kl", "D_plus", "D_minus", "kl_before", "kl_plus", 
 
 
 @dataclass(frozen=True)
-class EntropyTVConfig:
+class EntropyTVConfig(BootstrapConfig):
     """Settings of one Probe 2 run; checked on construction, written into the manifest."""
 
     model: str = "tiny"
@@ -128,10 +129,6 @@ class EntropyTVConfig:
     """Student samples per problem."""
     lr: float = 1.0
     """Learning rate of the one plain-SGD step (departure 3)."""
-    bootstrap: int = 1000
-    """Prompt-level bootstrap resamples for the Spearman intervals (0: none)."""
-    level: float = 0.95
-    """Coverage of the bootstrap intervals."""
     n_bins: int = 10
     """Entropy quantile bins of the binned tables (10: deciles, as Fig. 3)."""
     max_new_tokens: int = 160
@@ -153,10 +150,7 @@ class EntropyTVConfig:
             raise ValueError(f"n_prompts ({self.n_prompts}) and k ({self.k}) must be >= 1")
         if not (np.isfinite(self.lr) and self.lr >= 0):
             raise ValueError(f"lr must be a finite number >= 0, got {self.lr}")
-        if self.bootstrap < 0:
-            raise ValueError(f"bootstrap must be >= 0 (0: no interval), got {self.bootstrap}")
-        if not 0.0 < self.level < 1.0:
-            raise ValueError(f"level must be in (0, 1), got {self.level}")
+        self.check_bootstrap(allow_none=True)
         for name in ("n_bins", "max_new_tokens", "generation_batch_size", "micro_batch_size",
                      "chunk_size"):
             if getattr(self, name) < 1:
@@ -523,7 +517,7 @@ def run_entropy_tv(
             "lr": cfg.lr,
             "grad_norm": shift.grad_norm,
             "accuracy": float(frame["correct"].mean()),
-            **summarize_tokens(tokens, n_boot=cfg.bootstrap, level=cfg.level, seed=cfg.seed,
+            **summarize_tokens(tokens, n_boot=cfg.n_boot, level=cfg.level, seed=cfg.seed,
                                n_bins=cfg.n_bins),
         }
         run.write_json("summary", summary)

@@ -19,7 +19,7 @@ Departures from the paper:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -33,11 +33,12 @@ from dasd.rollout.hf import kv_budget_batch_size
 from dasd.runlog import create_run
 from dasd.tasks import build_task
 from figures.terminal import Terminal, cell
+from probes.config_bases import SamplingConfig
 from probes.registry import register_probe
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(SamplingConfig):
     """Settings of one evaluation; written into the run's manifest."""
 
     model: str = "tiny"
@@ -51,20 +52,13 @@ class EvalConfig:
     """Held-out problems to evaluate."""
     k: int = 16
     """Samples per problem (Avg@k, Pass@k)."""
-    temperature: float = 1.0
-    """Sampling temperature (paper: 1.0)."""
-    top_p: float = 0.9
-    """Nucleus top-p (paper: 0.9)."""
-    max_new_tokens: int = 160
-    """Generation limit per response."""
-    batch_size: int = 128
-    """Prompts per generation micro-batch, at most: fewer when their KV cache (longest prompt
-    + ``max_new_tokens`` tokens each) would exceed ``kv_cache_budget_gb`` (``dasd.memory``)."""
     kv_cache_budget_gb: float = 16.0
-    """KV cache a generation micro-batch of the ``hf`` engine may hold."""
+    """KV cache a generation micro-batch of the ``hf`` engine may hold: the micro-batch holds
+    fewer than ``generation_batch_size`` prompts when their KV cache (longest prompt +
+    ``max_new_tokens`` tokens each) would exceed it (``dasd.memory``)."""
     teacher: bool = True
     """Also score the privileged teacher's log-prob of every response token."""
-    score_batch_size: int = 32
+    micro_batch_size: int = field(default=32, metadata={"aliases": ("--score-batch-size",)})
     """Responses per scoring forward pass; bounds its activations (the logits are formed a
     chunk of positions at a time for models with a plain output layer, ``dasd.scoring``)."""
     floor_responses: int = 64
@@ -95,12 +89,9 @@ class EvalConfig:
         check_fields(self)
         if self.n_prompts < 1 or self.k < 1:
             raise ValueError(f"n_prompts ({self.n_prompts}) and k ({self.k}) must be >= 1")
-        if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise ValueError(
-                f"need temperature >= 0 and 0 < top_p <= 1, got {self.temperature}, {self.top_p}"
-            )
-        if self.max_new_tokens < 1 or self.batch_size < 1 or self.score_batch_size < 1:
-            raise ValueError("max_new_tokens, batch_size and score_batch_size must be >= 1")
+        self.check_sampling()
+        if self.micro_batch_size < 1:
+            raise ValueError(f"micro_batch_size must be >= 1, got {self.micro_batch_size}")
         if self.floor_responses < 0:
             raise ValueError(f"floor_responses must be >= 0, got {self.floor_responses}")
         if not self.kv_cache_budget_gb > 0:
@@ -150,12 +141,12 @@ def run_eval(
             batch_size=kv_budget_batch_size(
                 model, tokenizer, [task.student_prompt(p) for p in problems],
                 max_new_tokens=cfg.max_new_tokens, budget_gb=cfg.kv_cache_budget_gb,
-                cap=cfg.batch_size),
+                cap=cfg.generation_batch_size),
             teacher=cfg.teacher,
             generator=torch.Generator().manual_seed(cfg.seed),
             progress=progress,
             engine=engine,
-            score_batch_size=cfg.score_batch_size,
+            score_batch_size=cfg.micro_batch_size,
             tail=True,
             truncated_reward=cfg.truncated_reward,
         )
@@ -163,7 +154,7 @@ def run_eval(
         summary = eval_metrics(frame)
         summary |= measure_mechanism(model, tokenizer, task, problems, frame,
                                      floor_responses=cfg.floor_responses,
-                                     score_batch_size=cfg.score_batch_size,
+                                     score_batch_size=cfg.micro_batch_size,
                                      temperature=cfg.temperature)
         run.log_metrics(0, "eval", summary)
     return frame, summary

@@ -66,6 +66,7 @@ from dasd.rollout.lockstep import (
 from dasd.runlog import create_run
 from dasd.tasks import build_task
 from figures.terminal import SECTION, Terminal, cell
+from probes.config_bases import BootstrapConfig, SamplingConfig
 from probes.registry import register_probe
 
 __all__ = ["BUCKET_ORDER", "METRICS", "MODES", "PAPER_TABLE1", "PrefixInterveneConfig",
@@ -86,7 +87,7 @@ PAPER_TABLE1: dict[tuple[str, str, str], float] = {
 
 
 @dataclass(frozen=True)
-class PrefixInterveneConfig:
+class PrefixInterveneConfig(BootstrapConfig, SamplingConfig):
     """Settings of one prefix-intervention probe; written into the run's manifest."""
 
     model: str = "tiny"
@@ -109,18 +110,6 @@ class PrefixInterveneConfig:
     """Held-out problems."""
     k: int = 4
     """Samples per problem in every condition."""
-    temperature: float = 1.0
-    """Sampling temperature (paper: 1.0)."""
-    top_p: float = 0.9
-    """Nucleus top-p (paper: 0.9)."""
-    max_new_tokens: int = 160
-    """Generation limit per response."""
-    batch_size: int = 128
-    """Prompts per generation micro-batch."""
-    n_boot: int = 1000
-    """Bootstrap resamples of the prompts."""
-    ci: float = 0.95
-    """Confidence level of the intervals."""
     seed: int = 0
     """Seed of the problems, sampling (shared by all conditions) and bootstrap."""
     device: str = "auto"
@@ -137,17 +126,13 @@ class PrefixInterveneConfig:
             raise ValueError(f"alpha must be a finite number >= 0, got {self.alpha}")
         if self.random_rate is not None and not 0 <= self.random_rate <= 1:
             raise ValueError(f"random_rate must be in [0, 1], got {self.random_rate}")
-        for name in ("n_prompts", "k", "max_new_tokens", "batch_size", "n_boot"):
+        for name in ("n_prompts", "k"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.burn_in < 0:
             raise ValueError(f"burn_in must be >= 0, got {self.burn_in}")
-        if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise ValueError(
-                f"need temperature >= 0 and 0 < top_p <= 1, got {self.temperature}, {self.top_p}"
-            )
-        if not 0 < self.ci < 1:
-            raise ValueError(f"ci must be in (0, 1), got {self.ci}")
+        self.check_sampling()
+        self.check_bootstrap()
 
     @property
     def buckets(self) -> tuple[str, ...]:
@@ -263,7 +248,7 @@ def run_prefix_intervene(
     order = [p.id for p in problems]
     task_config = task.describe() if hasattr(task, "describe") else {"repr": repr(task)}
     sampling = {"max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature,
-                "top_p": cfg.top_p, "batch_size": cfg.batch_size}
+                "top_p": cfg.top_p, "batch_size": cfg.generation_batch_size}
     config = {**asdict(cfg), "task_config": task_config}
     with create_run(run_dir, kind="probe:prefix-intervene", config=config, seed=cfg.seed,
                     model=cfg.model, task=cfg.task) as run:
@@ -296,7 +281,7 @@ def run_prefix_intervene(
                 change = paired_relative_change(
                     per_prompt_sums(base["prompt_id"], base[metric].to_numpy(), order),
                     per_prompt_sums(rows["prompt_id"], rows[metric].to_numpy(), order),
-                    n_boot=cfg.n_boot, level=cfg.ci, seed=cfg.seed,
+                    n_boot=cfg.n_boot, level=cfg.level, seed=cfg.seed,
                 )
                 cells.append({"bucket": bucket, "metric": metric, "mode": mode, **change,
                               "paper_delta_pct": PAPER_TABLE1[(bucket, metric, mode)]})
@@ -304,7 +289,7 @@ def run_prefix_intervene(
             "table": "Table 1: prefix interventions (% change vs unmodified rollouts)",
             "n_prompts": len(problems),
             "k": cfg.k,
-            "ci": {"level": cfg.ci, "n_boot": cfg.n_boot, "resampled": "prompts (paired)"},
+            "ci": {"level": cfg.level, "n_boot": cfg.n_boot, "resampled": "prompts (paired)"},
             "random_rate": None if rate is None else {"value": rate, "source": rate_source},
             "unmodified": _outcome_stats(base),
             "conditions": [{"bucket": r["bucket"].iloc[0], "mode": r["mode"].iloc[0],

@@ -21,7 +21,9 @@ Field conventions read by the command-line generator (``cli.py``): ``str``, ``in
 
 - ``tuple[str, ...]`` fields are given comma-separated (``--parts forks,revisions``), or
   repeated when the field's metadata says ``{"repeatable": True}``;
-- a field's metadata ``{"flag": "--set"}`` names its option where the field name cannot;
+- a field's metadata ``{"flag": "--set"}`` names its option where the field name cannot,
+  ``{"aliases": ("--ci",)}`` adds other accepted names, and ``{"panel": "Sampling"}`` lists
+  it under that heading of ``--help`` (the shared bases of ``probes.config_bases`` do both);
 - fields whose annotation is not a plain value (a mapping) are not options;
 - an ``options`` class may define ``option_default(name) -> str | None``, a text appended to
   a field's help (e.g. the budget defaults of the training probes);

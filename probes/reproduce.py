@@ -110,7 +110,7 @@ BUDGETS: dict[str, Budget] = {
     "quick": Budget(
         name="quick", seeds=1, quick_probes=True,
         sizes={"eval": {"n_prompts": 16, "k": 8}, "train": _QUICK_TRAIN,
-               "entropy-tv": {"n_prompts": 16, "k": 4, "bootstrap": 200},
+               "entropy-tv": {"n_prompts": 16, "k": 4, "n_boot": 200},
                "prefix-intervene": {"n_prompts": 16, "k": 4, "n_boot": 200},
                "causal": {"n_prompts": 8, "k": 2, "continuations": 2, "n_boot": 200}},
         seconds={"eval": 5, "train": 40, "sign-flip": 55, "entropy-tv": 10,

@@ -380,8 +380,8 @@ def test_run_causal_compares_checkpoints(model_dir, tmp_path):
     ({"cuts": ("middle",)}, "unknown cut 'middle'"),
     ({"checkpoints": ()}, "checkpoints must not be empty"),
     ({"k": 0}, "k must be >= 1"),
-    ({"top_p": 0.0}, "0 < top_p <= 1"),
-    ({"ci": 1.0}, r"ci must be in \(0, 1\)"),
+    ({"top_p": 0.0}, r"top_p must be in \(0, 1\]"),
+    ({"level": 1.0}, r"level must be in \(0, 1\)"),
 ])
 def test_bad_config_is_refused(overrides, message):
     with pytest.raises(ValueError, match=message):

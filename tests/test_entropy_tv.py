@@ -230,7 +230,7 @@ def model_dir(tmp_path_factory, tok):
 
 
 def _cfg(model_dir, **kw):
-    return EntropyTVConfig(model=str(model_dir), n_prompts=3, k=2, lr=0.1, bootstrap=40,
+    return EntropyTVConfig(model=str(model_dir), n_prompts=3, k=2, lr=0.1, n_boot=40,
                            max_new_tokens=12, device="cpu", **kw)
 
 

@@ -112,7 +112,7 @@ def test_condition_metrics_equal_the_health_table():
         ({"random_rate": 2.0}, "random_rate must be in"),
         ({"k": 0}, "k must be >= 1"),
         ({"alpha": math.nan}, "alpha"),
-        ({"ci": 1.0}, "ci must be in"),
+        ({"level": 1.0}, "level must be in"),
     ],
 )
 def test_bad_configs_are_rejected(kwargs, match):

@@ -131,7 +131,7 @@ TINY = {
     "train": {"steps": 2, "prompts_per_step": 2, "group_size": 4, "mini_batch_size": 8,
               "micro_batch_size": 4, "max_new_tokens": 12, "eval_every": 1, "eval_prompts": 2,
               "eval_k": 2, "checkpoint_every": 1, "device": "cpu"},
-    "entropy-tv": {"n_prompts": 2, "k": 2, "max_new_tokens": 12, "bootstrap": 20},
+    "entropy-tv": {"n_prompts": 2, "k": 2, "max_new_tokens": 12, "n_boot": 20},
     "prefix-intervene": {"n_prompts": 2, "k": 2, "max_new_tokens": 12, "n_boot": 20, "burn_in": 2},
     "causal": {"n_prompts": 2, "k": 2, "continuations": 1, "max_new_tokens": 12,
                "n_boot": 20},
