@@ -49,3 +49,20 @@ def test_the_scan_sees_an_import_of_the_cli(tmp_path):
     probe = tmp_path / "m.py"
     probe.write_text("def f():\n    from cli import probe_app\n", encoding="utf-8")
     assert "cli" in _imported_modules(probe)
+
+
+def test_no_function_is_longer_than_80_lines():
+    """Issue 14's limit: a longer function is split into named steps (decorators not
+    counted)."""
+    sources = [ROOT / "cli.py", *(p for package in (*PACKAGES, "benchmarks", "scripts",
+                                                     "examples")
+                                  for p in sorted((ROOT / package).rglob("*.py")))]
+    long = []
+    for path in sources:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 80:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines})")
+    assert len(sources) > 80
+    assert not long, long
