@@ -25,7 +25,7 @@ from dasd.runlog import RunWriter, create_run, open_run, read_manifest
 from dasd.trainer import TrainConfig, Trainer
 from figures.terminal import SECTION, Terminal, cell
 
-__all__ = ["PROBE_BATCH", "SUMMARY", "Progress", "TrainingProbeOptions", "check_arms",
+__all__ = ["PROBE_BATCH", "SUMMARY", "Progress", "TrainFieldOptions", "TrainingProbeOptions", "check_arms",
            "differences", "open_parent", "parse_overrides", "plain_config", "resolve_arms", "run_child",
            "show_arms"]
 
@@ -158,10 +158,9 @@ _TRAIN_FIELD = {"k": "eval_k"}
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainingProbeOptions:
-    """The command-line options every training probe shares (``probes.registry``); an option
-    left None takes the probe's budget (``default_budget``, or ``quick_budget`` with
-    ``quick``), then the trainer's default."""
+class TrainFieldOptions:
+    """The command-line options that set a ``TrainConfig`` field of the same name, shared by
+    ``dasd-probe train`` and the training probes; an option left None is not set here."""
 
     model: str = "tiny"
     """``tiny`` (built-in), a local checkpoint directory, or a hub name."""
@@ -171,17 +170,35 @@ class TrainingProbeOptions:
     """Policy updates per run."""
     eval_every: int | None = None
     """Held-out evaluation every N updates (0: first and last only)."""
+    beta: float | None = None
+    """Weight of the teacher term (eq. 5/8)."""
+    seed: int = 0
+    """Seed of data order, sampling and evaluation (the first seed where a probe repeats over
+    seeds)."""
+
+    def set_fields(self, *names: str) -> dict[str, Any]:
+        """The ``TrainConfig`` fields these options set: ``model``, ``task``, ``seed``, and
+        ``steps``, ``eval_every``, ``beta`` and the options ``names`` where not None (an option
+        named as ``_TRAIN_FIELD`` says under its ``TrainConfig`` name)."""
+        values = {"model": self.model, "task": self.task, "seed": self.seed}
+        for name in ("steps", "eval_every", "beta", *names):
+            if getattr(self, name) is not None:
+                values[_TRAIN_FIELD.get(name, name)] = getattr(self, name)
+        return values
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingProbeOptions(TrainFieldOptions):
+    """The command-line options every training probe shares (``probes.registry``); an option
+    left None takes the probe's budget (``default_budget``, or ``quick_budget`` with
+    ``quick``), then the trainer's default."""
+
     k: int | None = None
     """Samples per held-out prompt, for Avg@k and Pass@k."""
     eval_prompts: int | None = None
     """Held-out prompts, the same for every run."""
     prompts_per_step: int | None = None
     """Training prompts per update."""
-    beta: float | None = None
-    """Teacher-term weight, shared by the runs."""
-    seed: int = 0
-    """Seed of data order, sampling and evaluation (the first seed where rows repeat over
-    seeds)."""
     quick: bool = False
     """A smoke version (the probe's smaller budget)."""
     overrides: tuple[str, ...] = field(default=(), metadata={"flag": "--set",
@@ -194,11 +211,8 @@ class TrainingProbeOptions:
 
     def train_values(self) -> dict[str, Any]:
         """The ``TrainConfig`` fields these options set (budget sizes not included)."""
-        names = ("model", "task", "steps", "eval_every", "k", "eval_prompts",
-                 "prompts_per_step", "beta", "seed")
-        values = {_TRAIN_FIELD.get(n, n): getattr(self, n) for n in names}
-        values = {key: value for key, value in values.items() if value is not None}
-        return {**values, **parse_overrides(self.overrides)}
+        return {**self.set_fields("k", "eval_prompts", "prompts_per_step"),
+                **parse_overrides(self.overrides)}
 
     @classmethod
     def option_default(cls, name: str) -> str | None:

@@ -9,40 +9,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from dasd.method_styles import METHOD_STYLES
 from dasd.trainer import TrainConfig, Trainer
 from figures.terminal import Terminal
-from probes.parent_run import parse_overrides
+from probes.parent_run import TrainFieldOptions, parse_overrides
 from probes.registry import register_probe, timestamped_name
 
 __all__ = ["TrainOptions"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainOptions:
+class TrainOptions(TrainFieldOptions):
     """The options of ``dasd-probe train``; an option left None takes ``TrainConfig``'s
     default."""
 
     method: str = "dasd"
     """Method (the method registry)."""
-    model: str = "tiny"
-    """``tiny`` (built-in), a local checkpoint directory, or a hub name."""
-    task: str = "countdown"
-    """A registered task."""
-    steps: int | None = None
-    """Policy updates; with --resume, extends the run to this many."""
-    beta: float | None = None
-    """Weight of the teacher term (eq. 5/8)."""
     rho: float | None = None
     """Router quantile (paper: 0.2)."""
     lr: float | None = None
     """Peak learning rate (cosine decay)."""
-    eval_every: int | None = None
-    """Held-out evaluation every N updates (0: first/last only)."""
-    seed: int = 0
-    """Seed of data order, sampling and evaluation."""
     report_to: str = "none"
     """Also stream metrics to tensorboard or wandb (optional extras); metrics.jsonl is written
     either way."""
@@ -62,17 +50,16 @@ class TrainOptions:
         """The defaults the help states: ``TrainConfig``'s, and the registered methods."""
         if name == "method":
             return f"one of {', '.join(METHOD_STYLES)}"
+        if name == "steps":
+            return f"default {TrainConfig.steps}; with --resume: the total to extend the run to"
         if name in ("steps", "beta", "rho", "lr", "eval_every"):
             return f"default {getattr(TrainConfig, name)}"
         return None
 
     def config(self) -> TrainConfig:
         """The ``TrainConfig`` of a new run: these options over the trainer's defaults."""
-        values: dict[str, Any] = {"method": self.method, "model": self.model, "task": self.task,
-                                  "seed": self.seed, "report_to": self.report_to}
-        for name in ("steps", "beta", "rho", "lr", "eval_every"):
-            if getattr(self, name) is not None:
-                values[name] = getattr(self, name)
+        values = {**self.set_fields("rho", "lr"), "method": self.method,
+                  "report_to": self.report_to}
         return TrainConfig.from_dict({**values, **parse_overrides(self.overrides)})
 
 

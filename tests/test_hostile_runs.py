@@ -136,7 +136,7 @@ def test_ctrl_c_says_how_to_resume_and_the_resume_completes(model_dir, tmp_path,
     (["--lr", "0.5"], "--lr"),
     (["--set", "group_size=4"], "--set"),
     (["--name", "other"], "--name"),
-    (["--method", "grpo", "--seed", "3"], "--method, --seed"),
+    (["--method", "grpo", "--seed", "3"], "--seed, --method"),
     (["--model", "tiny"], "--model"),
 ])
 def test_resume_refuses_options_it_would_ignore(extra, listed, run_copy):
