@@ -25,9 +25,9 @@ from dasd.runlog import RunWriter, create_run, open_run, read_manifest
 from dasd.trainer import TrainConfig, Trainer
 from figures.terminal import SECTION, Terminal, cell
 
-__all__ = ["PROBE_BATCH", "SUMMARY", "Progress", "TrainFieldOptions", "TrainingProbeOptions", "check_arms",
-           "differences", "open_parent", "parse_overrides", "plain_config", "resolve_arms", "run_child",
-           "show_arms"]
+__all__ = ["PROBE_BATCH", "SUMMARY", "Progress", "TrainFieldOptions", "TrainingProbeOptions",
+           "check_arms", "differences", "open_parent", "parse_overrides", "plain_config",
+           "resolve_arms", "run_child", "show_arms"]
 
 Report = Callable[[int, Mapping[str, float]], None]
 #: A multi-run probe's progress callback: ``(sub-run name, step, logged metrics)``.
